@@ -1,0 +1,71 @@
+"""Every AnnData key that bioformers writes, derived in one place from one base key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_KEY = "bioformers"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """AnnData keys derived from ``key_added`` (default ``"bioformers"``).
+
+    Tools write, and plots read, exactly these names; nothing else spells them out.
+    """
+
+    base: str = DEFAULT_KEY
+
+    @property
+    def binned(self) -> str:
+        """``layers[...]`` with binned values; ``uns[...]`` with the binning record."""
+        return f"{self.base}_binned"
+
+    @property
+    def embedding(self) -> str:
+        """``obsm[...]`` with the CLS cell embedding."""
+        return f"X_{self.base}"
+
+    @property
+    def predicted(self) -> str:
+        """``layers[...]`` with predicted expression."""
+        return f"{self.base}_predicted"
+
+    @property
+    def gene_embedding(self) -> str:
+        """``varm[...]`` with learned gene embeddings."""
+        return f"{self.base}_genes"
+
+    @property
+    def attention(self) -> str:
+        """``varp[...]`` with the attention GRN over all cells."""
+        return f"{self.base}_attention"
+
+    def attention_group(self, group: str) -> str:
+        """``varp[...]`` with the attention GRN of one group."""
+        return f"{self.attention}_{group}"
+
+    @property
+    def similarity(self) -> str:
+        """``varp[...]`` with the gene-embedding similarity GRN."""
+        return f"{self.base}_similarity"
+
+    @property
+    def program(self) -> str:
+        """``var[...]`` with gene-program labels."""
+        return f"{self.base}_program"
+
+    @property
+    def label(self) -> str:
+        """``obs[...]`` with predicted cell types."""
+        return f"{self.base}_label"
+
+    @property
+    def confidence(self) -> str:
+        """``obs[...]`` with cell-type prediction confidence."""
+        return f"{self.base}_confidence"
+
+    @property
+    def record(self) -> str:
+        """``uns[...]`` with the training record (params, loss history)."""
+        return self.base

@@ -1,0 +1,5 @@
+"""Preprocessing: value binning."""
+
+from ._binning import bin
+
+__all__ = ["bin"]

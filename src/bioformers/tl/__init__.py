@@ -1,0 +1,5 @@
+"""Scanpy-style tools: train, embed."""
+
+from ._pretrain import embed, pretrain
+
+__all__ = ["embed", "pretrain"]
