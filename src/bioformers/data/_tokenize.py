@@ -1,0 +1,100 @@
+"""Gene selection and masking for one minibatch of binned cells.
+
+Batches arrive from scvi-tools' loader as dense ``(cells, genes)`` blocks of bin indices: only the
+minibatch is ever dense, never the whole matrix.
+
+Randomness has two sources. During training it comes from torch's generator (fresh samples every
+epoch, seeded by the training seed). Outside training it comes from a hash of the cell's own
+values, so a cell's sequence, and therefore its embedding, never depends on which other cells share
+its batch or where it sits in the AnnData.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_MOD = 2**31  # hash arithmetic stays below 2**62, so int64 never overflows
+_MULT = 1_103_515_245
+_INC = 12_345
+
+
+def _mix(h: torch.Tensor) -> torch.Tensor:
+    """A few rounds of a 31-bit multiplicative hash (vectorised, identical on every device)."""
+    for _ in range(3):
+        h = (h * _MULT + _INC) % _MOD
+        h = h ^ (h >> 13)
+    return h
+
+
+def cell_uniforms(bins: torch.Tensor, salt: int) -> torch.Tensor:
+    """Uniform numbers in ``[0, 1)`` per (cell, gene), fixed by the cell's binned values alone.
+
+    Parameters
+    ----------
+    bins
+        Bin indices, ``(cells, genes)``, integer.
+    salt
+        Separates independent streams (gene selection vs. masking).
+    """
+    n_genes = bins.shape[1]
+    gene = torch.arange(n_genes, device=bins.device, dtype=torch.int64)
+    gene_weight = _mix(gene + 7 * salt + 1) % 65_521 + 1
+    key = _mix((bins.to(torch.int64) * gene_weight).sum(dim=1) % _MOD + salt)
+    h = _mix((key[:, None] * 40_503 + gene[None, :] * 2_654_435 + salt) % _MOD)
+    return h.to(torch.float64).div(_MOD).to(torch.float32)
+
+
+def _uniforms(bins: torch.Tensor, random: bool, salt: int) -> torch.Tensor:
+    if random:
+        return torch.rand(bins.shape, device=bins.device)
+    return cell_uniforms(bins, salt)
+
+
+def select_genes(bins: torch.Tensor, n_genes: int, *, random: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Choose the genes of each cell's sequence.
+
+    All genes when they fit in ``n_genes``; otherwise every expressed gene plus sampled unexpressed
+    genes up to ``n_genes`` (expressed genes are themselves sampled only when there are more than
+    ``n_genes`` of them).
+
+    Returns
+    -------
+    Gene indices and their bins, both ``(cells, min(n_genes, genes))``, genes in ascending order.
+    """
+    n_cells, n_all = bins.shape
+    if n_all <= n_genes:
+        genes = torch.arange(n_all, device=bins.device).expand(n_cells, n_all)
+        return genes, bins
+    priority = _uniforms(bins, random, salt=1) + (bins > 0).to(torch.float32)
+    genes = priority.topk(n_genes, dim=1, sorted=False).indices.sort(dim=1).values
+    return genes, bins.gather(1, genes)
+
+
+def _choose(scores: torch.Tensor, eligible: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Per row, the ``count`` eligible positions with the smallest scores."""
+    scores = scores.masked_fill(~eligible, float("inf"))
+    ranks = scores.argsort(dim=1).argsort(dim=1)
+    return eligible & (ranks < count[:, None])
+
+
+def mask_positions(values: torch.Tensor, mask_ratio: float, nonzero_ratio: float, *, random: bool) -> torch.Tensor:
+    """Choose the positions to mask for masked gene modelling.
+
+    A fraction ``mask_ratio`` of each cell's positions is masked (at least one); of those, a fraction
+    ``nonzero_ratio`` are expressed genes, so the model cannot win by predicting zeros everywhere.
+    When a cell has too few expressed (or unexpressed) genes, the rest come from the other group.
+
+    Returns
+    -------
+    Boolean mask, same shape as ``values``.
+    """
+    length = values.shape[1]
+    nonzero = values > 0
+    n_nonzero = nonzero.sum(dim=1)
+    n_zero = length - n_nonzero
+    n_mask = torch.full_like(n_nonzero, max(1, round(mask_ratio * length)))
+    want_nonzero = torch.round(n_mask * nonzero_ratio).to(n_mask.dtype)
+    take_zero = torch.minimum(n_mask - torch.minimum(want_nonzero, n_nonzero), n_zero)
+    take_nonzero = torch.minimum(n_mask - take_zero, n_nonzero)
+    scores = _uniforms(values, random, salt=2)
+    return _choose(scores, nonzero, take_nonzero) | _choose(scores, ~nonzero, take_zero)

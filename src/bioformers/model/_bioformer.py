@@ -1,0 +1,366 @@
+"""``BioFormer``: the user-facing scvi-tools model."""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
+from scvi.data.fields import CategoricalObsField, LayerField
+from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
+
+from .._keys import Keys
+from .._validation import check_obs_key, check_unique_var_names, get_matrix
+from ..module import BioFormerModule
+from ..train import BioFormerTrainingPlan, default_precision
+from ._serialization import read_model, write_model
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from anndata import AnnData
+
+logger = logging.getLogger(__name__)
+
+
+def default_max_epochs(n_obs: int) -> int:
+    """Enough optimiser steps for a good embedding in minutes: more epochs for smaller data."""
+    return int(np.clip(round(30_000 / max(n_obs, 1)), 5, 30))
+
+
+class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
+    """A BioFormer transformer trained on binned expression of one AnnData.
+
+    Cells are sequences ``[CLS, g1, ..., gM]`` of gene tokens carrying binned expression values
+    (:func:`bioformers.pp.bin`); the model learns by masked gene modelling and by decoding each
+    cell's expression from its CLS state, whose final hidden state is the cell embedding.
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata`.
+    n_hidden
+        Width of the token representations (and of the cell embedding).
+    n_layers
+        Number of transformer blocks.
+    n_heads
+        Attention heads per block.
+    dropout
+        Dropout rate.
+    max_seq_len
+        Longest sequence (CLS included). Cells with more genes keep every expressed gene plus
+        sampled unexpressed ones.
+    value_encoder
+        ``"linear"`` on the bin index or ``"embedding"`` per bin.
+    mask_ratio
+        Fraction of positions masked per cell.
+    nonzero_ratio
+        Fraction of masked positions that are expressed genes.
+    expression_weight
+        Weight of the objective that decodes expression from CLS.
+    n_bins
+        Number of bin values; read from the data when ``None``.
+
+    Examples
+    --------
+    >>> import bioformers as bf
+    >>> adata = bf.datasets.synthetic(n_obs=200, n_vars=50)
+    >>> bf.pp.bin(adata)
+    >>> bf.BioFormer.setup_anndata(adata)
+    >>> model = bf.BioFormer(adata, n_hidden=16, n_layers=1, n_heads=2)
+    >>> model.train(max_epochs=1, batch_size=32)
+    >>> adata.obsm["X_bioformers"] = model.get_latent_representation()
+    """
+
+    _module_cls = BioFormerModule
+    _training_plan_cls = BioFormerTrainingPlan
+
+    def __init__(
+        self,
+        adata: AnnData | None = None,
+        n_hidden: int = 128,
+        n_layers: int = 4,
+        n_heads: int = 4,
+        dropout: float = 0.1,
+        max_seq_len: int = 512,
+        value_encoder: Literal["linear", "embedding"] = "linear",
+        mask_ratio: float = 0.1,
+        nonzero_ratio: float = 0.5,
+        expression_weight: float = 1.0,
+        n_bins: int | None = None,
+    ):
+        super().__init__(adata)
+        binned = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        if n_bins is None:
+            n_bins = int(binned.max()) + 1
+        layer = self.registry_["setup_args"]["layer"]
+        self.binning_ = dict(adata.uns.get(layer, {}).get("params", {}))
+        self.genes_ = np.asarray(adata.var_names).astype(str)
+        self.module = self._module_cls(
+            n_genes=adata.n_vars,
+            n_bins=n_bins,
+            n_hidden=n_hidden,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            dropout=dropout,
+            max_seq_len=max_seq_len,
+            value_encoder=value_encoder,
+            mask_ratio=mask_ratio,
+            nonzero_ratio=nonzero_ratio,
+            expression_weight=expression_weight,
+        )
+        self._model_summary_string = (
+            f"BioFormer: {adata.n_vars} genes, {n_bins} bins, n_hidden={n_hidden}, n_layers={n_layers}, "
+            f"n_heads={n_heads}, max_seq_len={max_seq_len}, value_encoder={value_encoder!r}"
+        )
+        self.init_params_ = self._get_init_params(locals())
+
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        layer: str | None = None,
+        batch_key: str | None = None,
+        labels_key: str | None = None,
+        **kwargs,
+    ) -> None:
+        """Register the binned values (and optional batch and label columns) with scvi-tools.
+
+        Parameters
+        ----------
+        adata
+            AnnData with binned values from :func:`bioformers.pp.bin`.
+        layer
+            Layer holding the binned values; ``None`` means ``"bioformers_binned"``.
+        batch_key
+            Column of ``adata.obs`` with batches.
+        labels_key
+            Column of ``adata.obs`` with cell labels.
+        """
+        layer = Keys().binned if layer is None else layer
+        if layer not in adata.layers:
+            raise KeyError(
+                f"Layer {layer!r} with binned values not found. Run `bf.pp.bin(adata)` first, or pass `layer=` "
+                "naming the layer `bf.pp.bin` wrote."
+            )
+        _check_bins(get_matrix(adata, layer), layer)
+        check_unique_var_names(adata)
+        check_obs_key(adata, batch_key, argument="batch_key")
+        check_obs_key(adata, labels_key, argument="labels_key")
+        setup_method_args = cls._get_setup_method_args(**locals())
+        fields = [
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
+            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
+            CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
+        ]
+        adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(adata, **kwargs)
+        cls.register_manager(adata_manager)
+
+    def train(
+        self,
+        max_epochs: int | None = None,
+        *,
+        batch_size: int = 64,
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        warmup_fraction: float = 0.05,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        precision: str | None = None,
+        gradient_clip_val: float = 1.0,
+        plan_kwargs: dict | None = None,
+        **trainer_kwargs,
+    ):
+        """Train with AdamW, linear warm-up and cosine decay.
+
+        Parameters
+        ----------
+        max_epochs
+            Passes over the data; ``None`` picks more epochs for smaller data (5 to 30).
+        batch_size
+            Cells per minibatch.
+        lr
+            Peak learning rate.
+        weight_decay
+            AdamW weight decay.
+        warmup_fraction
+            Fraction of steps spent warming up.
+        accelerator, devices
+            Passed to Lightning (``"cpu"``, ``"gpu"``, ...; device count or ids).
+        precision
+            Lightning precision; ``None`` uses bf16 autocast on CUDA and on CPUs with AMX/AVX512-BF16, else
+            fp32.
+        gradient_clip_val
+            Gradient norm clipping.
+        plan_kwargs
+            More arguments for :class:`~bioformers.train.BioFormerTrainingPlan`.
+        **trainer_kwargs
+            Passed to scvi-tools' ``train`` and Lightning's ``Trainer`` (e.g. ``strategy``,
+            ``train_size``, ``early_stopping``).
+        """
+        n_obs = self.adata.n_obs
+        if n_obs < batch_size:
+            raise ValueError(
+                f"The AnnData has {n_obs} cells, fewer than one batch (batch_size={batch_size}). "
+                f"Pass `batch_size={max(n_obs // 2, 1)}` or smaller."
+            )
+        plan_kwargs = {"lr": lr, "weight_decay": weight_decay, "warmup_fraction": warmup_fraction} | (
+            plan_kwargs or {}
+        )
+        return super().train(
+            max_epochs=max_epochs or default_max_epochs(n_obs),
+            batch_size=batch_size,
+            accelerator=accelerator,
+            devices=devices,
+            plan_kwargs=plan_kwargs,
+            precision=precision or default_precision(accelerator),
+            gradient_clip_val=gradient_clip_val,
+            **({"check_val_every_n_epoch": 1} | trainer_kwargs),
+        )
+
+    def check_genes(self, adata: AnnData) -> None:
+        """Raise unless ``adata`` has exactly the model's genes, in the model's order."""
+        genes = np.asarray(adata.var_names).astype(str)
+        if genes.shape == self.genes_.shape and (genes == self.genes_).all():
+            return
+        missing = np.setdiff1d(self.genes_, genes)
+        if missing.size:
+            raise ValueError(
+                f"The AnnData lacks {missing.size} of the model's {self.genes_.size} genes (e.g. {missing[:5].tolist()}). "
+                "Give it the model's genes, e.g. by adding them as zero columns."
+            )
+        raise ValueError(
+            f"The AnnData's genes differ from the model's ({adata.n_vars} vs {self.genes_.size}, or in another "
+            "order). Subset and reorder it with `adata[:, model.genes_].copy()`."
+        )
+
+    def _inference_context(self):
+        kind = torch.device(self.device).type
+        if default_precision("cuda" if kind == "cuda" else "cpu") == "bf16-mixed":
+            return torch.autocast(kind, dtype=torch.bfloat16)
+        return nullcontext()
+
+    @torch.inference_mode()
+    def get_latent_representation(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """CLS embedding of each cell, ``(n_cells, n_hidden)``.
+
+        Deterministic: each cell's sequence is fixed by its own values, masking is off, and the
+        same input gives bit-identical output.
+
+        Parameters
+        ----------
+        adata
+            AnnData with the model's genes and binned values; ``None`` means the training data.
+        indices
+            Cells to embed; ``None`` means all.
+        batch_size
+            Cells per forward pass.
+        """
+        self._check_if_trained(warn=False)
+        if adata is not None:
+            self.check_genes(adata)
+        adata = self._validate_anndata(adata)
+        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size or 256)
+        self.module.eval()
+        chunks = []
+        with self._inference_context():
+            for tensors in loader:
+                chunks.append(self.module.embed(tensors[REGISTRY_KEYS.X_KEY]).float().cpu())
+        return torch.cat(chunks).numpy()
+
+    def loss_history(self) -> dict[str, list[float]]:
+        """Train and validation loss per epoch, as plain lists."""
+        history = self.history_ or {}
+
+        def column(name: str) -> list[float]:
+            frame = history.get(name)
+            return [] if frame is None else [float(v) for v in frame.iloc[:, 0].dropna()]
+
+        return {"train_loss": column("train_loss"), "validation_loss": column("validation_loss")}
+
+    def save(self, dir_path: str, *, overwrite: bool = False, save_anndata: bool = False) -> None:
+        """Save weights (safetensors) and settings (JSON) into ``dir_path``.
+
+        Nothing is pickled, so loading a model never executes code from the file.
+
+        Parameters
+        ----------
+        dir_path
+            Directory to create.
+        overwrite
+            Replace an existing directory's model files.
+        save_anndata
+            Also write the training AnnData as ``adata.h5ad``.
+        """
+        if os.path.exists(dir_path) and not overwrite:
+            raise FileExistsError(f"{dir_path!r} already exists. Pass `overwrite=True` or choose another directory.")
+        os.makedirs(dir_path, exist_ok=True)
+        attributes = {
+            "init_params": self.init_params_,
+            "registry": self.registry_,
+            "genes": self.genes_,
+            "binning": self.binning_,
+            "history": self.loss_history(),
+        }
+        write_model(dir_path, self.module.state_dict(), attributes)
+        if save_anndata:
+            self.adata.write_h5ad(os.path.join(dir_path, "adata.h5ad"))
+
+    @classmethod
+    def load(cls, dir_path: str, adata: AnnData, *, accelerator: str = "cpu") -> BioFormer:
+        """Load a model written by :meth:`save` for ``adata``.
+
+        Parameters
+        ----------
+        dir_path
+            Directory written by :meth:`save`.
+        adata
+            AnnData with the model's genes (same order) and binned values.
+        accelerator
+            ``"cpu"`` or ``"cuda"``.
+        """
+        state_dict, attributes = read_model(dir_path)
+        genes = np.asarray(attributes["genes"]).astype(str)
+        if adata.n_vars != genes.size or not (np.asarray(adata.var_names).astype(str) == genes).all():
+            raise ValueError(
+                f"The AnnData's genes ({adata.n_vars}) do not match the {genes.size} genes the model at {dir_path!r} "
+                "was trained on. Subset and reorder it with `adata[:, genes].copy()` using the model's gene list."
+            )
+        registry = attributes["registry"]
+        cls.setup_anndata(adata, source_registry=registry, **registry["setup_args"])
+        init = attributes["init_params"]
+        kwargs = {k: v for group in init.get("kwargs", {}).values() for k, v in group.items()}
+        model = cls(adata, **init["non_kwargs"], **kwargs)
+        model.module.load_state_dict(state_dict)
+        model.binning_ = attributes["binning"]
+        model.history_ = {
+            name: pd.DataFrame({name: values}, index=pd.RangeIndex(len(values), name="epoch"))
+            for name, values in (
+                ("train_loss", attributes["history"]["train_loss"]),
+                ("validation_loss", attributes["history"]["validation_loss"]),
+            )
+        }
+        model.is_trained_ = True
+        model.to_device("cuda" if accelerator in ("cuda", "gpu") else "cpu")
+        model.module.eval()
+        return model
+
+
+def _check_bins(X, layer: str) -> None:
+    values = X.data if hasattr(X, "data") and not isinstance(X, np.ndarray) else np.asarray(X)
+    if values.size and (values.min() < 0 or not np.array_equal(values, np.round(values))):
+        raise ValueError(
+            f"Layer {layer!r} does not hold bin indices (non-negative integers). Bin raw counts with `bf.pp.bin`."
+        )

@@ -1,0 +1,171 @@
+"""The BioFormer network: gene + value tokens, a CLS token, a transformer encoder, two heads."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from scvi import REGISTRY_KEYS
+from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
+from torch import nn
+
+from ..data import mask_positions, select_genes
+from ..nn import TransformerEncoder, ValueEncoder
+
+
+class BioFormerModule(BaseModuleClass):
+    """Encoder-only BioFormer over binned expression.
+
+    A cell is the sequence ``[CLS, g1, ..., gM]``; each gene position sums the gene's identity
+    embedding and its value embedding. Two objectives train it:
+
+    * masked gene modelling: an MLP head predicts the bin of each masked gene (cross-entropy);
+    * expression decoding from CLS: the CLS state, projected, is dotted with a query derived from
+      each gene's embedding to predict the bin of every gene of the cell (MSE). It forces the cell
+      embedding to summarise the whole profile, which masked modelling alone does not
+      (scGPT's GEPC plays the same role).
+
+    Parameters
+    ----------
+    n_genes
+        Size of the gene vocabulary (genes of the AnnData).
+    n_bins
+        Number of bin values (largest bin index + 1).
+    n_hidden
+        Width of every token representation.
+    n_layers
+        Number of transformer blocks.
+    n_heads
+        Attention heads per block.
+    dropout
+        Dropout in attention and feed-forward layers.
+    max_seq_len
+        Longest sequence, CLS included.
+    value_encoder
+        ``"linear"`` (on the bin index) or ``"embedding"`` (a vector per bin).
+    mask_ratio
+        Fraction of each cell's positions masked.
+    nonzero_ratio
+        Fraction of the masked positions that are expressed genes.
+    expression_weight
+        Weight of the expression-decoding loss; 0 trains masked modelling alone.
+    """
+
+    def __init__(
+        self,
+        n_genes: int,
+        n_bins: int,
+        *,
+        n_hidden: int = 128,
+        n_layers: int = 4,
+        n_heads: int = 4,
+        dropout: float = 0.1,
+        max_seq_len: int = 512,
+        value_encoder: Literal["linear", "embedding"] = "linear",
+        mask_ratio: float = 0.1,
+        nonzero_ratio: float = 0.5,
+        expression_weight: float = 1.0,
+    ):
+        super().__init__()
+        self.n_genes = n_genes
+        self.n_bins = n_bins
+        self.max_seq_len = max_seq_len
+        self.mask_ratio = mask_ratio
+        self.nonzero_ratio = nonzero_ratio
+        self.expression_weight = expression_weight
+
+        self.gene_embedding = nn.Embedding(n_genes, n_hidden)
+        self.value_encoder = ValueEncoder(n_bins, n_hidden, value_encoder)
+        self.cls_token = nn.Parameter(torch.zeros(n_hidden))
+        self.encoder = TransformerEncoder(n_hidden, n_layers, n_heads, dropout)
+        self.bin_head = nn.Sequential(
+            nn.Linear(n_hidden, n_hidden), nn.GELU(), nn.LayerNorm(n_hidden), nn.Linear(n_hidden, n_bins)
+        )
+        self.cell_query = nn.Linear(n_hidden, n_hidden)
+        self.gene_query = nn.Sequential(nn.Linear(n_hidden, n_hidden), nn.GELU(), nn.Linear(n_hidden, n_hidden))
+        self.gene_bias = nn.Parameter(torch.zeros(n_genes))
+        self.apply(_init_weights)
+        nn.init.normal_(self.cls_token, std=0.02)
+
+    # --- scvi-tools module protocol -------------------------------------------------------------
+    def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict[str, torch.Tensor]:
+        return {"bins": tensors[REGISTRY_KEYS.X_KEY]}
+
+    @auto_move_data
+    def inference(self, bins: torch.Tensor, masked: bool = True) -> dict[str, torch.Tensor | None]:
+        """Select each cell's genes, mask some of them (``masked=True``) and encode.
+
+        Outside training mode, gene selection and masking are fixed per cell (see
+        :mod:`bioformers.data`), so validation loss and embeddings are reproducible.
+        """
+        bins = bins.long()
+        genes, values = select_genes(bins, self.max_seq_len - 1, random=self.training)
+        mask = (
+            mask_positions(values, self.mask_ratio, self.nonzero_ratio, random=self.training) if masked else None
+        )
+        hidden, _ = self.encode(genes, values, mask)
+        return {"cls": hidden[:, 0], "hidden": hidden[:, 1:], "values": values, "mask": mask, "bins": bins}
+
+    def _get_generative_input(self, tensors, inference_outputs, **kwargs) -> dict[str, torch.Tensor | None]:
+        return {k: inference_outputs[k] for k in ("cls", "hidden", "mask")}
+
+    def generative(self, cls: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Bin logits at masked positions and the expression decoded from CLS."""
+        out = {"expression": self.decode_expression(cls)}
+        if mask is not None:
+            out["bin_logits"] = self.bin_head(hidden[mask])
+        return out
+
+    def loss(self, tensors, inference_outputs, generative_outputs) -> LossOutput:
+        """Cross-entropy over bins at masked positions plus the weighted expression MSE."""
+        mask = inference_outputs["mask"]
+        target = inference_outputs["values"][mask].clamp(max=self.n_bins - 1)
+        ce = F.cross_entropy(generative_outputs["bin_logits"].float(), target, reduction="none")
+        rows = mask.nonzero()[:, 0]
+        mlm_per_cell = torch.zeros(mask.shape[0], device=ce.device).index_add_(0, rows, ce) / mask.sum(1).clamp(min=1)
+
+        bins = inference_outputs["bins"].clamp(max=self.n_bins - 1).float()
+        expr_per_cell = (generative_outputs["expression"].float() - bins).pow(2).mean(dim=1)
+
+        per_cell = mlm_per_cell + self.expression_weight * expr_per_cell
+        return LossOutput(
+            loss=per_cell.mean(),
+            reconstruction_loss=per_cell,
+            extra_metrics={"mlm_loss": mlm_per_cell.mean().detach(), "expression_loss": expr_per_cell.mean().detach()},
+        )
+
+    def sample(self, *args, **kwargs):
+        """Not available for the encoder-only model: generating cells needs the decoder-only variant."""
+        raise NotImplementedError("The encoder-only BioFormer does not generate cells.")
+
+    # --- building blocks used by the model class ---------------------------------------------------
+    def encode(
+        self,
+        genes: torch.Tensor,
+        values: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        *,
+        attention_layer: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Encode ``[CLS, genes...]``; returns hidden states ``(cells, 1 + length, n_hidden)``."""
+        tokens = self.gene_embedding(genes) + self.value_encoder(values, mask)
+        cls = self.cls_token.to(tokens.dtype).expand(tokens.shape[0], 1, -1)
+        return self.encoder(torch.cat([cls, tokens], dim=1), attention_layer=attention_layer)
+
+    def decode_expression(self, cls: torch.Tensor) -> torch.Tensor:
+        """Predicted bin of every gene, ``(cells, n_genes)``, from the CLS state alone."""
+        queries = self.gene_query(self.gene_embedding.weight)
+        return self.cell_query(cls) @ queries.T + self.gene_bias
+
+    @auto_move_data
+    def embed(self, bins: torch.Tensor) -> torch.Tensor:
+        """CLS embedding of unmasked cells, ``(cells, n_hidden)``."""
+        return self.inference(bins, masked=False)["cls"]
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear | nn.Embedding):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)

@@ -1,0 +1,67 @@
+"""Pre-LayerNorm transformer blocks."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._attention import SelfAttention
+
+
+class TransformerBlock(nn.Module):
+    """One pre-LayerNorm block: ``x + attn(ln(x))`` then ``x + mlp(ln(x))``.
+
+    Pre-LN keeps training stable without a long warm-up, which matters for short runs on a laptop.
+    """
+
+    def __init__(self, n_hidden: int, n_heads: int, dropout: float = 0.1, ffn_ratio: int = 4):
+        super().__init__()
+        self.norm_attn = nn.LayerNorm(n_hidden)
+        self.attn = SelfAttention(n_hidden, n_heads, dropout)
+        self.norm_ffn = nn.LayerNorm(n_hidden)
+        self.ffn = nn.Sequential(
+            nn.Linear(n_hidden, ffn_ratio * n_hidden),
+            nn.GELU(),
+            nn.Linear(ffn_ratio * n_hidden, n_hidden),
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        *,
+        causal: bool = False,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return the updated tokens and, with ``need_weights``, the head-averaged attention."""
+        attended, weights = self.attn(self.norm_attn(x), padding_mask, causal=causal, need_weights=need_weights)
+        x = x + self.dropout(attended)
+        x = x + self.dropout(self.ffn(self.norm_ffn(x)))
+        return x, weights
+
+
+class TransformerEncoder(nn.Module):
+    """A stack of :class:`TransformerBlock` with a final LayerNorm."""
+
+    def __init__(self, n_hidden: int, n_layers: int, n_heads: int, dropout: float = 0.1):
+        super().__init__()
+        self.blocks = nn.ModuleList(TransformerBlock(n_hidden, n_heads, dropout) for _ in range(n_layers))
+        self.norm = nn.LayerNorm(n_hidden)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        *,
+        causal: bool = False,
+        attention_layer: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Encode tokens; with ``attention_layer`` also return that layer's head-averaged attention."""
+        weights = None
+        for i, block in enumerate(self.blocks):
+            want = attention_layer is not None and i == attention_layer % len(self.blocks)
+            x, layer_weights = block(x, padding_mask, causal=causal, need_weights=want)
+            if want:
+                weights = layer_weights
+        return self.norm(x), weights

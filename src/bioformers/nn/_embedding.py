@@ -1,0 +1,48 @@
+"""Embedding of binned expression values."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+
+class ValueEncoder(nn.Module):
+    """Embed bin indices, with a learned MASK value for masked positions.
+
+    Parameters
+    ----------
+    n_bins
+        Number of bin values (largest bin index + 1).
+    n_hidden
+        Embedding width.
+    kind
+        ``"linear"``: a linear layer on the bin index (scaled to ``[0, 1]``), so neighbouring bins get
+        neighbouring embeddings (the paper's default). ``"embedding"``: one free vector per bin.
+    """
+
+    def __init__(self, n_bins: int, n_hidden: int, kind: Literal["linear", "embedding"] = "linear"):
+        super().__init__()
+        if kind not in ("linear", "embedding"):
+            raise ValueError(f"`value_encoder` must be 'linear' or 'embedding', not {kind!r}.")
+        self.kind = kind
+        self.n_bins = n_bins
+        if kind == "linear":
+            self.encoder = nn.Linear(1, n_hidden)
+        else:
+            self.encoder = nn.Embedding(n_bins, n_hidden)
+        self.mask_value = nn.Parameter(torch.zeros(n_hidden))
+        self.norm = nn.LayerNorm(n_hidden)
+
+    def forward(self, bins: torch.Tensor, masked: torch.Tensor | None = None) -> torch.Tensor:
+        """Embed ``bins`` (long, any shape); positions where ``masked`` is True get the MASK value."""
+        bins = bins.clamp(max=self.n_bins - 1)
+        if self.kind == "linear":
+            scale = max(self.n_bins - 1, 1)
+            emb = self.encoder((bins.to(self.encoder.weight.dtype) / scale).unsqueeze(-1))
+        else:
+            emb = self.encoder(bins)
+        if masked is not None:
+            emb = torch.where(masked.unsqueeze(-1), self.mask_value.to(emb.dtype), emb)
+        return self.norm(emb)

@@ -1,0 +1,88 @@
+"""The Lightning training plan: AdamW with linear warm-up then cosine decay."""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+
+import torch
+from scvi.train import TrainingPlan
+
+
+class BioFormerTrainingPlan(TrainingPlan):
+    """scvi-tools' :class:`~scvi.train.TrainingPlan` with a transformer schedule.
+
+    Parameters
+    ----------
+    module
+        The :class:`~bioformers.module.BioFormerModule`.
+    lr
+        Peak learning rate, reached after warm-up.
+    weight_decay
+        AdamW weight decay (not applied to biases, norms and embeddings).
+    warmup_fraction
+        Fraction of all optimiser steps spent warming up linearly from 0 to ``lr``.
+    min_lr_ratio
+        The cosine decays to ``lr * min_lr_ratio`` at the last step.
+    **kwargs
+        Passed to :class:`~scvi.train.TrainingPlan`.
+    """
+
+    def __init__(
+        self,
+        module,
+        *,
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        warmup_fraction: float = 0.05,
+        min_lr_ratio: float = 0.05,
+        **kwargs,
+    ):
+        super().__init__(module, lr=lr, weight_decay=weight_decay, optimizer="AdamW", **kwargs)
+        self.warmup_fraction = warmup_fraction
+        self.min_lr_ratio = min_lr_ratio
+
+    def configure_optimizers(self):
+        """AdamW over two parameter groups and a per-step warm-up/cosine schedule."""
+        decay, no_decay = [], []
+        for name, param in self.module.named_parameters():
+            if not param.requires_grad:
+                continue
+            (decay if param.ndim >= 2 and "embedding" not in name else no_decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.lr,
+            betas=(0.9, 0.98),
+            eps=1e-8,
+        )
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = max(int(self.warmup_fraction * total), 1)
+        floor = self.min_lr_ratio
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+@cache
+def _cpu_has_fast_bf16() -> bool:
+    """AMX or AVX512-BF16 on this CPU (read from the kernel's CPU flags; False where unknown)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def default_precision(accelerator: str = "auto") -> str:
+    """Lightning precision: bf16 autocast on CUDA with bf16 and on CPUs with AMX/AVX512-BF16, else fp32."""
+    use_cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    if use_cuda:
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
+    return "bf16-mixed" if _cpu_has_fast_bf16() else "32-true"
