@@ -17,7 +17,8 @@ class TransformerBlock(nn.Module):
     def __init__(self, n_hidden: int, n_heads: int, dropout: float = 0.1, ffn_ratio: int = 4):
         super().__init__()
         self.norm_attn = nn.LayerNorm(n_hidden)
-        self.attn = SelfAttention(n_hidden, n_heads, dropout)
+        # no dropout on attention weights: it forces SDPA off its fused kernels onto the slow math path
+        self.attn = SelfAttention(n_hidden, n_heads)
         self.norm_ffn = nn.LayerNorm(n_hidden)
         self.ffn = nn.Sequential(
             nn.Linear(n_hidden, ffn_ratio * n_hidden),
