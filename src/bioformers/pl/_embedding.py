@@ -1,0 +1,126 @@
+"""UMAP of the bioformers cell embedding, kept apart from the user's own neighbours and UMAP."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Any
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import scanpy as sc
+from scipy import sparse
+
+from .._keys import Keys
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from anndata import AnnData
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+
+def embedding(
+    adata: AnnData,
+    *,
+    color: str | Sequence[str] | None = None,
+    basis: str | None = None,
+    key_added: str = "bioformers",
+    n_neighbors: int = 15,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+    **kwargs: Any,
+) -> Axes | list[Axes] | Figure | None:
+    """Plot a UMAP of the cell embedding that `bf.tl.pretrain` / `bf.tl.embed` wrote.
+
+    The neighbour graph and UMAP of `basis` are computed with Scanpy and stored under keys of
+    their own (below), so the user's `obsm['X_umap']` and `uns['neighbors']` are never
+    overwritten. They are reused on later calls as long as `basis` holds the same values and
+    `n_neighbors` is unchanged; a retrained embedding gets a fresh UMAP.
+
+    Parameters
+    ----------
+    adata
+        Annotated data with the embedding in `obsm`.
+    color
+        Keys of `obs` or genes to colour by, as in :func:`scanpy.pl.embedding`.
+    basis
+        Key of `obsm` with the representation; default ``f"X_{key_added}"``
+        (``"X_bioformers"``).
+    key_added
+        Base key used by `bf.tl` (default ``"bioformers"``); names the stored graph and UMAP.
+    n_neighbors
+        Neighbours of the graph the UMAP is computed from.
+    ax
+        Axes to draw into (single `color` only).
+    show
+        Show the plot and return nothing. Default: show in an interactive session
+        (when Scanpy's `settings.autoshow` is on), otherwise return the Axes.
+    return_fig
+        Return the Figure instead of the Axes.
+    **kwargs
+        Passed to :func:`scanpy.pl.embedding` (e.g. `palette`, `size`, `legend_loc`, `title`).
+
+    Returns
+    -------
+    The Axes (a list of Axes for several `color` keys), the Figure if `return_fig`, or None if
+    shown. Writes, for ``key_added="bioformers"``:
+
+    `adata.obsm['X_umap_bioformers']` : ndarray (n_obs, 2)
+        UMAP coordinates.
+    `adata.uns['X_umap_bioformers']` : dict
+        UMAP parameters, including the basis it was computed from.
+    `adata.uns['bioformers_neighbors']` : dict
+        Neighbour-graph parameters.
+    `adata.obsp['bioformers_neighbors_distances']`, `adata.obsp['bioformers_neighbors_connectivities']` : sparse matrix
+        The neighbour graph.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import bioformers as bf
+    >>> adata = bf.datasets.synthetic()
+    >>> # stands in for bf.tl.pretrain(adata):
+    >>> adata.obsm["X_bioformers"] = np.random.default_rng(0).normal(size=(adata.n_obs, 8))
+    >>> ax = bf.pl.embedding(adata, color="cell_type", show=False)
+    """
+    keys = Keys(key_added)
+    basis = keys.embedding if basis is None else basis
+    if basis not in adata.obsm:
+        raise KeyError(
+            f"`adata.obsm[{basis!r}]` not found. Compute the cell embedding first with `bf.tl.pretrain(adata)` "
+            "or, for a trained model, `bf.tl.embed(adata, model)`."
+        )
+    # Derived keys (to move into `_keys.py`): the graph and the UMAP of the embedding.
+    neighbors_key = f"{keys.base}_neighbors"
+    umap_key = f"X_umap_{keys.base}"
+
+    fingerprint = {"use_rep": basis, "n_neighbors": n_neighbors, "rep_checksum": _checksum(adata.obsm[basis])}
+    stored = adata.uns.get(umap_key, {}).get("params", {})
+    if umap_key not in adata.obsm or any(stored.get(k) != v for k, v in fingerprint.items()):
+        sc.pp.neighbors(adata, n_neighbors=n_neighbors, use_rep=basis, key_added=neighbors_key)
+        sc.tl.umap(adata, neighbors_key=neighbors_key, key_added=umap_key)
+        adata.uns[umap_key]["params"].update(fingerprint)
+
+    axes = sc.pl.embedding(adata, basis=umap_key, color=color, ax=ax, show=False, **kwargs)
+    return _finish(axes, show=show, return_fig=return_fig)
+
+
+def _checksum(rep) -> str:
+    """Digest of the values of a representation, to tell a retrained embedding from the old one."""
+    values = rep.toarray() if sparse.issparse(rep) else np.asarray(rep)
+    return hashlib.blake2b(np.ascontiguousarray(values).tobytes(), digest_size=16).hexdigest()
+
+
+def _finish(axes: Axes | list[Axes], *, show: bool | None, return_fig: bool) -> Axes | list[Axes] | Figure | None:
+    """Return what a `bf.pl` function returns, following Scanpy's `show` / `return_fig` conventions."""
+    if return_fig:
+        return (axes[0] if isinstance(axes, list) else axes).figure
+    if show is None:
+        show = sc.settings.autoshow and matplotlib.is_interactive()
+    if show:
+        plt.show()
+        return None
+    return axes
