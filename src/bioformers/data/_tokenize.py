@@ -41,7 +41,8 @@ def cell_uniforms(bins: torch.Tensor, salt: int) -> torch.Tensor:
     gene_weight = _mix(gene + 7 * salt + 1) % 65_521 + 1
     key = _mix((bins.to(torch.int64) * gene_weight).sum(dim=1) % _MOD + salt)
     h = _mix((key[:, None] * 40_503 + gene[None, :] * 2_654_435 + salt) % _MOD)
-    return h.to(torch.float64).div(_MOD).to(torch.float32)
+    # keep 24 bits, which float32 holds exactly: the result is strictly below 1
+    return (h >> 7).to(torch.float32) / 2**24
 
 
 def _uniforms(bins: torch.Tensor, random: bool, salt: int) -> torch.Tensor:

@@ -88,7 +88,7 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         n_layers: int = 4,
         n_heads: int = 4,
         dropout: float = 0.1,
-        max_seq_len: int = 512,
+        max_seq_len: int = 256,
         value_encoder: Literal["linear", "embedding"] = "linear",
         mask_ratio: float = 0.1,
         nonzero_ratio: float = 0.5,

@@ -21,10 +21,15 @@ class BioFormerModule(BaseModuleClass):
     embedding and its value embedding. Two objectives train it:
 
     * masked gene modelling: an MLP head predicts the bin of each masked gene (cross-entropy);
-    * expression decoding from CLS: the CLS state, projected, is dotted with a query derived from
-      each gene's embedding to predict the bin of every gene of the cell (MSE). It forces the cell
-      embedding to summarise the whole profile, which masked modelling alone does not
-      (scGPT's GEPC plays the same role).
+    * expression decoding from CLS: an MLP on the CLS state predicts the bin of every gene of the
+      cell (MSE). It forces the cell embedding to summarise the whole profile, which masked
+      modelling alone does not (scGPT's GEPC plays the same role).
+
+    The CLS input is a learned token plus a linear projection of the cell's visible binned profile
+    over all genes (masked genes hidden). Without it, CLS started from a constant and after a few
+    hundred steps on PBMC 3k carried almost no cell-type signal (KMeans AvgBIO 0.20 vs 0.58 with it,
+    2 layers, 200 steps); the projection gives the cell state a direct path to the whole profile,
+    attention refines it.
 
     Parameters
     ----------
@@ -61,13 +66,23 @@ class BioFormerModule(BaseModuleClass):
         n_layers: int = 4,
         n_heads: int = 4,
         dropout: float = 0.1,
-        max_seq_len: int = 512,
+        max_seq_len: int = 256,
         value_encoder: Literal["linear", "embedding"] = "linear",
         mask_ratio: float = 0.1,
         nonzero_ratio: float = 0.5,
         expression_weight: float = 1.0,
     ):
         super().__init__()
+        check_module_arguments(
+            n_hidden=n_hidden,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            max_seq_len=max_seq_len,
+            value_encoder=value_encoder,
+            mask_ratio=mask_ratio,
+            nonzero_ratio=nonzero_ratio,
+            expression_weight=expression_weight,
+        )
         self.n_genes = n_genes
         self.n_bins = n_bins
         self.max_seq_len = max_seq_len
@@ -82,9 +97,8 @@ class BioFormerModule(BaseModuleClass):
         self.bin_head = nn.Sequential(
             nn.Linear(n_hidden, n_hidden), nn.GELU(), nn.LayerNorm(n_hidden), nn.Linear(n_hidden, n_bins)
         )
-        self.cell_query = nn.Linear(n_hidden, n_hidden)
-        self.gene_query = nn.Sequential(nn.Linear(n_hidden, n_hidden), nn.GELU(), nn.Linear(n_hidden, n_hidden))
-        self.gene_bias = nn.Parameter(torch.zeros(n_genes))
+        self.profile_encoder = nn.Linear(n_genes, n_hidden, bias=False)
+        self.expression_head = nn.Sequential(nn.Linear(n_hidden, n_hidden), nn.GELU(), nn.Linear(n_hidden, n_genes))
         self.apply(_init_weights)
         nn.init.normal_(self.cls_token, std=0.02)
 
@@ -104,7 +118,7 @@ class BioFormerModule(BaseModuleClass):
         mask = (
             mask_positions(values, self.mask_ratio, self.nonzero_ratio, random=self.training) if masked else None
         )
-        hidden, _ = self.encode(genes, values, mask)
+        hidden, _ = self.encode(genes, values, mask, profile=self._visible_profile(bins, genes, values, mask))
         return {"cls": hidden[:, 0], "hidden": hidden[:, 1:], "values": values, "mask": mask, "bins": bins}
 
     def _get_generative_input(self, tensors, inference_outputs, **kwargs) -> dict[str, torch.Tensor | None]:
@@ -140,28 +154,66 @@ class BioFormerModule(BaseModuleClass):
         raise NotImplementedError("The encoder-only BioFormer does not generate cells.")
 
     # --- building blocks used by the model class ---------------------------------------------------
+    def _visible_profile(self, bins, genes, values, mask) -> torch.Tensor:
+        """The cell's scaled bins over all genes, with masked genes hidden (set to 0)."""
+        scale = 1.0 / max(self.n_bins - 1, 1)
+        profile = bins.clamp(max=self.n_bins - 1).float() * scale
+        if mask is not None:
+            profile = profile.scatter(1, genes, torch.where(mask, 0.0, values.float() * scale))
+        return profile
+
     def encode(
         self,
         genes: torch.Tensor,
         values: torch.Tensor,
         mask: torch.Tensor | None = None,
         *,
+        profile: torch.Tensor,
         attention_layer: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Encode ``[CLS, genes...]``; returns hidden states ``(cells, 1 + length, n_hidden)``."""
+        """Encode ``[CLS, genes...]``; returns hidden states ``(cells, 1 + length, n_hidden)``.
+
+        The CLS input is a learned token plus a linear projection of the cell's visible profile
+        over all genes, so the cell state starts from the whole cell, not only the sequence.
+        """
         tokens = self.gene_embedding(genes) + self.value_encoder(values, mask)
-        cls = self.cls_token.to(tokens.dtype).expand(tokens.shape[0], 1, -1)
+        cls = (self.cls_token + self.profile_encoder(profile)).to(tokens.dtype).unsqueeze(1)
         return self.encoder(torch.cat([cls, tokens], dim=1), attention_layer=attention_layer)
 
     def decode_expression(self, cls: torch.Tensor) -> torch.Tensor:
         """Predicted bin of every gene, ``(cells, n_genes)``, from the CLS state alone."""
-        queries = self.gene_query(self.gene_embedding.weight)
-        return self.cell_query(cls) @ queries.T + self.gene_bias
+        return self.expression_head(cls)
 
     @auto_move_data
     def embed(self, bins: torch.Tensor) -> torch.Tensor:
         """CLS embedding of unmasked cells, ``(cells, n_hidden)``."""
         return self.inference(bins, masked=False)["cls"]
+
+
+def check_module_arguments(
+    *,
+    n_hidden: int,
+    n_layers: int,
+    n_heads: int,
+    max_seq_len: int,
+    value_encoder: str,
+    mask_ratio: float,
+    nonzero_ratio: float,
+    expression_weight: float,
+) -> None:
+    """Raise a ``ValueError`` naming the first invalid architecture or objective setting."""
+    problems = [
+        (n_hidden < 1 or n_heads < 1 or n_hidden % n_heads, f"`n_hidden` ({n_hidden}) must be a positive multiple of `n_heads` ({n_heads})."),
+        (n_layers < 1, f"`n_layers` must be at least 1, not {n_layers}."),
+        (max_seq_len < 2, f"`max_seq_len` must be at least 2 (CLS and one gene), not {max_seq_len}."),
+        (value_encoder not in ("linear", "embedding"), f"`value_encoder` must be 'linear' or 'embedding', not {value_encoder!r}."),
+        (not 0 < mask_ratio < 1, f"`mask_ratio` must lie in (0, 1), not {mask_ratio}."),
+        (not 0 <= nonzero_ratio <= 1, f"`nonzero_ratio` must lie in [0, 1], not {nonzero_ratio}."),
+        (expression_weight < 0, f"`expression_weight` must be >= 0, not {expression_weight}."),
+    ]
+    for failed, message in problems:
+        if failed:
+            raise ValueError(message)
 
 
 def _init_weights(module: nn.Module) -> None:

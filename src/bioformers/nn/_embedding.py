@@ -32,8 +32,9 @@ class ValueEncoder(nn.Module):
             self.encoder = nn.Linear(1, n_hidden)
         else:
             self.encoder = nn.Embedding(n_bins, n_hidden)
+        # no LayerNorm here: it is scale-invariant, so after a linear layer it would map every
+        # nonzero bin to the same vector
         self.mask_value = nn.Parameter(torch.zeros(n_hidden))
-        self.norm = nn.LayerNorm(n_hidden)
 
     def forward(self, bins: torch.Tensor, masked: torch.Tensor | None = None) -> torch.Tensor:
         """Embed ``bins`` (long, any shape); positions where ``masked`` is True get the MASK value."""
@@ -45,4 +46,4 @@ class ValueEncoder(nn.Module):
             emb = self.encoder(bins)
         if masked is not None:
             emb = torch.where(masked.unsqueeze(-1), self.mask_value.to(emb.dtype), emb)
-        return self.norm(emb)
+        return emb

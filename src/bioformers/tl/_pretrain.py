@@ -11,6 +11,7 @@ from .._keys import DEFAULT_KEY, Keys
 from .._record import params_record
 from .._validation import check_counts, check_obs_key, check_unique_var_names, get_matrix
 from ..model import BioFormer
+from ..module import check_module_arguments
 from ..pp import bin as bin_values
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ def pretrain(
     n_layers: int = 4,
     n_heads: int = 4,
     n_hidden: int = 128,
-    max_seq_len: int = 512,
+    max_seq_len: int = 256,
     max_epochs: int | None = None,
     batch_size: int = 64,
     lr: float = 1e-3,
@@ -102,6 +103,16 @@ def pretrain(
             raise ValueError(f"`binning` must be 'value' or 'segment', not {binning!r}.")
         check_counts(get_matrix(adata, layer), where=f"adata.layers[{layer!r}]" if layer else "adata.X",
                      require_integer=binning == "value")
+    check_module_arguments(
+        n_hidden=n_hidden,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        max_seq_len=max_seq_len,
+        value_encoder="linear",
+        mask_ratio=mask_ratio,
+        nonzero_ratio=nonzero_ratio,
+        expression_weight=1.0,
+    )
     if adata.n_obs < batch_size:
         raise ValueError(
             f"The AnnData has {adata.n_obs} cells, fewer than one batch (batch_size={batch_size}). "
@@ -160,7 +171,7 @@ def embed(
     """Write the model's cell embedding for ``adata`` (e.g. a query dataset with the model's genes).
 
     Bins the counts with the model's binning settings when ``layers["<key_added>_binned"]`` is
-    missing.
+    missing (into the layer the model was trained on, ``"bioformers_binned"`` by default).
 
     Parameters
     ----------
@@ -193,15 +204,22 @@ def embed(
     """
     keys = Keys(key_added)
     model.check_genes(adata)
-    must_bin = keys.binned not in adata.layers
+    # the model reads the layer it was set up with, whatever this call's key_added
+    binned_layer = model.registry_["setup_args"]["layer"]
+    must_bin = binned_layer not in adata.layers
     binning = {k: model.binning_[k] for k in _BINNING_ARGS if k in model.binning_}
+    if must_bin and not binned_layer.endswith("_binned"):
+        raise KeyError(
+            f"The model reads binned values from `layers[{binned_layer!r}]`, which this AnnData lacks. "
+            f"Bin it the way the training data was binned ({binning}) into that layer first."
+        )
     if must_bin:
         normalize = binning.get("normalize", True) and binning.get("method", "value") == "value"
         check_counts(get_matrix(adata, layer), where=f"adata.layers[{layer!r}]" if layer else "adata.X",
                      require_integer=bool(normalize))
     adata = adata.copy() if copy else adata
     if must_bin:
-        bin_values(adata, layer=layer, key_added=key_added, **binning)
+        bin_values(adata, layer=layer, key_added=binned_layer.removesuffix("_binned"), **binning)
     adata.obsm[keys.embedding] = model.get_latent_representation(adata, batch_size=batch_size)
     logg.info(f"added\n    'obsm[{keys.embedding!r}]', cell embeddings")
     return adata if copy else None
