@@ -75,7 +75,8 @@ def main() -> None:
 
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     lines = [
-        f"PBMC 3k, {adata.n_obs} cells x {adata.n_vars} HVGs (seurat_v3), seed {args.seed}, settings {overrides or 'defaults'}",
+        f"PBMC 3k, {adata.n_obs} cells x {adata.n_vars} HVGs (seurat_v3), seed {args.seed}, "
+        f"settings {overrides or 'defaults'}",
         "",
         "| embedding | clustering | NMI | ARI | ASW | AvgBIO |",
         "|---|---|---|---|---|---|",

@@ -66,6 +66,16 @@ class Keys:
         return f"{self.base}_confidence"
 
     @property
+    def neighbors(self) -> str:
+        """``uns``/``obsp`` key of the neighbour graph that ``bf.pl.embedding`` computes on the embedding."""
+        return f"{self.base}_neighbors"
+
+    @property
+    def umap(self) -> str:
+        """``obsm[...]`` with the UMAP of the embedding (so the user's own ``X_umap`` is kept)."""
+        return f"X_umap_{self.base}"
+
+    @property
     def record(self) -> str:
         """``uns[...]`` with the training record (params, loss history)."""
         return self.base

@@ -22,7 +22,9 @@ def get_matrix(adata: AnnData, layer: str | None):
         return adata.X
     if layer not in adata.layers:
         available = ", ".join(map(repr, adata.layers.keys())) or "none"
-        raise KeyError(f"Layer {layer!r} not found in `adata.layers` (available: {available}). Pass an existing `layer=`.")
+        raise KeyError(
+            f"Layer {layer!r} not found in `adata.layers` (available: {available}). Pass an existing `layer=`."
+        )
     return adata.layers[layer]
 
 
@@ -54,7 +56,8 @@ def check_counts(X, *, where: str = "adata.X", require_integer: bool = True) -> 
     n_empty = int((totals == 0).sum())
     if n_empty:
         raise ValueError(
-            f"{where} has {n_empty} cell(s) with no counts. Remove them first, e.g. `sc.pp.filter_cells(adata, min_counts=1)`."
+            f"{where} has {n_empty} cell(s) with no counts. "
+            "Remove them first, e.g. `sc.pp.filter_cells(adata, min_counts=1)`."
         )
 
 
@@ -62,9 +65,7 @@ def check_unique_var_names(adata: AnnData) -> None:
     """Gene names are the model's vocabulary: they must be unique."""
     if not adata.var_names.is_unique:
         dup = adata.var_names[adata.var_names.duplicated()].unique()[:5].tolist()
-        raise ValueError(
-            f"`adata.var_names` are not unique (e.g. {dup}). Call `adata.var_names_make_unique()` first."
-        )
+        raise ValueError(f"`adata.var_names` are not unique (e.g. {dup}). Call `adata.var_names_make_unique()` first.")
 
 
 def check_obs_key(adata: AnnData, key: str | None, *, argument: str) -> None:

@@ -1,6 +1,6 @@
 """The README's demo: pretrain on the bundled PBMC 3k data and write the results.
 
-    python -m bioformers.demo --out output/
+python -m bioformers.demo --out output/
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # the demo writes files; it never opens a window
 
-import matplotlib.pyplot as plt  # noqa: E402
-import scanpy as sc  # noqa: E402
+import matplotlib.pyplot as plt
+import scanpy as sc
 
-import bioformers as bf  # noqa: E402
+import bioformers as bf
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,7 +37,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"trained in {time.perf_counter() - start:.0f} s")
 
     scores = bf.metrics.avg_bio(adata, label_key="cell_type", use_rep="X_bioformers")
-    print("cell-type AvgBIO of the embedding (KMeans): {avg_bio:.3f} (NMI {nmi:.3f}, ARI {ari:.3f}, ASW {asw:.3f})".format(**scores))
+    print(
+        "cell-type AvgBIO of the embedding (KMeans): "
+        "{avg_bio:.3f} (NMI {nmi:.3f}, ARI {ari:.3f}, ASW {asw:.3f})".format(**scores)
+    )
 
     fig = bf.pl.embedding(adata, color="cell_type", return_fig=True, show=False)
     fig.savefig(out / "umap_bioformers.png", dpi=150, bbox_inches="tight")

@@ -89,7 +89,7 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         n_heads: int = 4,
         dropout: float = 0.1,
         max_seq_len: int = 256,
-        value_encoder: Literal["linear", "embedding"] = "linear",
+        value_encoder: Literal["linear", "embedding"] = "embedding",
         mask_ratio: float = 0.1,
         nonzero_ratio: float = 0.5,
         expression_weight: float = 1.0,
@@ -211,9 +211,7 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
                 f"The AnnData has {n_obs} cells, fewer than one batch (batch_size={batch_size}). "
                 f"Pass `batch_size={max(n_obs // 2, 1)}` or smaller."
             )
-        plan_kwargs = {"lr": lr, "weight_decay": weight_decay, "warmup_fraction": warmup_fraction} | (
-            plan_kwargs or {}
-        )
+        plan_kwargs = {"lr": lr, "weight_decay": weight_decay, "warmup_fraction": warmup_fraction} | (plan_kwargs or {})
         return super().train(
             max_epochs=max_epochs or default_max_epochs(n_obs),
             batch_size=batch_size,
@@ -233,7 +231,8 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         missing = np.setdiff1d(self.genes_, genes)
         if missing.size:
             raise ValueError(
-                f"The AnnData lacks {missing.size} of the model's {self.genes_.size} genes (e.g. {missing[:5].tolist()}). "
+                f"The AnnData lacks {missing.size} of the model's {self.genes_.size} genes "
+                f"(e.g. {missing[:5].tolist()}). "
                 "Give it the model's genes, e.g. by adding them as zero columns."
             )
         raise ValueError(

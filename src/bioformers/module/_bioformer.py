@@ -67,7 +67,7 @@ class BioFormerModule(BaseModuleClass):
         n_heads: int = 4,
         dropout: float = 0.1,
         max_seq_len: int = 256,
-        value_encoder: Literal["linear", "embedding"] = "linear",
+        value_encoder: Literal["linear", "embedding"] = "embedding",
         mask_ratio: float = 0.1,
         nonzero_ratio: float = 0.5,
         expression_weight: float = 1.0,
@@ -115,9 +115,7 @@ class BioFormerModule(BaseModuleClass):
         """
         bins = bins.long()
         genes, values = select_genes(bins, self.max_seq_len - 1, random=self.training)
-        mask = (
-            mask_positions(values, self.mask_ratio, self.nonzero_ratio, random=self.training) if masked else None
-        )
+        mask = mask_positions(values, self.mask_ratio, self.nonzero_ratio, random=self.training) if masked else None
         hidden, _ = self.encode(genes, values, mask, profile=self._visible_profile(bins, genes, values, mask))
         return {"cls": hidden[:, 0], "hidden": hidden[:, 1:], "values": values, "mask": mask, "bins": bins}
 
@@ -203,10 +201,16 @@ def check_module_arguments(
 ) -> None:
     """Raise a ``ValueError`` naming the first invalid architecture or objective setting."""
     problems = [
-        (n_hidden < 1 or n_heads < 1 or n_hidden % n_heads, f"`n_hidden` ({n_hidden}) must be a positive multiple of `n_heads` ({n_heads})."),
+        (
+            n_hidden < 1 or n_heads < 1 or n_hidden % n_heads,
+            f"`n_hidden` ({n_hidden}) must be a positive multiple of `n_heads` ({n_heads}).",
+        ),
         (n_layers < 1, f"`n_layers` must be at least 1, not {n_layers}."),
         (max_seq_len < 2, f"`max_seq_len` must be at least 2 (CLS and one gene), not {max_seq_len}."),
-        (value_encoder not in ("linear", "embedding"), f"`value_encoder` must be 'linear' or 'embedding', not {value_encoder!r}."),
+        (
+            value_encoder not in ("linear", "embedding"),
+            f"`value_encoder` must be 'linear' or 'embedding', not {value_encoder!r}.",
+        ),
         (not 0 < mask_ratio < 1, f"`mask_ratio` must lie in (0, 1), not {mask_ratio}."),
         (not 0 <= nonzero_ratio <= 1, f"`nonzero_ratio` must lie in [0, 1], not {nonzero_ratio}."),
         (expression_weight < 0, f"`expression_weight` must be >= 0, not {expression_weight}."),

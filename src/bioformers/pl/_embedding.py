@@ -93,9 +93,7 @@ def embedding(
             f"`adata.obsm[{basis!r}]` not found. Compute the cell embedding first with `bf.tl.pretrain(adata)` "
             "or, for a trained model, `bf.tl.embed(adata, model)`."
         )
-    # Derived keys (to move into `_keys.py`): the graph and the UMAP of the embedding.
-    neighbors_key = f"{keys.base}_neighbors"
-    umap_key = f"X_umap_{keys.base}"
+    neighbors_key, umap_key = keys.neighbors, keys.umap
 
     fingerprint = {"use_rep": basis, "n_neighbors": n_neighbors, "rep_checksum": _checksum(adata.obsm[basis])}
     stored = adata.uns.get(umap_key, {}).get("params", {})

@@ -32,6 +32,7 @@ def pretrain(
     n_heads: int = 4,
     n_hidden: int = 128,
     max_seq_len: int = 256,
+    value_encoder: Literal["linear", "embedding"] = "embedding",
     max_epochs: int | None = None,
     batch_size: int = 64,
     lr: float = 1e-3,
@@ -60,8 +61,8 @@ def pretrain(
         Binning method of :func:`bioformers.pp.bin`.
     n_bins
         Passed to :func:`bioformers.pp.bin`.
-    n_layers, n_heads, n_hidden, max_seq_len
-        Size of the transformer (see :class:`bioformers.BioFormer`).
+    n_layers, n_heads, n_hidden, max_seq_len, value_encoder
+        Size and value embedding of the transformer (see :class:`bioformers.BioFormer`).
     max_epochs
         Passes over the data; ``None`` picks 5 to 30 by data size.
     batch_size
@@ -101,14 +102,17 @@ def pretrain(
     if must_bin:
         if binning not in ("value", "segment"):
             raise ValueError(f"`binning` must be 'value' or 'segment', not {binning!r}.")
-        check_counts(get_matrix(adata, layer), where=f"adata.layers[{layer!r}]" if layer else "adata.X",
-                     require_integer=binning == "value")
+        check_counts(
+            get_matrix(adata, layer),
+            where=f"adata.layers[{layer!r}]" if layer else "adata.X",
+            require_integer=binning == "value",
+        )
     check_module_arguments(
         n_hidden=n_hidden,
         n_layers=n_layers,
         n_heads=n_heads,
         max_seq_len=max_seq_len,
-        value_encoder="linear",
+        value_encoder=value_encoder,
         mask_ratio=mask_ratio,
         nonzero_ratio=nonzero_ratio,
         expression_weight=1.0,
@@ -129,6 +133,7 @@ def pretrain(
         n_layers=n_layers,
         n_heads=n_heads,
         max_seq_len=max_seq_len,
+        value_encoder=value_encoder,
         mask_ratio=mask_ratio,
         nonzero_ratio=nonzero_ratio,
     )
@@ -145,6 +150,7 @@ def pretrain(
             n_heads=n_heads,
             n_hidden=n_hidden,
             max_seq_len=max_seq_len,
+            value_encoder=value_encoder,
             max_epochs=len(model.loss_history()["train_loss"]),
             batch_size=batch_size,
             lr=lr,
@@ -215,8 +221,11 @@ def embed(
         )
     if must_bin:
         normalize = binning.get("normalize", True) and binning.get("method", "value") == "value"
-        check_counts(get_matrix(adata, layer), where=f"adata.layers[{layer!r}]" if layer else "adata.X",
-                     require_integer=bool(normalize))
+        check_counts(
+            get_matrix(adata, layer),
+            where=f"adata.layers[{layer!r}]" if layer else "adata.X",
+            require_integer=bool(normalize),
+        )
     adata = adata.copy() if copy else adata
     if must_bin:
         bin_values(adata, layer=layer, key_added=binned_layer.removesuffix("_binned"), **binning)
