@@ -197,7 +197,7 @@ def check_module_arguments(
     value_encoder: str,
     mask_ratio: float,
     nonzero_ratio: float,
-    expression_weight: float,
+    expression_weight: float = 1.0,
 ) -> None:
     """Raise a ``ValueError`` naming the first invalid architecture or objective setting."""
     problems = [

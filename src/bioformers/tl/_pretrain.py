@@ -107,16 +107,16 @@ def pretrain(
             where=f"adata.layers[{layer!r}]" if layer else "adata.X",
             require_integer=binning == "value",
         )
-    check_module_arguments(
-        n_hidden=n_hidden,
-        n_layers=n_layers,
-        n_heads=n_heads,
-        max_seq_len=max_seq_len,
-        value_encoder=value_encoder,
-        mask_ratio=mask_ratio,
-        nonzero_ratio=nonzero_ratio,
-        expression_weight=1.0,
-    )
+    architecture = {
+        "n_hidden": n_hidden,
+        "n_layers": n_layers,
+        "n_heads": n_heads,
+        "max_seq_len": max_seq_len,
+        "value_encoder": value_encoder,
+        "mask_ratio": mask_ratio,
+        "nonzero_ratio": nonzero_ratio,
+    }
+    check_module_arguments(**architecture)
     if adata.n_obs < batch_size:
         raise ValueError(
             f"The AnnData has {adata.n_obs} cells, fewer than one batch (batch_size={batch_size}). "
@@ -127,16 +127,7 @@ def pretrain(
     if must_bin:
         bin_values(adata, method=binning, n_bins=n_bins, layer=layer, key_added=key_added)
     BioFormer.setup_anndata(adata, layer=keys.binned, batch_key=batch_key, labels_key=labels_key)
-    model = BioFormer(
-        adata,
-        n_hidden=n_hidden,
-        n_layers=n_layers,
-        n_heads=n_heads,
-        max_seq_len=max_seq_len,
-        value_encoder=value_encoder,
-        mask_ratio=mask_ratio,
-        nonzero_ratio=nonzero_ratio,
-    )
+    model = BioFormer(adata, **architecture)
     model.train(max_epochs=max_epochs, batch_size=batch_size, lr=lr, **train_kwargs)
     adata.obsm[keys.embedding] = model.get_latent_representation()
     adata.uns[keys.record] = {
@@ -146,16 +137,10 @@ def pretrain(
             labels_key=labels_key,
             binning=binning,
             n_bins=n_bins,
-            n_layers=n_layers,
-            n_heads=n_heads,
-            n_hidden=n_hidden,
-            max_seq_len=max_seq_len,
-            value_encoder=value_encoder,
+            **architecture,
             max_epochs=len(model.loss_history()["train_loss"]),
             batch_size=batch_size,
             lr=lr,
-            mask_ratio=mask_ratio,
-            nonzero_ratio=nonzero_ratio,
             seed=seed,
             model=type(model).__name__,
         ),
