@@ -5,13 +5,12 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING, Any
 
-import matplotlib
-import matplotlib.pyplot as plt
 import numpy as np
 import scanpy as sc
 from scipy import sparse
 
 from .._keys import Keys
+from ._utils import _finish
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -110,15 +109,3 @@ def _checksum(rep) -> str:
     """Digest of the values of a representation, to tell a retrained embedding from the old one."""
     values = rep.toarray() if sparse.issparse(rep) else np.asarray(rep)
     return hashlib.blake2b(np.ascontiguousarray(values).tobytes(), digest_size=16).hexdigest()
-
-
-def _finish(axes: Axes | list[Axes], *, show: bool | None, return_fig: bool) -> Axes | list[Axes] | Figure | None:
-    """Return what a `bf.pl` function returns, following Scanpy's `show` / `return_fig` conventions."""
-    if return_fig:
-        return (axes[0] if isinstance(axes, list) else axes).figure
-    if show is None:
-        show = sc.settings.autoshow and matplotlib.is_interactive()
-    if show:
-        plt.show()
-        return None
-    return axes

@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from .._keys import Keys
-from ._embedding import _finish
+from ._utils import _finish
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -10,6 +10,7 @@ from scanpy import logging as logg
 from scipy import sparse
 
 from .._keys import Keys
+from .._record import params_record
 from .._validation import check_counts, get_matrix
 
 if TYPE_CHECKING:
@@ -109,8 +110,6 @@ def bin(
     >>> adata.uns["segment_binned"]["n_tokens"]
     52
     """
-    from .. import __version__  # deferred: the package imports `pp` before it defines its version
-
     X = get_matrix(adata, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     if method not in ("value", "segment"):
@@ -144,17 +143,14 @@ def bin(
         n_tokens = n_bins + 1
     binned = sparse.csr_matrix((bins.astype(np.int16), counts.indices, counts.indptr), shape=counts.shape)
 
-    params = {
-        "method": method,
-        "n_bins": None if n_bins is None else int(n_bins),
-        "cutoff": float(cutoff),
-        "bins_per_octave": int(bins_per_octave),
-        "normalize": bool(normalize),
-        "layer": layer,
-        "version": __version__,
-    }
-    # h5ad cannot store None: an unset option is left out, so `params.get(...)` reads it back as None.
-    params = {name: value for name, value in params.items() if value is not None}
+    params = params_record(
+        method=method,
+        n_bins=None if n_bins is None else int(n_bins),
+        cutoff=float(cutoff),
+        bins_per_octave=int(bins_per_octave),
+        normalize=bool(normalize),
+        layer=layer,
+    )
 
     adata = adata.copy() if copy else adata
     key = Keys(key_added).binned
