@@ -32,6 +32,11 @@ class Keys:
         return f"{self.base}_predicted"
 
     @property
+    def predicted_bins(self) -> str:
+        """``layers[...]`` with the most likely bin of every gene."""
+        return f"{self.base}_predicted_bins"
+
+    @property
     def gene_embedding(self) -> str:
         """``varm[...]`` with learned gene embeddings."""
         return f"{self.base}_genes"
@@ -40,6 +45,11 @@ class Keys:
     def attention(self) -> str:
         """``varp[...]`` with the attention GRN over all cells."""
         return f"{self.base}_attention"
+
+    @property
+    def attention_received(self) -> str:
+        """``var[...]`` with the total attention each gene receives (candidate regulators)."""
+        return f"{self.base}_attention_received"
 
     def attention_group(self, group: str) -> str:
         """``varp[...]`` with the attention GRN of one group."""

@@ -92,7 +92,7 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         value_encoder: Literal["linear", "embedding"] = "embedding",
         mask_ratio: float = 0.1,
         nonzero_ratio: float = 0.5,
-        expression_weight: float = 1.0,
+        expression_weight: float = 10.0,
         n_bins: int | None = None,
     ):
         super().__init__(adata)
