@@ -81,6 +81,7 @@ def anndata_state(adata) -> dict:
         "layers": sorted(adata.layers.keys()),
         "obsm": sorted(adata.obsm.keys()),
         "varm": sorted(adata.varm.keys()),
+        "varp": sorted(adata.varp.keys()),
         "uns": sorted(adata.uns.keys()),
         "X_type": type(adata.X),
         "X": X,

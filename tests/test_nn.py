@@ -26,7 +26,7 @@ def test_fast_path_equals_weight_path(attention, x, padded, causal):
     fast, no_weights = attention(x, padding_mask, causal=causal)
     explicit, weights = attention(x, padding_mask, causal=causal, need_weights=True)
     assert no_weights is None
-    assert weights.shape == (BATCH, LENGTH, LENGTH)
+    assert weights.shape == (BATCH, HEADS, LENGTH, LENGTH)
     torch.testing.assert_close(fast, explicit, rtol=1e-5, atol=1e-5)
 
 
@@ -35,9 +35,9 @@ def test_fast_path_equals_weight_path(attention, x, padded, causal):
 def test_attention_weights_are_distributions_over_allowed_keys(attention, x, padded, causal):
     padding_mask = PADDING if padded else None
     _, weights = attention(x, padding_mask, causal=causal, need_weights=True)
-    torch.testing.assert_close(weights.sum(-1), torch.ones(BATCH, LENGTH))
+    torch.testing.assert_close(weights.sum(-1), torch.ones(BATCH, HEADS, LENGTH))
     assert (weights >= 0).all()
-    padded_keys = (PADDING if padded else torch.zeros_like(PADDING))[:, None, :].expand_as(weights)
+    padded_keys = (PADDING if padded else torch.zeros_like(PADDING))[:, None, None, :].expand_as(weights)
     assert (weights[padded_keys] == 0).all()
     upper = torch.ones(LENGTH, LENGTH, dtype=torch.bool).triu(1).expand_as(weights)
     if causal:
@@ -109,8 +109,8 @@ def test_encoder_returns_attention_of_the_asked_layer(x, padded):
     hidden_0, weights_0 = encoder(x, padding_mask, attention_layer=0)
     hidden_1, weights_1 = encoder(x, padding_mask, attention_layer=1)
     _, weights_last = encoder(x, padding_mask, attention_layer=-1)
-    assert weights_0.shape == weights_1.shape == (BATCH, LENGTH, LENGTH)
-    torch.testing.assert_close(weights_0.sum(-1), torch.ones(BATCH, LENGTH))
+    assert weights_0.shape == weights_1.shape == (BATCH, HEADS, LENGTH, LENGTH)
+    torch.testing.assert_close(weights_0.sum(-1), torch.ones(BATCH, HEADS, LENGTH))
     torch.testing.assert_close(weights_last, weights_1)
     assert not torch.allclose(weights_0, weights_1)
     torch.testing.assert_close(hidden_0, hidden, rtol=1e-5, atol=1e-5)

@@ -11,6 +11,8 @@ its batch or where it sits in the AnnData.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 _MOD = 2**31  # hash arithmetic stays below 2**62, so int64 never overflows
@@ -51,12 +53,15 @@ def _uniforms(bins: torch.Tensor, random: bool, salt: int) -> torch.Tensor:
     return cell_uniforms(bins, salt)
 
 
-def select_genes(bins: torch.Tensor, n_genes: int, *, random: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def select_genes(
+    bins: torch.Tensor, n_genes: int, *, random: bool, include: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Choose the genes of each cell's sequence.
 
     All genes when they fit in ``n_genes``; otherwise every expressed gene plus sampled unexpressed
     genes up to ``n_genes`` (expressed genes are themselves sampled only when there are more than
-    ``n_genes`` of them).
+    ``n_genes`` of them). Genes marked in ``include`` (boolean, like ``bins``), e.g. genes to
+    predict, come first; callers keep them to at most ``n_genes`` per cell.
 
     Returns
     -------
@@ -67,6 +72,8 @@ def select_genes(bins: torch.Tensor, n_genes: int, *, random: bool) -> tuple[tor
         genes = torch.arange(n_all, device=bins.device).expand(n_cells, n_all)
         return genes, bins
     priority = _uniforms(bins, random, salt=1) + (bins > 0).to(torch.float32)
+    if include is not None:
+        priority = priority + 2 * include.to(torch.float32)
     genes = priority.topk(n_genes, dim=1, sorted=False).indices.sort(dim=1).values
     return genes, bins.gather(1, genes)
 
@@ -99,3 +106,25 @@ def mask_positions(values: torch.Tensor, mask_ratio: float, nonzero_ratio: float
     take_nonzero = torch.minimum(n_mask - take_zero, n_nonzero)
     scores = _uniforms(values, random, salt=2)
     return _choose(scores, nonzero, take_nonzero) | _choose(scores, ~nonzero, take_zero)
+
+
+def prediction_masks(bins: torch.Tensor, n_genes: int, mask_ratio: float) -> list[torch.Tensor]:
+    """Masks that together hide every gene of each cell's sequence exactly once.
+
+    The cell's sequence (:func:`select_genes`, deterministic) is split into ``ceil(1 / mask_ratio)``
+    groups of about equal size, fixed by the cell's own values; each mask hides one group, so every
+    gene is predicted once from the rest of the cell with about ``mask_ratio`` of it hidden.
+
+    Returns
+    -------
+    Boolean masks over all genes, each ``(cells, genes)``.
+    """
+    n_passes = math.ceil(1 / mask_ratio - 1e-9)
+    genes, _ = select_genes(bins, n_genes, random=False)
+    order = cell_uniforms(bins, salt=3).gather(1, genes).argsort(dim=1).argsort(dim=1)
+    group = order % n_passes
+    masks = []
+    for k in range(n_passes):
+        mask = torch.zeros(bins.shape, dtype=torch.bool, device=bins.device)
+        masks.append(mask.scatter(1, genes, group == k))
+    return masks

@@ -2,5 +2,6 @@
 
 from ._pbmc3k import pbmc3k
 from ._synthetic import synthetic
+from ._trrust import trrust
 
-__all__ = ["pbmc3k", "synthetic"]
+__all__ = ["pbmc3k", "synthetic", "trrust"]

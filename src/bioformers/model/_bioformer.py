@@ -17,6 +17,7 @@ from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
 from .._keys import Keys
 from .._validation import check_obs_key, check_unique_var_names, get_matrix
+from ..data import prediction_masks
 from ..module import BioFormerModule
 from ..train import BioFormerTrainingPlan, default_precision
 from ._serialization import read_model, write_model
@@ -267,17 +268,163 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         batch_size
             Cells per forward pass.
         """
+        chunks = []
+        with self._inference_context():
+            for bins in self._batches(adata, indices, batch_size or 256):
+                chunks.append(self.module.embed(bins).float().cpu())
+        return torch.cat(chunks).numpy()
+
+    def _batches(self, adata: AnnData | None, indices: Sequence[int] | None, batch_size: int):
+        """Binned values of the chosen cells, one minibatch at a time, in order, on the model's device."""
         self._check_if_trained(warn=False)
         if adata is not None:
             self.check_genes(adata)
         adata = self._validate_anndata(adata)
-        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size or 256)
         self.module.eval()
-        chunks = []
+        for tensors in self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size):
+            yield tensors[REGISTRY_KEYS.X_KEY].to(self.device)
+
+    @torch.inference_mode()
+    def get_predicted_bins(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        *,
+        mask_ratio: float | None = None,
+        batch_size: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Expected and most likely bin of every gene of every cell, both ``(n_cells, n_genes)``.
+
+        Deterministic, like :meth:`get_latent_representation`.
+
+        Parameters
+        ----------
+        adata
+            AnnData with the model's genes and binned values; ``None`` means the training data.
+        indices
+            Cells to predict; ``None`` means all.
+        mask_ratio
+            ``None``: decode every gene from the unmasked cell's CLS state (denoised expression;
+            the most likely bin is the rounded expectation). A fraction in (0, 1): the genes of each
+            cell's sequence are hidden in ``ceil(1 / mask_ratio)`` disjoint groups and each group is
+            predicted from the rest by the masked-modelling head (imputation); genes that did not fit
+            in the sequence (unexpressed genes of cells with more than ``max_seq_len - 1`` genes)
+            keep the CLS decoding.
+        batch_size
+            Cells per forward pass.
+        """
+        if mask_ratio is not None and not 0 < mask_ratio < 1:
+            raise ValueError(f"`mask_ratio` must be None or lie in (0, 1), not {mask_ratio}.")
+        expected_chunks, best_chunks = [], []
         with self._inference_context():
-            for tensors in loader:
-                chunks.append(self.module.embed(tensors[REGISTRY_KEYS.X_KEY]).float().cpu())
-        return torch.cat(chunks).numpy()
+            for bins in self._batches(adata, indices, batch_size or 128):
+                expected = self.module.predict_expression(bins)
+                best = expected.round().long()
+                if mask_ratio is not None:
+                    for gene_mask in prediction_masks(bins.long(), self.module.max_seq_len - 1, mask_ratio):
+                        masked_expected, masked_best = self.module.predict_masked(bins, gene_mask)
+                        expected = torch.where(gene_mask, masked_expected, expected)
+                        best = torch.where(gene_mask, masked_best, best)
+                expected_chunks.append(expected.float().cpu())
+                best_chunks.append(best.cpu())
+        return torch.cat(expected_chunks).numpy(), torch.cat(best_chunks).numpy()
+
+    @torch.inference_mode()
+    def get_masked_predictions(
+        self,
+        mask: np.ndarray,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        *,
+        batch_size: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Predict the genes marked in ``mask`` from the rest of each cell, with their values hidden.
+
+        The low-level call behind masked-prediction benchmarks: the caller chooses exactly which
+        genes are hidden, so other methods can be scored on the same masks.
+
+        Parameters
+        ----------
+        mask
+            Boolean ``(n_cells, n_genes)`` for the chosen cells (dense or scipy sparse); at most
+            ``max_seq_len - 1`` genes per cell.
+        adata, indices, batch_size
+            As in :meth:`get_predicted_bins`.
+
+        Returns
+        -------
+        Expected and most likely bin, ``(n_cells, n_genes)``; NaN and -1 where ``mask`` is False.
+        """
+        mask = (mask.toarray() if hasattr(mask, "toarray") else np.asarray(mask)).astype(bool)
+        n_cells = (adata if adata is not None else self.adata).n_obs if indices is None else len(indices)
+        if mask.shape != (n_cells, self.genes_.size):
+            raise ValueError(f"`mask` has shape {mask.shape}; expected (n_cells, n_genes) = {(n_cells, self.genes_.size)}.")
+        most = int(mask.sum(axis=1).max(initial=0))
+        if most > self.module.max_seq_len - 1:
+            raise ValueError(
+                f"`mask` hides up to {most} genes of a cell, more than fit in a sequence "
+                f"(max_seq_len - 1 = {self.module.max_seq_len - 1}). Hide fewer genes per cell."
+            )
+        size = batch_size or 128
+        expected_chunks, best_chunks = [], []
+        with self._inference_context():
+            for start, bins in zip(range(0, n_cells, size), self._batches(adata, indices, size), strict=True):
+                gene_mask = torch.from_numpy(mask[start : start + len(bins)]).to(bins.device)
+                expected, best = self.module.predict_masked(bins, gene_mask)
+                expected_chunks.append(expected.float().cpu())
+                best_chunks.append(best.cpu())
+        return torch.cat(expected_chunks).numpy(), torch.cat(best_chunks).numpy()
+
+    @torch.inference_mode()
+    def get_attention(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        *,
+        layer: int = -1,
+        keep_heads: bool = False,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Attention between genes in ``layer``, averaged over the cells where both genes occur.
+
+        Each cell's attention matrix (query gene x key gene; CLS left out) is added into a gene x
+        gene sum and a count of how often each pair shared a sequence; the result is sum / count
+        (0 for pairs that never met). Cells are processed in chunks through the explicit attention
+        path, so memory does not grow with the number of cells; training and embedding keep the
+        fused kernel.
+
+        Parameters
+        ----------
+        adata, indices
+            As in :meth:`get_latent_representation`.
+        layer
+            Transformer block whose attention is read (negative counts from the end).
+        keep_heads
+            Keep one matrix per head, ``(n_genes, n_genes, n_heads)``; otherwise heads are averaged.
+        batch_size
+            Cells per forward pass.
+
+        Returns
+        -------
+        ``float32`` array ``(n_genes, n_genes)`` (or with a trailing heads axis).
+        """
+        n_layers = len(self.module.encoder.blocks)
+        if not -n_layers <= layer < n_layers:
+            raise ValueError(f"`layer={layer}` does not exist; the model has {n_layers} layers (0 to {n_layers - 1}).")
+        n = self.genes_.size
+        n_maps = self.module.encoder.blocks[0].attn.n_heads if keep_heads else 1
+        total = torch.zeros(n_maps, n * n, dtype=torch.float64, device=self.device)
+        count = torch.zeros(n * n, dtype=torch.float64, device=self.device)
+        with self._inference_context():
+            for bins in self._batches(adata, indices, batch_size or 32):
+                genes, weights = self.module.attention(bins, layer)
+                weights = weights.double() if keep_heads else weights.double().mean(dim=1, keepdim=True)
+                pair = (genes[:, :, None] * n + genes[:, None, :]).flatten()
+                count.index_add_(0, pair, torch.ones_like(pair, dtype=torch.float64))
+                for head in range(n_maps):
+                    total[head].index_add_(0, pair, weights[:, head].flatten())
+        mean = (total / count.clamp(min=1)).float().cpu().numpy().reshape(n_maps, n, n)
+        return np.moveaxis(mean, 0, -1) if keep_heads else mean[0]
 
     def loss_history(self) -> dict[str, list[float]]:
         """Train and validation loss per epoch, as plain lists."""

@@ -195,6 +195,50 @@ class BioFormerModule(BaseModuleClass):
         """CLS embedding of unmasked cells, ``(cells, n_hidden)``."""
         return self.inference(bins, masked=False)["cls"]
 
+    @auto_move_data
+    def predict_expression(self, bins: torch.Tensor) -> torch.Tensor:
+        """Expected bin of every gene decoded from the unmasked cell's CLS state, ``(cells, n_genes)``."""
+        cls = self.inference(bins, masked=False)["cls"]
+        return self.decode_expression(cls, cell_depth(bins.long())).float().clamp(0, self.n_bins - 1)
+
+    @auto_move_data
+    def predict_masked(self, bins: torch.Tensor, gene_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predict the genes in ``gene_mask`` from the rest of the cell, with their values hidden.
+
+        Masked genes always enter the sequence (the caller keeps them below ``max_seq_len`` per cell);
+        the other positions are chosen as usual.
+
+        Returns
+        -------
+        Expected bin and most likely bin, both ``(cells, n_genes)``; NaN and -1 where not masked.
+        """
+        bins, gene_mask = bins.long(), gene_mask.bool()
+        genes, values = select_genes(bins, self.max_seq_len - 1, random=False, include=gene_mask)
+        mask = gene_mask.gather(1, genes)
+        hidden, _ = self.encode(genes, values, mask, profile=self._visible_profile(bins, genes, values, mask))
+        probs = self.bin_head(hidden[:, 1:][mask]).float().softmax(dim=-1)
+        rows, cols = mask.nonzero(as_tuple=True)
+        expected = torch.full(bins.shape, float("nan"), device=bins.device)
+        best = torch.full(bins.shape, -1, dtype=torch.long, device=bins.device)
+        expected[rows, genes[rows, cols]] = (probs * torch.arange(self.n_bins, device=bins.device)).sum(dim=-1)
+        best[rows, genes[rows, cols]] = probs.argmax(dim=-1)
+        return expected, best
+
+    @auto_move_data
+    def attention(self, bins: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each unmasked cell's genes and the attention among them in ``layer``.
+
+        Returns
+        -------
+        Gene indices ``(cells, length)`` and attention ``(cells, heads, length, length)`` (query
+        gene x key gene, CLS left out: rows sum to 1 minus the attention paid to CLS).
+        """
+        bins = bins.long()
+        genes, values = select_genes(bins, self.max_seq_len - 1, random=False)
+        profile = self._visible_profile(bins, genes, values, None)
+        _, weights = self.encode(genes, values, None, profile=profile, attention_layer=layer)
+        return genes, weights[:, :, 1:, 1:]
+
 
 def cell_depth(bins: torch.Tensor) -> torch.Tensor:
     """Log of the number of expressed genes per cell, ``(cells,)``: the depth given to the decoder."""

@@ -12,7 +12,7 @@ class SelfAttention(nn.Module):
 
     The fast path calls :func:`torch.nn.functional.scaled_dot_product_attention` (FlashAttention on
     GPU, fused kernels on CPU) and never materialises the attention matrix. ``need_weights=True``
-    takes an explicit path that also returns the attention weights averaged over heads, for GRNs.
+    takes an explicit path that also returns the attention weights of every head, for GRNs.
 
     Parameters
     ----------
@@ -52,7 +52,7 @@ class SelfAttention(nn.Module):
         causal
             Each position attends only to itself and earlier positions.
         need_weights
-            Also return the attention weights averaged over heads, ``(batch, length, length)``.
+            Also return the attention weights of every head, ``(batch, n_heads, length, length)``.
         """
         batch, length, n_hidden = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
@@ -72,9 +72,8 @@ class SelfAttention(nn.Module):
                 scores = scores.masked_fill(~attn_mask, float("-inf"))
             weights = scores.float().softmax(dim=-1).to(q.dtype)
             out = F.dropout(weights, dropout, self.training) @ v
-            mean_weights = weights.mean(dim=1)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout, is_causal=causal)
-            mean_weights = None
+            weights = None
         out = out.transpose(1, 2).reshape(batch, length, n_hidden)
-        return self.out(out), mean_weights
+        return self.out(out), weights

@@ -35,7 +35,7 @@ class TransformerBlock(nn.Module):
         causal: bool = False,
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Return the updated tokens and, with ``need_weights``, the head-averaged attention."""
+        """Return the updated tokens and, with ``need_weights``, the attention of every head."""
         attended, weights = self.attn(self.norm_attn(x), padding_mask, causal=causal, need_weights=need_weights)
         x = x + self.dropout(attended)
         x = x + self.dropout(self.ffn(self.norm_ffn(x)))
@@ -58,7 +58,7 @@ class TransformerEncoder(nn.Module):
         causal: bool = False,
         attention_layer: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Encode tokens; with ``attention_layer`` also return that layer's head-averaged attention."""
+        """Encode tokens; with ``attention_layer`` also return that layer's attention, ``(batch, heads, len, len)``."""
         weights = None
         for i, block in enumerate(self.blocks):
             want = attention_layer is not None and i == attention_layer % len(self.blocks)

@@ -214,3 +214,28 @@ def _segment_bins(counts: sparse.csr_matrix, *, n_bins: int) -> np.ndarray:
     bins = np.empty(order.size, dtype=np.int64)
     bins[order] = -(-n_le * n_bins // n_row)  # ceil(n_le / n_row * n_bins) in exact integer arithmetic
     return bins
+
+
+def bin_centers(params: dict, n_tokens: int) -> np.ndarray | None:
+    """A representative value for each bin of value binning, ``(n_tokens,)``; ``None`` for segment bins.
+
+    Maps model predictions made in bins back to the scale the bins came from (normalised counts
+    when ``normalize=True``): bins up to ``round(c)`` are the counts themselves (bin 1 stands for
+    ``(0, 1]``), and a log-scale bin ``round(c) + k`` is the geometric middle of its interval
+    ``(c * 2**((k - 1) / b), c * 2**(k / b)]``. Segment bins are per-cell quantiles with no
+    common value scale.
+
+    Parameters
+    ----------
+    params
+        ``adata.uns["<key>_binned"]["params"]`` as written by :func:`bin`.
+    n_tokens
+        Number of bin values (largest bin + 1).
+    """
+    if params.get("method", "value") != "value":
+        return None
+    cutoff, per_octave = float(params.get("cutoff", 8)), int(params.get("bins_per_octave", 3))
+    exact = np.floor(cutoff + 0.5)
+    bins = np.arange(n_tokens, dtype=np.float64)
+    k = bins - exact
+    return np.where(k <= 0, bins, cutoff * 2 ** ((k - 0.5) / per_octave)).astype(np.float32)

@@ -1,5 +1,6 @@
-"""Scanpy-style tools: train, embed."""
+"""Scanpy-style tools: train, embed, predict, and gene-level results."""
 
+from ._genes import attention_grn, gene_embeddings, gene_programs, predict
 from ._pretrain import embed, pretrain
 
-__all__ = ["embed", "pretrain"]
+__all__ = ["attention_grn", "embed", "gene_embeddings", "gene_programs", "predict", "pretrain"]

@@ -15,6 +15,8 @@ from ..module import check_module_arguments
 from ..pp import bin as bin_values
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from anndata import AnnData
 
 _BINNING_ARGS = ("method", "n_bins", "cutoff", "bins_per_octave", "normalize")
@@ -150,6 +152,33 @@ def pretrain(
     return model
 
 
+def query_binning(adata: AnnData, model: BioFormer, layer: str | None) -> Callable[[AnnData], None]:
+    """Check ``adata`` against ``model`` and return the step that bins it like the training data.
+
+    Everything is checked here, before the caller writes anything; the returned function bins
+    into the layer the model reads (``"bioformers_binned"`` by default) when that layer is missing,
+    and does nothing otherwise.
+    """
+    model.check_genes(adata)
+    # the model reads the layer it was set up with, whatever the caller's key_added
+    binned_layer = model.registry_["setup_args"]["layer"]
+    if binned_layer in adata.layers:
+        return lambda adata: None
+    binning = {k: model.binning_[k] for k in _BINNING_ARGS if k in model.binning_}
+    if not binned_layer.endswith("_binned"):
+        raise KeyError(
+            f"The model reads binned values from `layers[{binned_layer!r}]`, which this AnnData lacks. "
+            f"Bin it the way the training data was binned ({binning}) into that layer first."
+        )
+    normalize = binning.get("normalize", True) and binning.get("method", "value") == "value"
+    check_counts(
+        get_matrix(adata, layer),
+        where=f"adata.layers[{layer!r}]" if layer else "adata.X",
+        require_integer=bool(normalize),
+    )
+    return lambda adata: bin_values(adata, layer=layer, key_added=binned_layer.removesuffix("_binned"), **binning)
+
+
 def embed(
     adata: AnnData,
     model: BioFormer,
@@ -194,26 +223,9 @@ def embed(
     (60, 16)
     """
     keys = Keys(key_added)
-    model.check_genes(adata)
-    # the model reads the layer it was set up with, whatever this call's key_added
-    binned_layer = model.registry_["setup_args"]["layer"]
-    must_bin = binned_layer not in adata.layers
-    binning = {k: model.binning_[k] for k in _BINNING_ARGS if k in model.binning_}
-    if must_bin and not binned_layer.endswith("_binned"):
-        raise KeyError(
-            f"The model reads binned values from `layers[{binned_layer!r}]`, which this AnnData lacks. "
-            f"Bin it the way the training data was binned ({binning}) into that layer first."
-        )
-    if must_bin:
-        normalize = binning.get("normalize", True) and binning.get("method", "value") == "value"
-        check_counts(
-            get_matrix(adata, layer),
-            where=f"adata.layers[{layer!r}]" if layer else "adata.X",
-            require_integer=bool(normalize),
-        )
+    bin_if_needed = query_binning(adata, model, layer)
     adata = adata.copy() if copy else adata
-    if must_bin:
-        bin_values(adata, layer=layer, key_added=binned_layer.removesuffix("_binned"), **binning)
+    bin_if_needed(adata)
     adata.obsm[keys.embedding] = model.get_latent_representation(adata, batch_size=batch_size)
     logg.info(f"added\n    'obsm[{keys.embedding!r}]', cell embeddings")
     return adata if copy else None

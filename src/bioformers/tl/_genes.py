@@ -1,0 +1,362 @@
+"""Gene-level results: predicted expression, attention GRNs, gene embeddings and gene programs."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scanpy as sc
+from scanpy import logging as logg
+
+from .._keys import DEFAULT_KEY, Keys
+from .._record import params_record
+from .._validation import check_obs_key
+from ..pp._binning import bin_centers
+from ._pretrain import query_binning
+
+if TYPE_CHECKING:
+    from ..model import BioFormer
+
+#: More groups than this would store that many n_vars x n_vars matrices in ``varp``.
+MAX_GROUPS = 50
+UNASSIGNED = "unassigned"
+
+
+def predict(
+    adata: ad.AnnData,
+    model: BioFormer,
+    *,
+    mask_ratio: float | None = None,
+    layer: str | None = None,
+    batch_size: int | None = None,
+    key_added: str = DEFAULT_KEY,
+    copy: bool = False,
+) -> ad.AnnData | None:
+    """Write the model's predicted expression of every gene of every cell.
+
+    Parameters
+    ----------
+    adata
+        Cells with exactly the model's genes, in the model's order (binned like the training
+        data if ``layers["bioformers_binned"]`` is missing).
+    model
+        A trained :class:`bioformers.BioFormer`.
+    mask_ratio
+        ``None``: every gene is decoded from the cell's CLS state (denoised expression).
+        A fraction in (0, 1): each gene is predicted by the masked-modelling head from the rest of
+        the cell, with that fraction of the cell's genes hidden at a time (imputation); see
+        :meth:`bioformers.BioFormer.get_predicted_bins`.
+    layer
+        Layer with raw counts, used when binning is needed; ``None`` uses ``adata.X``.
+    batch_size
+        Cells per forward pass.
+    key_added
+        Base key of everything written.
+    copy
+        Return a modified copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    ``adata`` copy if ``copy=True``, else ``None``. Writes
+
+    * ``adata.layers['<key_added>_predicted']`` : dense ``float32``, the expected bin mapped back to
+      the binned scale (normalised counts for value binning; bin units for segment binning, which
+      has no common value scale);
+    * ``adata.layers['<key_added>_predicted_bins']`` : dense ``int16``, the most likely bin;
+    * ``adata.uns['<key_added>_predicted']`` : ``{"params": ...}``, including ``scale``.
+
+    Examples
+    --------
+    >>> import bioformers as bf
+    >>> adata = bf.datasets.synthetic(n_obs=200, n_vars=50)
+    >>> model = bf.tl.pretrain(adata, n_layers=1, n_hidden=16, n_heads=2, max_epochs=1, batch_size=32)
+    >>> bf.tl.predict(adata, model, mask_ratio=0.2)
+    >>> adata.layers["bioformers_predicted"].shape
+    (200, 50)
+    """
+    keys = Keys(key_added)
+    if mask_ratio is not None and not 0 < mask_ratio < 1:
+        raise ValueError(f"`mask_ratio` must be None or lie in (0, 1), not {mask_ratio}.")
+    bin_if_needed = query_binning(adata, model, layer)
+    adata = adata.copy() if copy else adata
+    bin_if_needed(adata)
+    expected, best = model.get_predicted_bins(adata, mask_ratio=mask_ratio, batch_size=batch_size)
+    centers = bin_centers(model.binning_, model.module.n_bins)
+    if centers is not None:
+        expected = np.interp(expected, np.arange(centers.size), centers)
+    adata.layers[keys.predicted] = expected.astype(np.float32)
+    adata.layers[keys.predicted_bins] = best.astype(np.int16)
+    adata.uns[keys.predicted] = {
+        "params": params_record(
+            mask_ratio=mask_ratio,
+            layer=layer,
+            scale="bins" if centers is None else "normalized counts" if model.binning_.get("normalize") else "counts",
+            model=type(model).__name__,
+        )
+    }
+    logg.info(
+        f"added\n    'layers[{keys.predicted!r}]', expected expression\n"
+        f"    'layers[{keys.predicted_bins!r}]', most likely bin"
+    )
+    return adata if copy else None
+
+
+def attention_grn(
+    adata: ad.AnnData,
+    model: BioFormer,
+    *,
+    groupby: str | None = None,
+    layer: int = -1,
+    n_cells: int | None = None,
+    keep_heads: bool = False,
+    batch_size: int | None = None,
+    seed: int = 0,
+    key_added: str = DEFAULT_KEY,
+    copy: bool = False,
+) -> ad.AnnData | None:
+    """Gene regulatory network from attention: gene x gene attention averaged over cells.
+
+    Per cell, the attention matrix of one layer (query gene x key gene, heads averaged unless
+    ``keep_heads``) is added into a gene x gene sum; each pair is divided by the number of cells
+    whose sequence held both genes. High mutual attention suggests interaction; genes that receive
+    much attention are candidate regulators. With ``groupby``, one matrix per group (e.g. control
+    vs perturbed), which is how conditions are compared.
+
+    Parameters
+    ----------
+    adata
+        Cells with exactly the model's genes, in the model's order.
+    model
+        A trained :class:`bioformers.BioFormer`.
+    groupby
+        Column of ``adata.obs``; also write one matrix per group (at most 50 groups).
+    layer
+        Transformer block to read (``-1``: the last).
+    n_cells
+        Use at most this many randomly chosen cells (per group with ``groupby``); ``None``: all.
+    keep_heads
+        Keep a matrix per head: arrays ``(n_vars, n_vars, n_heads)``.
+    batch_size
+        Cells per forward pass (memory grows with it, not with the number of cells).
+    seed
+        Seed of the cell subsample.
+    key_added
+        Base key of everything written.
+    copy
+        Return a modified copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    ``adata`` copy if ``copy=True``, else ``None``. Writes
+
+    * ``adata.varp['<key_added>_attention']`` : ``float32`` (n_vars, n_vars), row = attending gene,
+      column = attended gene, over all (chosen) cells;
+    * ``adata.varp['<key_added>_attention_<group>']`` : the same per group, with ``groupby``;
+    * ``adata.var['<key_added>_attention_received']`` : column sums of the overall matrix;
+    * ``adata.uns['<key_added>_attention']`` : ``{"params": ...}`` incl. ``groupby`` and ``groups``.
+
+    Examples
+    --------
+    >>> import bioformers as bf
+    >>> adata = bf.datasets.synthetic(n_obs=200, n_vars=50)
+    >>> model = bf.tl.pretrain(adata, n_layers=1, n_hidden=16, n_heads=2, max_epochs=1, batch_size=32)
+    >>> bf.tl.attention_grn(adata, model, groupby="cell_type")
+    >>> adata.varp["bioformers_attention"].shape
+    (50, 50)
+    """
+    keys = Keys(key_added)
+    n_layers = len(model.module.encoder.blocks)
+    if not -n_layers <= layer < n_layers:
+        raise ValueError(f"`layer={layer}` does not exist; the model has {n_layers} layers (0 to {n_layers - 1}).")
+    if n_cells is not None and n_cells < 1:
+        raise ValueError(f"`n_cells` must be a positive number of cells or None, not {n_cells}.")
+    groups = _groups(adata, groupby) if groupby is not None else {}
+    bin_if_needed = query_binning(adata, model, layer=None)
+    rng = np.random.default_rng(seed)
+
+    def subsample(cells: np.ndarray) -> np.ndarray:
+        return cells if n_cells is None or cells.size <= n_cells else np.sort(rng.choice(cells, n_cells, replace=False))
+
+    chosen = subsample(np.arange(adata.n_obs))
+    group_cells = {group: subsample(cells) for group, cells in groups.items()}
+
+    adata = adata.copy() if copy else adata
+    bin_if_needed(adata)
+    kwargs = {"layer": layer, "keep_heads": keep_heads, "batch_size": batch_size}
+    overall = model.get_attention(adata, indices=chosen, **kwargs)
+    per_group = {group: model.get_attention(adata, indices=cells, **kwargs) for group, cells in group_cells.items()}
+
+    adata.varp[keys.attention] = overall
+    for group, matrix in per_group.items():
+        adata.varp[keys.attention_group(group)] = matrix
+    received = overall.mean(axis=-1) if keep_heads else overall
+    adata.var[keys.attention_received] = received.sum(axis=0).astype(np.float32)
+    adata.uns[keys.attention] = {
+        "params": params_record(
+            groupby=groupby,
+            groups=list(groups) or None,
+            layer=layer,
+            n_cells=n_cells,
+            keep_heads=keep_heads,
+            seed=seed,
+            model=type(model).__name__,
+        )
+    }
+    written = ", ".join(repr(keys.attention_group(g)) for g in groups)
+    logg.info(
+        f"added\n    'varp[{keys.attention!r}]', attention GRN"
+        + (f"\n    varp {written}, attention GRN per group" if groups else "")
+        + f"\n    'var[{keys.attention_received!r}]', attention received per gene"
+    )
+    return adata if copy else None
+
+
+def _groups(adata: ad.AnnData, groupby: str) -> dict[str, np.ndarray]:
+    """Cell indices of each group of ``adata.obs[groupby]``, checked for what ``varp`` can hold."""
+    check_obs_key(adata, groupby, argument="groupby")
+    labels = adata.obs[groupby]
+    if labels.isna().any():
+        raise ValueError(f"`adata.obs[{groupby!r}]` has missing values; fill them or subset the AnnData first.")
+    categories = labels.cat.categories if isinstance(labels.dtype, pd.CategoricalDtype) else pd.unique(labels)
+    if len(categories) > MAX_GROUPS:
+        raise ValueError(
+            f"`adata.obs[{groupby!r}]` has {len(categories)} groups; storing a gene x gene matrix for each is "
+            f"limited to {MAX_GROUPS}. Subset the AnnData to the groups you want to compare."
+        )
+    groups = {}
+    for category in categories:
+        name = str(category)
+        if "/" in name:
+            raise ValueError(f"Group {name!r} contains '/', which h5ad keys cannot hold. Rename the category.")
+        cells = np.flatnonzero((labels == category).to_numpy())
+        if cells.size == 0:
+            raise ValueError(
+                f"Group {name!r} of `adata.obs[{groupby!r}]` has no cells. Drop unused categories with "
+                f"`adata.obs[{groupby!r}] = adata.obs[{groupby!r}].cat.remove_unused_categories()`."
+            )
+        groups[name] = cells
+    return groups
+
+
+def gene_embeddings(
+    adata: ad.AnnData, model: BioFormer, *, key_added: str = DEFAULT_KEY, copy: bool = False
+) -> ad.AnnData | None:
+    """Write the model's learned gene identity embeddings.
+
+    Parameters
+    ----------
+    adata
+        AnnData with exactly the model's genes, in the model's order.
+    model
+        A trained :class:`bioformers.BioFormer`.
+    key_added
+        Base key of everything written.
+    copy
+        Return a modified copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    ``adata`` copy if ``copy=True``, else ``None``. Writes ``adata.varm['<key_added>_genes']`` :
+    ``float32`` (n_vars, n_hidden).
+    """
+    model.check_genes(adata)
+    adata = adata.copy() if copy else adata
+    adata.varm[Keys(key_added).gene_embedding] = model.module.gene_embedding.weight.detach().float().cpu().numpy()
+    logg.info(f"added\n    'varm[{Keys(key_added).gene_embedding!r}]', gene embeddings")
+    return adata if copy else None
+
+
+def gene_programs(
+    adata: ad.AnnData,
+    model: BioFormer | None = None,
+    *,
+    resolution: float = 1.0,
+    n_neighbors: int = 15,
+    min_size: int = 5,
+    seed: int = 0,
+    key_added: str = DEFAULT_KEY,
+    copy: bool = False,
+) -> ad.AnnData | None:
+    """Gene-embedding GRN (cosine similarity) and gene programs (Leiden clusters of genes).
+
+    Genes are clustered with Scanpy's Leiden on a cosine kNN graph of their embeddings; clusters
+    smaller than ``min_size`` are labelled ``"unassigned"``. Programs are numbered by size.
+
+    Parameters
+    ----------
+    adata
+        AnnData with gene embeddings in ``varm`` (from :func:`gene_embeddings`), or the model's genes
+        when ``model`` is given.
+    model
+        If given, gene embeddings are (re)written from it first.
+    resolution
+        Leiden resolution: higher gives more, smaller programs.
+    n_neighbors
+        Neighbours per gene in the kNN graph.
+    min_size
+        Smallest program kept.
+    seed
+        Random state of the neighbour search and Leiden.
+    key_added
+        Base key of everything written.
+    copy
+        Return a modified copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    ``adata`` copy if ``copy=True``, else ``None``. Writes
+
+    * ``adata.varp['<key_added>_similarity']`` : ``float32`` (n_vars, n_vars), cosine similarity;
+    * ``adata.var['<key_added>_program']`` : categorical program labels;
+    * ``adata.uns['<key_added>_program']`` : ``{"params": ...}``.
+    """
+    keys = Keys(key_added)
+    if model is not None:
+        model.check_genes(adata)
+    elif keys.gene_embedding not in adata.varm:
+        raise KeyError(
+            f"`adata.varm[{keys.gene_embedding!r}]` not found. Run `bf.tl.gene_embeddings(adata, model)` first, "
+            "or pass `model=`."
+        )
+    if min_size < 1 or n_neighbors < 2 or resolution <= 0:
+        raise ValueError("Pass `min_size >= 1`, `n_neighbors >= 2` and `resolution > 0`.")
+    if adata.n_vars <= n_neighbors:
+        raise ValueError(f"{adata.n_vars} genes are too few for `n_neighbors={n_neighbors}`; lower `n_neighbors`.")
+    embedding = (
+        model.module.gene_embedding.weight.detach().float().cpu().numpy()
+        if model is not None
+        else np.asarray(adata.varm[keys.gene_embedding], dtype=np.float32)
+    )
+    unit = embedding / np.maximum(np.linalg.norm(embedding, axis=1, keepdims=True), 1e-12)
+    similarity = (unit @ unit.T).astype(np.float32)
+
+    # genes as observations of a throwaway AnnData: the caller's object is written only at the end
+    work = ad.AnnData(obs=pd.DataFrame(index=pd.RangeIndex(adata.n_vars).astype(str)), obsm={"rep": embedding})
+    sc.pp.neighbors(work, n_neighbors=n_neighbors, use_rep="rep", metric="cosine", random_state=seed)
+    sc.tl.leiden(
+        work, resolution=resolution, flavor="igraph", n_iterations=2, directed=False, random_state=seed, key_added="c"
+    )
+    clusters = work.obs["c"].to_numpy()
+    names, sizes = np.unique(clusters, return_counts=True)
+    kept = [name for name, size in sorted(zip(names, sizes, strict=True), key=lambda t: (-t[1], t[0])) if size >= min_size]
+    rename = {name: str(i) for i, name in enumerate(kept)}
+    labels = [rename.get(c, UNASSIGNED) for c in clusters]
+    categories = [*rename.values(), *([UNASSIGNED] if UNASSIGNED in labels else [])]
+
+    adata = adata.copy() if copy else adata
+    if model is not None:
+        adata.varm[keys.gene_embedding] = embedding
+    adata.varp[keys.similarity] = similarity
+    adata.var[keys.program] = pd.Categorical(labels, categories=categories)
+    adata.uns[keys.program] = {
+        "params": params_record(
+            resolution=resolution, n_neighbors=n_neighbors, min_size=min_size, seed=seed, n_programs=len(kept)
+        )
+    }
+    logg.info(
+        f"added\n    'varp[{keys.similarity!r}]', gene-embedding similarity\n"
+        f"    'var[{keys.program!r}]', {len(kept)} gene programs"
+    )
+    return adata if copy else None
