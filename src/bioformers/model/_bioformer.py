@@ -85,7 +85,7 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
     def __init__(
         self,
         adata: AnnData | None = None,
-        n_hidden: int = 128,
+        n_hidden: int = 64,
         n_layers: int = 4,
         n_heads: int = 4,
         dropout: float = 0.1,

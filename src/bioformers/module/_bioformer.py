@@ -68,7 +68,7 @@ class BioFormerModule(BaseModuleClass):
         n_genes: int,
         n_bins: int,
         *,
-        n_hidden: int = 128,
+        n_hidden: int = 64,
         n_layers: int = 4,
         n_heads: int = 4,
         dropout: float = 0.1,

@@ -32,7 +32,7 @@ def pretrain(
     n_bins: int | None = None,
     n_layers: int = 4,
     n_heads: int = 4,
-    n_hidden: int = 128,
+    n_hidden: int = 64,
     max_seq_len: int = 256,
     value_encoder: Literal["linear", "embedding"] = "embedding",
     max_epochs: int | None = None,
