@@ -58,7 +58,9 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     grns["random"] = rng.random(attention.shape).astype(np.float32)
 
-    rows = {name: bf.metrics.score_grn(bf.metrics.grn_edges(m, genes), reference, genes=genes) for name, m in grns.items()}
+    rows = {
+        name: bf.metrics.score_grn(bf.metrics.grn_edges(m, genes), reference, genes=genes) for name, m in grns.items()
+    }
     first = next(iter(rows.values()))
     lines = [
         f"PBMC 3k, {adata.n_obs} cells x {adata.n_vars} HVGs; TRRUST (human): {first['n_reference_edges']} edges "

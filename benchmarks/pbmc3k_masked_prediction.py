@@ -68,8 +68,9 @@ def main() -> None:
     balanced = bf.metrics.balanced_mask(true, args.per_cell, seed=args.seed)
     predictions, balanced_predictions = {}, {}
     start = time.perf_counter()
-    predictions["bioformers"] = model.get_masked_predictions(mask, test_data)[1]
-    balanced_predictions["bioformers"] = model.get_masked_predictions(balanced, test_data)[1]
+    # the model answers -1 where nothing was hidden; the metrics read hidden positions only
+    predictions["bioformers"] = np.maximum(model.get_masked_predictions(mask, test_data)[1], 0)
+    balanced_predictions["bioformers"] = np.maximum(model.get_masked_predictions(balanced, test_data)[1], 0)
     model_seconds = time.perf_counter() - start
     start = time.perf_counter()
     predictions[f"linear (k={args.k})"] = baseline.predict(true, mask)
@@ -84,9 +85,7 @@ def main() -> None:
         balanced_mask=balanced,
         balanced_predictions=balanced_predictions,
     )
-    confusion = {
-        name: bf.metrics.bin_confusion(true, pred, mask, true_bin=1) for name, pred in predictions.items()
-    }
+    confusion = {name: bf.metrics.bin_confusion(true, pred, mask, true_bin=1) for name, pred in predictions.items()}
     masked_expressed = int((mask & (true > 0)).sum())
     lines = [
         f"PBMC 3k, 2000 HVGs, value binning; {int((~test).sum())} training cells, {int(test.sum())} held-out cells "

@@ -87,7 +87,7 @@ def test_masked_prediction_does_not_see_the_hidden_values():
     changed = bins.clone()
     changed[mask] = (changed[mask] + 3) % 6
     expected, best = module.predict_masked(bins, mask)
-    expected_changed, best_changed = module.predict_masked(changed, mask)
+    expected_changed, _ = module.predict_masked(changed, mask)
     torch.testing.assert_close(expected[mask], expected_changed[mask])
     assert torch.isnan(expected[~mask]).all() and (best[~mask] == -1).all()
     # a visible value does change the prediction: the test above can fail
@@ -155,7 +155,9 @@ def test_attention_grn_writes_matrices_per_group_and_received(fitted):
     for group in groups:
         cells = np.flatnonzero(adata.obs["cell_type"] == group)
         np.testing.assert_allclose(adata.varp[f"bioformers_attention_{group}"], model.get_attention(adata, cells))
-    assert not np.allclose(adata.varp[f"bioformers_attention_{groups[0]}"], adata.varp[f"bioformers_attention_{groups[1]}"])
+    assert not np.allclose(
+        adata.varp[f"bioformers_attention_{groups[0]}"], adata.varp[f"bioformers_attention_{groups[1]}"]
+    )
     np.testing.assert_allclose(adata.var["bioformers_attention_received"], overall.sum(axis=0), rtol=1e-6)
     params = adata.uns["bioformers_attention"]["params"]
     assert params["groupby"] == "cell_type" and list(params["groups"]) == list(groups)
@@ -185,7 +187,9 @@ def _many_groups(adata):
 
 
 def _empty_group(adata):
-    adata.obs["with_empty"] = pd.Categorical(adata.obs["cell_type"].astype(str), categories=["none", "type_0", "type_1", "type_2"])
+    adata.obs["with_empty"] = pd.Categorical(
+        adata.obs["cell_type"].astype(str), categories=["none", "type_0", "type_1", "type_2"]
+    )
 
 
 @pytest.mark.parametrize(

@@ -42,14 +42,29 @@ def main(argv: list[str] | None = None) -> None:
         "{avg_bio:.3f} (NMI {nmi:.3f}, ARI {ari:.3f}, ASW {asw:.3f})".format(**scores)
     )
 
-    fig = bf.pl.embedding(adata, color="cell_type", return_fig=True, show=False)
-    fig.savefig(out / "umap_bioformers.png", dpi=150, bbox_inches="tight")
-    fig = bf.pl.history(model, return_fig=True, show=False)
-    fig.savefig(out / "loss_history.png", dpi=150, bbox_inches="tight")
+    start = time.perf_counter()
+    bf.tl.predict(adata, model)
+    bf.tl.attention_grn(adata, model, groupby="cell_type", n_cells=300)
+    bf.tl.gene_programs(adata, model)
+    seconds = time.perf_counter() - start
+    print(f"gene-level results (predicted expression, attention GRNs, gene programs) in {seconds:.0f} s")
+    regulator = adata.var["bioformers_attention_received"].idxmax()
+
+    plots = {
+        "umap_bioformers.png": bf.pl.embedding(adata, color="cell_type", return_fig=True, show=False),
+        "loss_history.png": bf.pl.history(model, return_fig=True, show=False),
+        "binning.png": bf.pl.binning(adata, return_fig=True, show=False),
+        "predicted_vs_observed.png": bf.pl.predicted_vs_observed(adata, return_fig=True, show=False),
+        "attention.png": bf.pl.attention(adata, regulator, return_fig=True, show=False),
+        "grn.png": bf.pl.grn(adata, regulator, return_fig=True, show=False),
+        "gene_program_0.png": bf.pl.gene_programs(adata, "0", return_fig=True, show=False),
+    }
+    for name, fig in plots.items():
+        fig.savefig(out / name, dpi=150, bbox_inches="tight")
     plt.close("all")
     adata.write_h5ad(out / "pbmc3k_bioformers.h5ad", compression="gzip")
     model.save(str(out / "model"), overwrite=True)
-    for name in ("umap_bioformers.png", "loss_history.png", "pbmc3k_bioformers.h5ad", "model"):
+    for name in [*plots, "pbmc3k_bioformers.h5ad", "model"]:
         print(f"wrote {out / name}")
 
 

@@ -358,7 +358,9 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         mask = (mask.toarray() if hasattr(mask, "toarray") else np.asarray(mask)).astype(bool)
         n_cells = (adata if adata is not None else self.adata).n_obs if indices is None else len(indices)
         if mask.shape != (n_cells, self.genes_.size):
-            raise ValueError(f"`mask` has shape {mask.shape}; expected (n_cells, n_genes) = {(n_cells, self.genes_.size)}.")
+            raise ValueError(
+                f"`mask` has shape {mask.shape}; expected (n_cells, n_genes) = {(n_cells, self.genes_.size)}."
+            )
         most = int(mask.sum(axis=1).max(initial=0))
         if most > self.module.max_seq_len - 1:
             raise ValueError(

@@ -340,7 +340,8 @@ def gene_programs(
     )
     clusters = work.obs["c"].to_numpy()
     names, sizes = np.unique(clusters, return_counts=True)
-    kept = [name for name, size in sorted(zip(names, sizes, strict=True), key=lambda t: (-t[1], t[0])) if size >= min_size]
+    by_size = sorted(zip(names, sizes, strict=True), key=lambda t: (-t[1], t[0]))
+    kept = [name for name, size in by_size if size >= min_size]
     rename = {name: str(i) for i, name in enumerate(kept)}
     labels = [rename.get(c, UNASSIGNED) for c in clusters]
     categories = [*rename.values(), *([UNASSIGNED] if UNASSIGNED in labels else [])]
