@@ -1,4 +1,4 @@
-"""Metrics of embedding quality."""
+"""Metrics: embedding quality (AvgBIO), masked expression prediction, GRN scoring."""
 
 from ._bio import avg_bio
 from ._grn import correlation_grn, grn_edges, score_grn
