@@ -1,8 +1,9 @@
 """PBMC 3k: masked expression prediction, bioformers vs. the paper's linear baseline (Table 2 and 3).
 
 One run: 2,000 HVGs, value binning, cells split 90/10 (seeded). bioformers is pretrained with the
-package defaults on the 90%; the linear baseline (per gene, least squares on its k=300 most
-correlated genes) is fitted on the same 90%. On the held-out 10%, both predict the same hidden
+package defaults on the 90%, except 30 epochs instead of the 11 the defaults choose for 2,400 cells
+(``--max-epochs``): masked modelling keeps improving after the cell embedding is best. The linear
+baseline (per gene, least squares on its k=300 most correlated genes) is fitted on the same 90%. On the held-out 10%, both predict the same hidden
 positions:
 
 * the training mask (each cell's sequence, m = 0.1, of which p = 0.5 expressed genes) for
@@ -12,7 +13,7 @@ positions:
 
 Prints the table and the bin-1 confusion (Table 3); writes ``results/pbmc3k_masked_prediction.md``.
 
-    python benchmarks/pbmc3k_masked_prediction.py [--k 300] [--seed 0]
+    python benchmarks/pbmc3k_masked_prediction.py [--k 300] [--max-epochs 30] [--seed 0]
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--k", type=int, default=300, help="predictor genes of the linear baseline")
     parser.add_argument("--per-cell", type=int, default=12, help="expressed (and unexpressed) genes hidden for NPV-50")
+    parser.add_argument("--max-epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -57,7 +59,7 @@ def main() -> None:
     train_data, test_data = adata[~test].copy(), adata[test].copy()
 
     start = time.perf_counter()
-    model = bf.tl.pretrain(train_data, seed=args.seed)
+    model = bf.tl.pretrain(train_data, max_epochs=args.max_epochs, seed=args.seed)
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
     baseline = bf.metrics.LinearBaseline(k=args.k).fit(train_data.layers["bioformers_binned"])
