@@ -3,7 +3,8 @@
 One run: 2,000 HVGs, value binning, cells split 90/10 (seeded). bioformers is pretrained with the
 package defaults on the 90%, except 30 epochs instead of the 11 the defaults choose for 2,400 cells
 (``--max-epochs``): masked modelling keeps improving after the cell embedding is best. The linear
-baseline (per gene, least squares on its k=300 most correlated genes) is fitted on the same 90%. On the held-out 10%, both predict the same hidden
+baseline (per gene, least squares on its k=300 most correlated genes) is fitted on the same 90%.
+On the held-out 10%, both predict the same hidden
 positions:
 
 * the training mask (each cell's sequence, m = 0.1, of which p = 0.5 expressed genes) for
