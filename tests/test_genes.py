@@ -173,7 +173,7 @@ def test_attention_grn_keep_heads_and_n_cells(fitted):
     assert adata.uns["bioformers_attention"]["params"]["n_cells"] == 50
 
 
-def test_attention_grn_layer_changes_the_result(fitted):
+def test_attention_grn_layer_counts_from_the_end_and_is_checked(fitted):
     model, adata = fitted
     first = bf.tl.attention_grn(adata, model, layer=0, copy=True).varp["bioformers_attention"]
     last = bf.tl.attention_grn(adata, model, layer=-1, copy=True).varp["bioformers_attention"]

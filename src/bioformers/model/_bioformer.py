@@ -274,6 +274,14 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
                 chunks.append(self.module.embed(bins).float().cpu())
         return torch.cat(chunks).numpy()
 
+    def check_prediction_args(self, *, mask_ratio: float | None = None, layer: int = -1) -> None:
+        """Raise a ``ValueError`` for a ``mask_ratio`` outside (0, 1) or a ``layer`` the model lacks."""
+        if mask_ratio is not None and not 0 < mask_ratio < 1:
+            raise ValueError(f"`mask_ratio` must be None or lie in (0, 1), not {mask_ratio}.")
+        n_layers = len(self.module.encoder.blocks)
+        if not -n_layers <= layer < n_layers:
+            raise ValueError(f"`layer={layer}` does not exist; the model has {n_layers} layers (0 to {n_layers - 1}).")
+
     def _batches(self, adata: AnnData | None, indices: Sequence[int] | None, batch_size: int):
         """Binned values of the chosen cells, one minibatch at a time, in order, on the model's device."""
         self._check_if_trained(warn=False)
@@ -313,8 +321,7 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         batch_size
             Cells per forward pass.
         """
-        if mask_ratio is not None and not 0 < mask_ratio < 1:
-            raise ValueError(f"`mask_ratio` must be None or lie in (0, 1), not {mask_ratio}.")
+        self.check_prediction_args(mask_ratio=mask_ratio)
         expected_chunks, best_chunks = [], []
         with self._inference_context():
             for bins in self._batches(adata, indices, batch_size or 128):
@@ -410,9 +417,7 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         -------
         ``float32`` array ``(n_genes, n_genes)`` (or with a trailing heads axis).
         """
-        n_layers = len(self.module.encoder.blocks)
-        if not -n_layers <= layer < n_layers:
-            raise ValueError(f"`layer={layer}` does not exist; the model has {n_layers} layers (0 to {n_layers - 1}).")
+        self.check_prediction_args(layer=layer)
         n = self.genes_.size
         n_maps = self.module.encoder.blocks[0].attn.n_heads if keep_heads else 1
         total = torch.zeros(n_maps, n * n, dtype=torch.float64, device=self.device)

@@ -77,8 +77,7 @@ def predict(
     (200, 50)
     """
     keys = Keys(key_added)
-    if mask_ratio is not None and not 0 < mask_ratio < 1:
-        raise ValueError(f"`mask_ratio` must be None or lie in (0, 1), not {mask_ratio}.")
+    model.check_prediction_args(mask_ratio=mask_ratio)
     bin_if_needed = query_binning(adata, model, layer)
     adata = adata.copy() if copy else adata
     bin_if_needed(adata)
@@ -167,9 +166,7 @@ def attention_grn(
     (50, 50)
     """
     keys = Keys(key_added)
-    n_layers = len(model.module.encoder.blocks)
-    if not -n_layers <= layer < n_layers:
-        raise ValueError(f"`layer={layer}` does not exist; the model has {n_layers} layers (0 to {n_layers - 1}).")
+    model.check_prediction_args(layer=layer)
     if n_cells is not None and n_cells < 1:
         raise ValueError(f"`n_cells` must be a positive number of cells or None, not {n_cells}.")
     groups = _groups(adata, groupby) if groupby is not None else {}
@@ -263,9 +260,14 @@ def gene_embeddings(
     """
     model.check_genes(adata)
     adata = adata.copy() if copy else adata
-    adata.varm[Keys(key_added).gene_embedding] = model.module.gene_embedding.weight.detach().float().cpu().numpy()
+    adata.varm[Keys(key_added).gene_embedding] = _gene_embedding(model)
     logg.info(f"added\n    'varm[{Keys(key_added).gene_embedding!r}]', gene embeddings")
     return adata if copy else None
+
+
+def _gene_embedding(model: BioFormer) -> np.ndarray:
+    """The model's gene identity embeddings, ``float32`` (n_genes, n_hidden)."""
+    return model.module.gene_embedding.weight.detach().float().cpu().numpy()
 
 
 def gene_programs(
@@ -325,9 +327,7 @@ def gene_programs(
     if adata.n_vars <= n_neighbors:
         raise ValueError(f"{adata.n_vars} genes are too few for `n_neighbors={n_neighbors}`; lower `n_neighbors`.")
     embedding = (
-        model.module.gene_embedding.weight.detach().float().cpu().numpy()
-        if model is not None
-        else np.asarray(adata.varm[keys.gene_embedding], dtype=np.float32)
+        _gene_embedding(model) if model is not None else np.asarray(adata.varm[keys.gene_embedding], dtype=np.float32)
     )
     unit = embedding / np.maximum(np.linalg.norm(embedding, axis=1, keepdims=True), 1e-12)
     similarity = (unit @ unit.T).astype(np.float32)
