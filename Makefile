@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint benchmark
+.PHONY: venv demo test lint benchmark perf
 
 venv: $(STAMP)
 
@@ -28,3 +28,7 @@ lint: venv
 
 benchmark: venv
 	$(PY) benchmarks/pbmc3k_embedding.py
+
+# speed, FLOP utilisation and memory (see benchmarks/perf.py; `--quick` for a few-minute check)
+perf: venv
+	$(PY) benchmarks/perf.py

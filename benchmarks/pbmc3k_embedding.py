@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, default=None)
     parser.add_argument("--n-hidden", type=int, default=None)
     parser.add_argument("--n-layers", type=int, default=None)
+    parser.add_argument("--n-heads", type=int, default=None)
     parser.add_argument("--max-seq-len", type=int, default=None)
     parser.add_argument("--binning", default="value")
     parser.add_argument("--seed", type=int, default=0)
@@ -55,6 +56,7 @@ def main() -> None:
             "max_epochs": args.max_epochs,
             "n_hidden": args.n_hidden,
             "n_layers": args.n_layers,
+            "n_heads": args.n_heads,
             "max_seq_len": args.max_seq_len,
         }.items()
         if v is not None

@@ -83,6 +83,49 @@ def test_value_normalizes_to_mean_total():
     np.testing.assert_array_equal(_binned(unscaled), [[8, 0, 0], [10, 6, 6], [1, 11, 0]])
 
 
+def test_value_target_sum_hand_computed():
+    # target_sum=8: scale factors 8/8, 8/24, 8/16
+    # row 0: 8 -> 8; row 1: 12, 6, 6 -> 4, 2, 2; row 2: 1, 15 -> 0.5 -> 1, 7.5 -> 8 (half up)
+    X = [[8, 0, 0], [12, 6, 6], [1, 15, 0]]
+    adata = _adata(X)
+    bf.pp.bin(adata, target_sum=8)
+    np.testing.assert_array_equal(_binned(adata), [[8, 0, 0], [4, 2, 2], [1, 8, 0]])
+    assert adata.uns[KEY]["params"]["target_sum"] == 8.0
+
+
+def test_value_records_the_mean_total_it_used(counts):
+    adata = _adata(counts)
+    bf.pp.bin(adata)
+    target_sum = adata.uns[KEY]["params"]["target_sum"]
+    assert type(target_sum) is float
+    assert target_sum == counts.sum(axis=1).mean()
+    # binning again with the recorded total gives the same bins and the same record
+    again = _adata(counts)
+    bf.pp.bin(again, target_sum=target_sum)
+    assert (again.layers[KEY] != adata.layers[KEY]).nnz == 0
+    assert again.uns[KEY]["params"] == adata.uns[KEY]["params"]
+
+
+def test_rows_binned_apart_on_one_target_sum_equal_rows_binned_together(counts):
+    whole = _adata(counts)
+    bf.pp.bin(whole)
+    target_sum = whole.uns[KEY]["params"]["target_sum"]
+    for rows in (slice(0, 7), slice(7, 30), slice(30, 40)):
+        part = _adata(counts[rows])
+        bf.pp.bin(part, target_sum=target_sum)
+        np.testing.assert_array_equal(_binned(part), _binned(whole)[rows])
+
+
+@pytest.mark.parametrize("kwargs", [{"normalize": False}, {"method": "segment"}], ids=["unscaled", "segment"])
+def test_target_sum_not_recorded_when_nothing_is_scaled(counts, kwargs):
+    adata = _adata(counts)
+    bf.pp.bin(adata, target_sum=100, **kwargs)
+    reference = _adata(counts)
+    bf.pp.bin(reference, **kwargs)
+    assert "target_sum" not in adata.uns[KEY]["params"]
+    assert (adata.layers[KEY] != reference.layers[KEY]).nnz == 0
+
+
 def test_value_n_bins_caps_largest_bin():
     adata = _adata([[0, 1, 2, 3, 8, 9, 16, 17, 40]])
     bf.pp.bin(adata, normalize=False, n_bins=10)
@@ -215,6 +258,7 @@ def test_params_record(counts):
     assert params["cutoff"] == 8
     assert params["bins_per_octave"] == 3
     assert params["normalize"] is True
+    assert params["target_sum"] == counts.sum(axis=1).mean()
     assert isinstance(params["version"], str)
     # unset options are left out (h5ad cannot store None)
     assert "n_bins" not in params
@@ -277,6 +321,10 @@ def _with(value):
         (_with(2), {"method": "segment", "n_bins": 0}, ValueError, "n_bins=0"),
         (_with(2), {"cutoff": 1}, ValueError, "cutoff=1"),
         (_with(2), {"bins_per_octave": 0}, ValueError, "bins_per_octave=0"),
+        (_with(2), {"target_sum": 0}, ValueError, "target_sum=0"),
+        (_with(2), {"target_sum": -1e4}, ValueError, "target_sum=-10000"),
+        (_with(2), {"target_sum": np.nan}, ValueError, "target_sum=nan"),
+        (_with(2), {"target_sum": np.inf}, ValueError, "target_sum=inf"),
         (_with(1e6), {"normalize": False, "bins_per_octave": 30000}, ValueError, "int16"),
     ],
 )

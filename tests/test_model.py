@@ -10,6 +10,7 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from safetensors import safe_open
 
 import bioformers as bf
+from bioformers.nn import TransformerEncoder
 
 
 @pytest.fixture
@@ -37,6 +38,21 @@ def test_train_passes_accelerator_and_devices_to_lightning(trained):
     assert model.is_trained_
     assert isinstance(model.trainer.accelerator, CPUAccelerator)
     assert model.trainer.num_devices == 1
+
+
+def test_train_options_reach_the_transformer(binned, tiny_model, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(TransformerEncoder, "compile", lambda self: compiled.append(self))
+    bf.BioFormer.setup_anndata(binned)
+    model = bf.BioFormer(binned, **tiny_model)
+    block_runs = []
+    model.module.encoder.blocks[0].register_forward_pre_hook(lambda *args: block_runs.append(1))
+    model.train(
+        max_epochs=1, batch_size=50, activation_checkpointing=True, compile=True, train_size=1.0, accelerator="cpu"
+    )
+    assert compiled == [model.module.encoder]
+    n_steps = -(-binned.n_obs // 50)
+    assert len(block_runs) == 2 * n_steps  # each block recomputed in the backward pass
 
 
 def test_train_with_fewer_cells_than_one_batch_raises(binned, tiny_model):

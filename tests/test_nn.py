@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from bioformers.nn import SelfAttention, TransformerEncoder, ValueEncoder
+from bioformers.nn import SelfAttention, TransformerEncoder, ValueEncoder, _attention
 
 BATCH, LENGTH, HIDDEN, HEADS = 3, 7, 16, 2
 # True at padded positions: right padding of different lengths, one cell without padding
@@ -19,15 +19,38 @@ def x():
     return torch.randn(BATCH, LENGTH, HIDDEN, generator=torch.Generator().manual_seed(1))
 
 
+@pytest.fixture(params=["sdpa", "explicit", "explicit in slices"])
+def fast_path(request, monkeypatch):
+    """Force one of the paths taken without ``need_weights`` (all would be "explicit" at this length)."""
+    if request.param == "sdpa":
+        monkeypatch.setattr(SelfAttention, "EXPLICIT_MAX_LENGTH", 0)
+    if request.param == "explicit in slices":
+        monkeypatch.setattr(_attention, "_SCORE_BUDGET", 1)  # one cell per slice
+    return request.param
+
+
 @pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
 @pytest.mark.parametrize("padded", [False, True], ids=["no padding", "padding"])
-def test_fast_path_equals_weight_path(attention, x, padded, causal):
+def test_fast_paths_equal_weight_path(attention, x, padded, causal, fast_path):
     padding_mask = PADDING if padded else None
     fast, no_weights = attention(x, padding_mask, causal=causal)
     explicit, weights = attention(x, padding_mask, causal=causal, need_weights=True)
     assert no_weights is None
     assert weights.shape == (BATCH, HEADS, LENGTH, LENGTH)
     torch.testing.assert_close(fast, explicit, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+def test_fast_paths_have_the_weight_paths_gradients(attention, x, causal, fast_path):
+    def grads(need_weights):
+        attention.zero_grad()
+        inputs = x.clone().requires_grad_()
+        out, _ = attention(inputs, PADDING, causal=causal, need_weights=need_weights)
+        out.square().sum().backward()
+        return inputs.grad, attention.qkv.weight.grad.clone()
+
+    for fast, reference in zip(grads(False), grads(True), strict=True):
+        torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
@@ -48,7 +71,7 @@ def test_attention_weights_are_distributions_over_allowed_keys(attention, x, pad
 
 @pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
 @pytest.mark.parametrize("need_weights", [False, True], ids=["fast", "explicit"])
-def test_padded_inputs_do_not_change_real_outputs(attention, x, need_weights, causal):
+def test_padded_inputs_do_not_change_real_outputs(attention, x, need_weights, causal, fast_path):
     changed = x.clone()
     changed[PADDING] = torch.randn(int(PADDING.sum()), HIDDEN) * 10
     out, _ = attention(x, PADDING, causal=causal, need_weights=need_weights)
@@ -62,7 +85,7 @@ def test_padded_inputs_do_not_change_real_outputs(attention, x, need_weights, ca
 
 
 @pytest.mark.parametrize("need_weights", [False, True], ids=["fast", "explicit"])
-def test_causal_positions_ignore_later_positions(attention, x, need_weights):
+def test_causal_positions_ignore_later_positions(attention, x, need_weights, fast_path):
     changed = x.clone()
     changed[:, 4:] = torch.randn(BATCH, LENGTH - 4, HIDDEN)
     out, _ = attention(x, causal=True, need_weights=need_weights)

@@ -182,15 +182,17 @@ def query():
     return bf.datasets.synthetic(n_obs=60, n_vars=40, seed=1)
 
 
-def test_embed_bins_and_writes_embedding(pretrained, pretrain_kwargs, query):
-    model, _ = pretrained
-    expected = bf.pp.bin(query, copy=True)
+def test_embed_bins_on_the_training_scale_and_writes_embedding(pretrained, pretrain_kwargs, query):
+    model, adata = pretrained
+    target_sum = adata.uns["bioformers_binned"]["params"]["target_sum"]
+    expected = bf.pp.bin(query, target_sum=target_sum, copy=True)
     assert bf.tl.embed(query, model) is None
     binned, expected_binned = query.layers["bioformers_binned"], expected.layers["bioformers_binned"]
     np.testing.assert_array_equal(_dense(binned), _dense(expected_binned))
     embedding = query.obsm["X_bioformers"]
     assert embedding.shape == (query.n_obs, pretrain_kwargs["n_hidden"])
     np.testing.assert_array_equal(embedding, model.get_latent_representation(expected))
+    assert query.uns["bioformers_binned"]["params"]["target_sum"] == target_sum
 
 
 def test_embed_of_training_counts_reproduces_pretrain(pretrained, counts):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from bioformers.data import cell_uniforms, mask_positions, select_genes
+from bioformers.data import cell_uniforms, mask_positions, n_masked, select_genes
 
 N_GENES = 40
 
@@ -78,7 +78,7 @@ def _values(n_expressed: list[int], length: int = 20) -> torch.Tensor:
 
 @pytest.mark.parametrize("random", [False, True])
 @pytest.mark.parametrize(
-    ("mask_ratio", "nonzero_ratio", "n_masked", "n_nonzero"),
+    ("mask_ratio", "nonzero_ratio", "expected_masked", "n_nonzero"),
     [
         (0.25, 0.6, 5, 3),  # round(0.25 * 20) = 5 masked, round(0.6 * 5) = 3 of them expressed
         (0.1, 0.5, 2, 1),
@@ -87,12 +87,13 @@ def _values(n_expressed: list[int], length: int = 20) -> torch.Tensor:
         (0.4, 0.0, 8, 0),  # every cell has at least 8 unexpressed positions
     ],
 )
-def test_mask_counts_per_cell(random, mask_ratio, nonzero_ratio, n_masked, n_nonzero):
+def test_mask_counts_per_cell(random, mask_ratio, nonzero_ratio, expected_masked, n_nonzero):
     values = _values([10, 10, 12, 8])
     mask = mask_positions(values, mask_ratio, nonzero_ratio, random=random)
     assert mask.shape == values.shape
     assert mask.dtype == torch.bool
-    assert (mask.sum(1) == n_masked).all()
+    assert n_masked(values.shape[1], mask_ratio) == expected_masked
+    assert (mask.sum(1) == expected_masked).all()
     assert ((mask & (values > 0)).sum(1) == n_nonzero).all()
 
 

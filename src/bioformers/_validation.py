@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import h5py
 import numpy as np
+from anndata.abc import CSCDataset, CSRDataset
 from scipy import sparse
 
 if TYPE_CHECKING:
@@ -37,6 +39,11 @@ def _stored_values(X) -> np.ndarray:
 
 def check_counts(X, *, where: str = "adata.X", require_integer: bool = True) -> None:
     """Check that ``X`` holds finite, non-negative (integer) values and that no cell is empty."""
+    if isinstance(X, CSRDataset | CSCDataset | h5py.Dataset):
+        raise TypeError(
+            f"{where} is on disk (a backed AnnData), and this step needs it in memory. Load it with "
+            "`adata = adata.to_memory()`; `bf.tl.embed` and `bf.tl.predict` read a backed AnnData in chunks themselves."
+        )
     values = _stored_values(X)
     if not np.issubdtype(values.dtype, np.number):
         raise TypeError(f"{where} has dtype {values.dtype}; expected numeric counts.")
@@ -58,6 +65,22 @@ def check_counts(X, *, where: str = "adata.X", require_integer: bool = True) -> 
         raise ValueError(
             f"{where} has {n_empty} cell(s) with no counts. "
             "Remove them first, e.g. `sc.pp.filter_cells(adata, min_counts=1)`."
+        )
+
+
+def check_backed_writable(adata: AnnData, *, copy: bool) -> None:
+    """A tool may add results to a backed AnnData (in memory), but not to a view of one, nor to a copy of one."""
+    if not adata.isbacked:
+        return
+    if adata.is_view:
+        raise ValueError(
+            "This is a view of a backed AnnData: anndata would have to load it into memory whole to add results. "
+            "Call the tool on the backed AnnData itself, or load the view with `.to_memory()`."
+        )
+    if copy:
+        raise ValueError(
+            "`copy=True` would load the backed AnnData into memory whole. Pass `copy=False`: results are added to "
+            "the AnnData in memory and the file is left unchanged (save them with `adata.write()`)."
         )
 
 

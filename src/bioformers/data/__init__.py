@@ -1,5 +1,14 @@
-"""Turning rows of binned expression into token sequences: gene selection and masking."""
+"""Turning rows of AnnData into token batches: chunked reading and binning, gene selection, masking."""
 
-from ._tokenize import cell_uniforms, mask_positions, prediction_masks, select_genes
+from ._stream import DEFAULT_CHUNK_SIZE, binned_batches
+from ._tokenize import cell_uniforms, mask_positions, n_masked, prediction_masks, select_genes
 
-__all__ = ["cell_uniforms", "mask_positions", "prediction_masks", "select_genes"]
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "binned_batches",
+    "cell_uniforms",
+    "mask_positions",
+    "n_masked",
+    "prediction_masks",
+    "select_genes",
+]

@@ -85,10 +85,17 @@ def _choose(scores: torch.Tensor, eligible: torch.Tensor, count: torch.Tensor) -
     return eligible & (ranks < count[:, None])
 
 
+def n_masked(length: int, mask_ratio: float) -> int:
+    """Number of positions :func:`mask_positions` masks in every cell of a sequence length."""
+    return min(length, max(1, round(mask_ratio * length)))
+
+
 def mask_positions(values: torch.Tensor, mask_ratio: float, nonzero_ratio: float, *, random: bool) -> torch.Tensor:
     """Choose the positions to mask for masked gene modelling.
 
-    A fraction ``mask_ratio`` of each cell's positions is masked (at least one); of those, a fraction
+    Exactly :func:`n_masked` positions of each cell are masked, a fraction ``mask_ratio`` of its
+    positions (at least one), so the masked positions of a batch form a ``(cells, n_masked)`` block
+    with no data-dependent shape (no host-device sync on GPU); of those, a fraction
     ``nonzero_ratio`` are expressed genes, so the model cannot win by predicting zeros everywhere.
     When a cell has too few expressed (or unexpressed) genes, the rest come from the other group.
 
@@ -100,7 +107,7 @@ def mask_positions(values: torch.Tensor, mask_ratio: float, nonzero_ratio: float
     nonzero = values > 0
     n_nonzero = nonzero.sum(dim=1)
     n_zero = length - n_nonzero
-    n_mask = torch.full_like(n_nonzero, max(1, round(mask_ratio * length)))
+    n_mask = torch.full_like(n_nonzero, n_masked(length, mask_ratio))
     want_nonzero = torch.round(n_mask * nonzero_ratio).to(n_mask.dtype)
     take_zero = torch.minimum(n_mask - torch.minimum(want_nonzero, n_nonzero), n_zero)
     take_nonzero = torch.minimum(n_mask - take_zero, n_nonzero)

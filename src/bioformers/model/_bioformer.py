@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, LayerField
@@ -17,7 +18,7 @@ from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
 from .._keys import Keys
 from .._validation import check_obs_key, check_unique_var_names, get_matrix
-from ..data import prediction_masks
+from ..data import binned_batches, prediction_masks
 from ..module import BioFormerModule
 from ..train import BioFormerTrainingPlan, default_precision
 from ._serialization import read_model, write_model
@@ -87,7 +88,7 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         adata: AnnData | None = None,
         n_hidden: int = 64,
         n_layers: int = 4,
-        n_heads: int = 4,
+        n_heads: int = 2,
         dropout: float = 0.1,
         max_seq_len: int = 256,
         value_encoder: Literal["linear", "embedding"] = "embedding",
@@ -176,6 +177,8 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         devices: int | list[int] | str = "auto",
         precision: str | None = None,
         gradient_clip_val: float = 1.0,
+        activation_checkpointing: bool = False,
+        compile: bool = False,
         plan_kwargs: dict | None = None,
         **trainer_kwargs,
     ):
@@ -186,7 +189,8 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         max_epochs
             Passes over the data; ``None`` picks more epochs for smaller data (5 to 30).
         batch_size
-            Cells per minibatch.
+            Cells per minibatch of one process. With DDP over N processes each optimiser step
+            averages N minibatches (N x ``batch_size`` cells) and an epoch has N times fewer steps.
         lr
             Peak learning rate.
         weight_decay
@@ -200,11 +204,26 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
             fp32.
         gradient_clip_val
             Gradient norm clipping.
+        activation_checkpointing
+            Recompute each transformer block in the backward pass instead of storing its activations:
+            less memory for long sequences, about a third more compute.
+        compile
+            Compile the transformer with :func:`torch.compile` (in place; the model is used compiled
+            from then on). The first steps wait for compilation; on the 2-core benchmark CPU it was
+            slower per step than eager mode, so it is off by default (``benchmarks/README.md``).
         plan_kwargs
             More arguments for :class:`~bioformers.train.BioFormerTrainingPlan`.
         **trainer_kwargs
             Passed to scvi-tools' ``train`` and Lightning's ``Trainer`` (e.g. ``strategy``,
-            ``train_size``, ``early_stopping``).
+            ``num_nodes``, ``train_size``, ``early_stopping``).
+
+        Notes
+        -----
+        ``strategy="ddp"`` with ``devices=N`` trains on N processes, each on its share of the cells
+        (scvi-tools' distributed sampler), with gradients and logged losses averaged across them.
+        Lightning starts the extra processes by running the script again, so every process continues
+        past ``train``; all hold the same trained weights, only global rank 0 holds the loss history.
+        Guard writes with :attr:`is_global_zero` (:meth:`save` already does). See ``docs/scaling.md``.
         """
         n_obs = self.adata.n_obs
         if n_obs < batch_size:
@@ -213,6 +232,11 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
                 f"Pass `batch_size={max(n_obs // 2, 1)}` or smaller."
             )
         plan_kwargs = {"lr": lr, "weight_decay": weight_decay, "warmup_fraction": warmup_fraction} | (plan_kwargs or {})
+        # a validation loss every epoch, when there are validation cells (train_size < 1)
+        validation_every_epoch = {"check_val_every_n_epoch": 1} if (trainer_kwargs.get("train_size") or 0.9) < 1 else {}
+        self.module.encoder.activation_checkpointing = activation_checkpointing
+        if compile:
+            self.module.encoder.compile()
         return super().train(
             max_epochs=max_epochs or default_max_epochs(n_obs),
             batch_size=batch_size,
@@ -221,7 +245,7 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
             plan_kwargs=plan_kwargs,
             precision=precision or default_precision(accelerator),
             gradient_clip_val=gradient_clip_val,
-            **({"check_val_every_n_epoch": 1} | trainer_kwargs),
+            **validation_every_epoch | trainer_kwargs,
         )
 
     def check_genes(self, adata: AnnData) -> None:
@@ -253,25 +277,38 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         adata: AnnData | None = None,
         indices: Sequence[int] | None = None,
         batch_size: int | None = None,
+        *,
+        counts_layer: str | None = None,
+        chunk_size: int | None = None,
     ) -> np.ndarray:
         """CLS embedding of each cell, ``(n_cells, n_hidden)``.
 
         Deterministic: each cell's sequence is fixed by its own values, masking is off, and the
-        same input gives bit-identical output.
+        same input gives bit-identical output, in memory or streamed, whatever the batch or chunk size.
 
         Parameters
         ----------
         adata
-            AnnData with the model's genes and binned values; ``None`` means the training data.
+            AnnData with the model's genes; ``None`` means the training data. An in-memory AnnData
+            with the model's binned layer goes through scvi-tools' data loader. A backed one
+            (``anndata.read_h5ad(path, backed="r")``), or one without the binned layer, is read
+            ``chunk_size`` cells at a time and binned like the training data, so memory does not
+            grow with the number of cells beyond the result.
         indices
             Cells to embed; ``None`` means all.
         batch_size
             Cells per forward pass.
+        counts_layer
+            Layer with raw counts to bin when ``adata`` lacks the binned layer; ``None`` uses ``adata.X``.
+        chunk_size
+            Cells read and binned at a time when streaming (whole batches, at least one); ``None``: 4,096.
         """
+        batches = self._batches(adata, indices, batch_size or 256, counts_layer=counts_layer, chunk_size=chunk_size)
         chunks = []
         with self._inference_context():
-            for bins in self._batches(adata, indices, batch_size or 256):
-                chunks.append(self.module.embed(bins).float().cpu())
+            for bins in batches:
+                # clone: the CLS row is a view that would keep the batch's hidden states (all tokens) alive
+                chunks.append(self.module.embed(bins).float().cpu().clone())
         return torch.cat(chunks).numpy()
 
     def check_prediction_args(self, *, mask_ratio: float | None = None, layer: int = -1) -> None:
@@ -282,15 +319,42 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         if not -n_layers <= layer < n_layers:
             raise ValueError(f"`layer={layer}` does not exist; the model has {n_layers} layers (0 to {n_layers - 1}).")
 
-    def _batches(self, adata: AnnData | None, indices: Sequence[int] | None, batch_size: int):
-        """Binned values of the chosen cells, one minibatch at a time, in order, on the model's device."""
+    def _batches(
+        self,
+        adata: AnnData | None,
+        indices: Sequence[int] | None,
+        batch_size: int,
+        *,
+        counts_layer: str | None = None,
+        chunk_size: int | None = None,
+    ):
+        """Binned values of the chosen cells, one minibatch at a time, in order, on the model's device.
+
+        scvi-tools' data loader needs the binned layer registered in memory; a backed AnnData, or one
+        without that layer, is read in chunks and binned like the training data instead
+        (:func:`bioformers.data.binned_batches`).
+        """
         self._check_if_trained(warn=False)
         if adata is not None:
             self.check_genes(adata)
-        adata = self._validate_anndata(adata)
+        binned_layer = self.registry_["setup_args"]["layer"]
+        if adata is not None and (adata.isbacked or binned_layer not in adata.layers):
+            streamed = binned_batches(
+                adata,
+                binning=self.binning_,
+                binned_layer=binned_layer,
+                counts_layer=counts_layer,
+                indices=indices,
+                batch_size=batch_size,
+                chunk_size=chunk_size,
+            )
+            batches = map(torch.from_numpy, streamed)
+        else:
+            loader = self._make_data_loader(adata=self._validate_anndata(adata), indices=indices, batch_size=batch_size)
+            batches = (tensors[REGISTRY_KEYS.X_KEY] for tensors in loader)
         self.module.eval()
-        for tensors in self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size):
-            yield tensors[REGISTRY_KEYS.X_KEY].to(self.device)
+        for bins in batches:
+            yield bins.to(self.device)
 
     @torch.inference_mode()
     def get_predicted_bins(
@@ -300,15 +364,18 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         *,
         mask_ratio: float | None = None,
         batch_size: int | None = None,
+        counts_layer: str | None = None,
+        chunk_size: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Expected and most likely bin of every gene of every cell, both ``(n_cells, n_genes)``.
 
-        Deterministic, like :meth:`get_latent_representation`.
+        Deterministic, like :meth:`get_latent_representation`, and read in chunks the same way.
 
         Parameters
         ----------
         adata
-            AnnData with the model's genes and binned values; ``None`` means the training data.
+            AnnData with the model's genes; ``None`` means the training data. Backed, or without the
+            binned layer: streamed as in :meth:`get_latent_representation`.
         indices
             Cells to predict; ``None`` means all.
         mask_ratio
@@ -320,11 +387,14 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
             keep the CLS decoding.
         batch_size
             Cells per forward pass.
+        counts_layer, chunk_size
+            As in :meth:`get_latent_representation`.
         """
         self.check_prediction_args(mask_ratio=mask_ratio)
+        batches = self._batches(adata, indices, batch_size or 128, counts_layer=counts_layer, chunk_size=chunk_size)
         expected_chunks, best_chunks = [], []
         with self._inference_context():
-            for bins in self._batches(adata, indices, batch_size or 128):
+            for bins in batches:
                 expected = self.module.predict_expression(bins)
                 best = expected.round().long()
                 if mask_ratio is not None:
@@ -433,6 +503,18 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         mean = (total / count.clamp(min=1)).float().cpu().numpy().reshape(n_maps, n, n)
         return np.moveaxis(mean, 0, -1) if keep_heads else mean[0]
 
+    @property
+    def is_global_zero(self) -> bool:
+        """Whether this process is global rank 0, the one that writes results (True unless distributed).
+
+        After distributed training with Lightning's default launcher every process runs the rest of the
+        script; write files only where this is True.
+        """
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return bool(trainer.is_global_zero)
+        return rank_zero_only.rank == 0
+
     def loss_history(self) -> dict[str, list[float]]:
         """Train and validation loss per epoch, as plain lists."""
         history = self.history_ or {}
@@ -456,7 +538,13 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
             Replace an existing directory's model files.
         save_anndata
             Also write the training AnnData as ``adata.h5ad``.
+
+        In a distributed run only global rank 0 writes; on other processes this does nothing
+        (:attr:`is_global_zero`).
         """
+        if not self.is_global_zero:
+            logger.debug("Not global rank 0 of a distributed run: `save` writes nothing here.")
+            return
         if os.path.exists(dir_path) and not overwrite:
             raise FileExistsError(f"{dir_path!r} already exists. Pass `overwrite=True` or choose another directory.")
         os.makedirs(dir_path, exist_ok=True)

@@ -10,7 +10,7 @@ from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 
-from ..data import mask_positions, select_genes
+from ..data import mask_positions, n_masked, select_genes
 from ..nn import TransformerEncoder, ValueEncoder
 
 
@@ -70,7 +70,7 @@ class BioFormerModule(BaseModuleClass):
         *,
         n_hidden: int = 64,
         n_layers: int = 4,
-        n_heads: int = 4,
+        n_heads: int = 2,
         dropout: float = 0.1,
         max_seq_len: int = 256,
         value_encoder: Literal["linear", "embedding"] = "embedding",
@@ -131,19 +131,25 @@ class BioFormerModule(BaseModuleClass):
     def generative(
         self, cls: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor | None, bins: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """Bin logits at masked positions and the expression decoded from CLS and the cell's depth."""
+        """Bin logits at the masked positions and the expression decoded from CLS and the cell's depth.
+
+        Every cell has the same number of masked positions (:func:`~bioformers.data.n_masked`), so they
+        are gathered as a ``(cells, n_masked)`` block rather than by boolean indexing, whose
+        data-dependent shape would make the GPU wait for the host at every step.
+        """
         out = {"expression": self.decode_expression(cls, cell_depth(bins))}
         if mask is not None:
-            out["bin_logits"] = self.bin_head(hidden[mask])
+            positions = mask.to(torch.float32).topk(n_masked(mask.shape[1], self.mask_ratio), dim=1).indices
+            out["masked_positions"] = positions
+            out["bin_logits"] = self.bin_head(hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1])))
         return out
 
     def loss(self, tensors, inference_outputs, generative_outputs) -> LossOutput:
         """Cross-entropy over bins at masked positions plus the weighted expression MSE."""
-        mask = inference_outputs["mask"]
-        target = inference_outputs["values"][mask].clamp(max=self.n_bins - 1)
-        ce = F.cross_entropy(generative_outputs["bin_logits"].float(), target, reduction="none")
-        rows = mask.nonzero()[:, 0]
-        mlm_per_cell = torch.zeros(mask.shape[0], device=ce.device).index_add_(0, rows, ce) / mask.sum(1).clamp(min=1)
+        positions = generative_outputs["masked_positions"]
+        target = inference_outputs["values"].gather(1, positions).clamp(max=self.n_bins - 1)
+        logits = generative_outputs["bin_logits"].float()
+        mlm_per_cell = F.cross_entropy(logits.transpose(1, 2), target, reduction="none").mean(dim=1)
 
         bins = inference_outputs["bins"].clamp(max=self.n_bins - 1).float()
         expr_per_cell = (generative_outputs["expression"].float() - bins).pow(2).mean(dim=1)

@@ -10,9 +10,14 @@ from torch import nn
 class SelfAttention(nn.Module):
     """Multi-head self-attention.
 
-    The fast path calls :func:`torch.nn.functional.scaled_dot_product_attention` (FlashAttention on
-    GPU, fused kernels on CPU) and never materialises the attention matrix. ``need_weights=True``
-    takes an explicit path that also returns the attention weights of every head, for GRNs.
+    Three paths compute the same function:
+
+    * on GPU, and on CPU for long sequences, :func:`torch.nn.functional.scaled_dot_product_attention`
+      (FlashAttention on GPU), which never materialises the attention matrix;
+    * on CPU for sequences up to :attr:`EXPLICIT_MAX_LENGTH`, plain batched matmuls and softmax over
+      slices of the batch (see :func:`_explicit_attention`): at the small head widths of the default
+      model (16) PyTorch's fused CPU kernel is several times slower than this (``benchmarks/perf.py``);
+    * ``need_weights=True`` also returns the attention weights of every head, for GRNs.
 
     Parameters
     ----------
@@ -23,6 +28,10 @@ class SelfAttention(nn.Module):
     dropout
         Dropout on attention weights during training.
     """
+
+    #: On CPU, sequences up to this length take the explicit path; longer ones take SDPA, which needs
+    #: no ``length x length`` matrix per head in memory for the backward pass.
+    EXPLICIT_MAX_LENGTH = 512
 
     def __init__(self, n_hidden: int, n_heads: int, dropout: float = 0.0):
         super().__init__()
@@ -56,24 +65,58 @@ class SelfAttention(nn.Module):
         """
         batch, length, n_hidden = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
-        attn_mask = None
-        if padding_mask is not None:
-            # boolean masks in SDPA mean "may attend"
-            attn_mask = ~padding_mask[:, None, None, :]
-            if causal:
-                attn_mask = attn_mask & torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
-                causal = False
+        # boolean masks mean "may attend", as in SDPA
+        attn_mask = None if padding_mask is None else ~padding_mask[:, None, None, :]
+        if causal and (attn_mask is not None or need_weights):
+            tril = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
+            attn_mask = tril if attn_mask is None else attn_mask & tril
+            causal = False
         dropout = self.dropout if self.training else 0.0
+        weights = None
         if need_weights:
-            scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
-            if causal:
-                attn_mask = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
-            if attn_mask is not None:
-                scores = scores.masked_fill(~attn_mask, float("-inf"))
-            weights = scores.float().softmax(dim=-1).to(q.dtype)
+            weights = _attention_weights(q, k, attn_mask)
             out = F.dropout(weights, dropout, self.training) @ v
+        elif x.device.type == "cpu" and length <= self.EXPLICIT_MAX_LENGTH:
+            out = _explicit_attention(q, k, v, attn_mask, causal, dropout)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout, is_causal=causal)
-            weights = None
         out = out.transpose(1, 2).reshape(batch, length, n_hidden)
         return self.out(out), weights
+
+
+def _attention_weights(q: torch.Tensor, k: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    """Softmax attention weights ``(batch, heads, length, length)``, computed in float32."""
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    return scores.float().softmax(dim=-1).to(q.dtype)
+
+
+# Elements of one slice's score tensor (8 MiB in bf16): small enough to stay in cache and below glibc's
+# mmap threshold, so score tensors are neither spilled to memory nor page-faulted in fresh each step.
+_SCORE_BUDGET = 2**22
+
+
+def _explicit_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None, causal: bool, dropout: float
+) -> torch.Tensor:
+    """Attention as batched matmuls and a softmax, over slices of the batch.
+
+    The scale goes on ``q`` (``length x head width``), not on the ``length x length`` scores; the
+    softmax runs in the input precision (PyTorch accumulates it in float32 for bf16).
+    """
+    batch, heads, length, width = q.shape
+    q = q * width**-0.5
+    if causal:
+        attn_mask = torch.ones(length, length, dtype=torch.bool, device=q.device).tril()
+    step = max(1, _SCORE_BUDGET // (heads * length * length))
+    outs = []
+    for start in range(0, batch, step):
+        part = slice(start, start + step)
+        scores = q[part] @ k[part].transpose(-2, -1)
+        if attn_mask is not None:
+            mask = attn_mask[part] if attn_mask.ndim == 4 else attn_mask
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = F.dropout(scores.softmax(dim=-1), dropout, training=dropout > 0)
+        outs.append(weights @ v[part])
+    return torch.cat(outs) if len(outs) > 1 else outs[0]

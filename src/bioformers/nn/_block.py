@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ._attention import SelfAttention
 
@@ -43,12 +44,18 @@ class TransformerBlock(nn.Module):
 
 
 class TransformerEncoder(nn.Module):
-    """A stack of :class:`TransformerBlock` with a final LayerNorm."""
+    """A stack of :class:`TransformerBlock` with a final LayerNorm.
+
+    With :attr:`activation_checkpointing` set, training keeps only each block's input and recomputes
+    the block in the backward pass: activation memory no longer grows with depth, for about a third
+    more compute. Worth it only for long sequences on a GPU short of memory.
+    """
 
     def __init__(self, n_hidden: int, n_layers: int, n_heads: int, dropout: float = 0.1):
         super().__init__()
         self.blocks = nn.ModuleList(TransformerBlock(n_hidden, n_heads, dropout) for _ in range(n_layers))
         self.norm = nn.LayerNorm(n_hidden)
+        self.activation_checkpointing = False
 
     def forward(
         self,
@@ -62,7 +69,10 @@ class TransformerEncoder(nn.Module):
         weights = None
         for i, block in enumerate(self.blocks):
             want = attention_layer is not None and i == attention_layer % len(self.blocks)
-            x, layer_weights = block(x, padding_mask, causal=causal, need_weights=want)
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled() and not want:
+                x, layer_weights = checkpoint(block, x, padding_mask, causal=causal, use_reentrant=False)
+            else:
+                x, layer_weights = block(x, padding_mask, causal=causal, need_weights=want)
             if want:
                 weights = layer_weights
         return self.norm(x), weights

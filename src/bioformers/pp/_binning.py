@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 _DEFAULT_SEGMENT_BINS = 50
 _MAX_BIN = np.iinfo(np.int16).max
+#: The arguments of :func:`bin` that define how values are binned: a query must be binned with the same ones.
+BINNING_ARGS = ("method", "n_bins", "cutoff", "bins_per_octave", "normalize", "target_sum")
 
 
 def bin(
@@ -28,6 +30,7 @@ def bin(
     cutoff: float = 8,
     bins_per_octave: int = 3,
     normalize: bool = True,
+    target_sum: float | None = None,
     layer: str | None = None,
     key_added: str = "bioformers",
     copy: bool = False,
@@ -40,8 +43,8 @@ def bin(
     binning is deterministic (no random tie-breaking).
 
     ``method="value"``
-        If ``normalize``, every cell is first scaled to the dataset's mean total count,
-        ``x * mean_total / cell_total``. Then each value ``x`` maps to
+        If ``normalize``, every cell is first scaled to the total ``target_sum`` (by default the
+        dataset's mean total count), ``x * target_sum / cell_total``. Then each value ``x`` maps to
 
         * ``0`` if ``x == 0``;
         * ``1`` if ``0 < x <= 1``;
@@ -72,9 +75,13 @@ def bin(
     bins_per_octave
         ``"value"`` only: the number of bins ``b`` per doubling above ``cutoff``.
     normalize
-        ``"value"`` only: scale each cell to the mean total count first. This needs raw
+        ``"value"`` only: scale each cell to ``target_sum`` first. This needs raw
         (integer) counts; pass `False` to bin values that are already normalised.
         Ignored by ``"segment"``.
+    target_sum
+        ``"value"`` with ``normalize`` only: the total every cell is scaled to; `None` means the
+        mean total count of the cells binned. Bin a query with the ``target_sum`` recorded for
+        the training data, so both are on one scale (:func:`bioformers.tl.embed` does).
     layer
         Layer holding the counts; `None` uses ``adata.X``.
     key_added
@@ -92,9 +99,10 @@ def bin(
         The bin of every value, ``'bioformers_binned'`` by default; zeros are not stored.
     `adata.uns[f'{key_added}_binned']['params']` : :class:`dict`
         ``method``, ``n_bins`` (the number used for ``"segment"``; absent for ``"value"``
-        without a cap), ``cutoff``, ``bins_per_octave``, ``normalize``, ``layer`` (absent
-        for ``adata.X``) and the bioformers ``version``. Unset options are left out because
-        h5ad cannot store `None`.
+        without a cap), ``cutoff``, ``bins_per_octave``, ``normalize``, ``target_sum`` (the
+        total cells were scaled to, also when it was the mean; absent when nothing was scaled),
+        ``layer`` (absent for ``adata.X``) and the bioformers ``version``. Unset options are
+        left out because h5ad cannot store `None`.
     `adata.uns[f'{key_added}_binned']['n_tokens']` : :class:`int`
         Size of the value vocabulary: the largest bin present + 1 for ``"value"``,
         ``n_bins + 1`` for ``"segment"``.
@@ -106,6 +114,9 @@ def bin(
     >>> bf.pp.bin(adata)
     >>> adata.layers["bioformers_binned"].dtype
     dtype('int16')
+    >>> bf.pp.bin(adata, target_sum=1e3, key_added="per_thousand")
+    >>> adata.uns["per_thousand_binned"]["params"]["target_sum"]
+    1000.0
     >>> bf.pp.bin(adata, method="segment", n_bins=51, key_added="segment")
     >>> adata.uns["segment_binned"]["n_tokens"]
     52
@@ -124,24 +135,21 @@ def bin(
         )
     if not _is_int(bins_per_octave, 1, _MAX_BIN):
         raise ValueError(f"`bins_per_octave={bins_per_octave!r}` must be a positive integer (the paper uses 3).")
+    if target_sum is not None and not (np.isfinite(target_sum) and target_sum > 0):
+        raise ValueError(f"`target_sum={target_sum!r}` must be a positive number, or None for the mean total count.")
     check_counts(X, where=where, require_integer=method == "value" and normalize)
 
     start = logg.info(f"binning {where} (method={method!r})")
-    counts = _canonical_csr(X)
-    if method == "value":
-        bins = _value_bins(counts, cutoff=cutoff, bins_per_octave=bins_per_octave, normalize=normalize)
-        if n_bins is not None:
-            np.minimum(bins, n_bins, out=bins)
-        if bins.size and bins.max() > _MAX_BIN:
-            raise ValueError(
-                f"The largest bin ({bins.max():.0f}) does not fit in int16. Cap it with `n_bins=`, "
-                "or lower `bins_per_octave=` or `cutoff=`."
-            )
-        n_tokens = int(bins.max()) + 1 if bins.size else 1
-    else:
-        bins = _segment_bins(counts, n_bins=n_bins)
-        n_tokens = n_bins + 1
-    binned = sparse.csr_matrix((bins.astype(np.int16), counts.indices, counts.indptr), shape=counts.shape)
+    binned, target_sum = bin_matrix(
+        X,
+        method=method,
+        n_bins=n_bins,
+        cutoff=cutoff,
+        bins_per_octave=bins_per_octave,
+        normalize=normalize,
+        target_sum=target_sum,
+    )
+    n_tokens = n_bins + 1 if method == "segment" else int(binned.data.max(initial=0)) + 1
 
     params = params_record(
         method=method,
@@ -149,6 +157,7 @@ def bin(
         cutoff=float(cutoff),
         bins_per_octave=int(bins_per_octave),
         normalize=bool(normalize),
+        target_sum=target_sum,
         layer=layer,
     )
 
@@ -165,6 +174,54 @@ def bin(
         ),
     )
     return adata if copy else None
+
+
+def bin_matrix(
+    X,
+    *,
+    method: Literal["value", "segment"] = "value",
+    n_bins: int | None = None,
+    cutoff: float = 8,
+    bins_per_octave: int = 3,
+    normalize: bool = True,
+    target_sum: float | None = None,
+) -> tuple[sparse.csr_matrix, float | None]:
+    """The arithmetic of :func:`bin` on one matrix, without its checks of arguments and counts.
+
+    Every row is binned on its own, given ``target_sum``, so binning a matrix in chunks of rows
+    gives exactly the bins of binning it whole (with ``target_sum=None`` only if each chunk is the
+    whole matrix: the default total is the mean over the rows given).
+
+    Returns
+    -------
+    The bins, an ``int16`` CSR matrix of the shape of ``X``, and the total every row was scaled to
+    (`None` when nothing was scaled).
+    """
+    counts = _canonical_csr(X)
+    if method == "value":
+        scale = normalize and counts.shape[0] > 0
+        totals = _cell_totals(counts) if scale else None
+        if scale and target_sum is None:
+            target_sum = totals.mean()
+        bins = _value_bins(counts, cutoff=cutoff, bins_per_octave=bins_per_octave, totals=totals, target_sum=target_sum)
+        if n_bins is not None:
+            np.minimum(bins, n_bins, out=bins)
+        if bins.size and bins.max() > _MAX_BIN:
+            raise ValueError(
+                f"The largest bin ({bins.max():.0f}) does not fit in int16. Cap it with `n_bins=`, "
+                "or lower `bins_per_octave=` or `cutoff=`."
+            )
+        target_sum = float(target_sum) if scale else None
+    else:
+        bins = _segment_bins(counts, n_bins=n_bins or _DEFAULT_SEGMENT_BINS)
+        target_sum = None
+    binned = sparse.csr_matrix((bins.astype(np.int16), counts.indices, counts.indptr), shape=counts.shape)
+    return binned, target_sum
+
+
+def cell_totals(X) -> np.ndarray:
+    """Total count of every row, ``(n_rows,)`` float64, summed exactly as :func:`bin` sums them."""
+    return _cell_totals(_canonical_csr(X))
 
 
 def _is_int(value, low: int, high: int) -> bool:
@@ -186,12 +243,22 @@ def _row_ids(counts: sparse.csr_matrix) -> np.ndarray:
     return np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
 
 
-def _value_bins(counts: sparse.csr_matrix, *, cutoff: float, bins_per_octave: int, normalize: bool) -> np.ndarray:
+def _cell_totals(counts: sparse.csr_matrix) -> np.ndarray:
+    return np.bincount(_row_ids(counts), weights=counts.data, minlength=counts.shape[0])
+
+
+def _value_bins(
+    counts: sparse.csr_matrix,
+    *,
+    cutoff: float,
+    bins_per_octave: int,
+    totals: np.ndarray | None,
+    target_sum: float | None,
+) -> np.ndarray:
+    """Value bins of the stored counts; rows are scaled to ``target_sum`` when ``totals`` are given."""
     x = counts.data
-    if normalize:
-        rows = _row_ids(counts)
-        totals = np.bincount(rows, weights=x, minlength=counts.shape[0])
-        x = x * totals.mean() / totals[rows]
+    if totals is not None:
+        x = x * target_sum / totals[_row_ids(counts)]
     bins = np.floor(x + 0.5)  # half-up rounding; the bin of (0, 1] is 1, set next
     np.maximum(bins, 1, out=bins)
     high = x > cutoff

@@ -31,16 +31,22 @@ def predict(
     mask_ratio: float | None = None,
     layer: str | None = None,
     batch_size: int | None = None,
+    chunk_size: int | None = None,
     key_added: str = DEFAULT_KEY,
     copy: bool = False,
 ) -> ad.AnnData | None:
     """Write the model's predicted expression of every gene of every cell.
 
+    A backed AnnData (``anndata.read_h5ad(path, backed="r")``) is read ``chunk_size`` cells at a
+    time and binned on the fly, as in :func:`bioformers.tl.embed`; the predictions, dense
+    ``(n_obs, n_vars)``, are added in memory.
+
     Parameters
     ----------
     adata
         Cells with exactly the model's genes, in the model's order (binned like the training
-        data if ``layers["bioformers_binned"]`` is missing).
+        data if ``layers["bioformers_binned"]`` is missing); in memory or backed (not a view of a
+        backed AnnData).
     model
         A trained :class:`bioformers.BioFormer`.
     mask_ratio
@@ -52,6 +58,8 @@ def predict(
         Layer with raw counts, used when binning is needed; ``None`` uses ``adata.X``.
     batch_size
         Cells per forward pass.
+    chunk_size
+        Cells read and binned at a time from a backed AnnData; ``None``: 4,096.
     key_added
         Base key of everything written.
     copy
@@ -78,10 +86,12 @@ def predict(
     """
     keys = Keys(key_added)
     model.check_prediction_args(mask_ratio=mask_ratio)
-    bin_if_needed = query_binning(adata, model, layer)
+    bin_if_needed = query_binning(adata, model, layer, copy=copy)
     adata = adata.copy() if copy else adata
     bin_if_needed(adata)
-    expected, best = model.get_predicted_bins(adata, mask_ratio=mask_ratio, batch_size=batch_size)
+    expected, best = model.get_predicted_bins(
+        adata, mask_ratio=mask_ratio, batch_size=batch_size, counts_layer=layer, chunk_size=chunk_size
+    )
     centers = bin_centers(model.binning_, model.module.n_bins)
     if centers is not None:
         expected = np.interp(expected, np.arange(centers.size), centers)
@@ -170,7 +180,7 @@ def attention_grn(
     if n_cells is not None and n_cells < 1:
         raise ValueError(f"`n_cells` must be a positive number of cells or None, not {n_cells}.")
     groups = _groups(adata, groupby) if groupby is not None else {}
-    bin_if_needed = query_binning(adata, model, layer=None)
+    bin_if_needed = query_binning(adata, model, layer=None, copy=copy)
     rng = np.random.default_rng(seed)
 
     def subsample(cells: np.ndarray) -> np.ndarray:

@@ -9,17 +9,16 @@ from scanpy import logging as logg
 
 from .._keys import DEFAULT_KEY, Keys
 from .._record import params_record
-from .._validation import check_counts, check_obs_key, check_unique_var_names, get_matrix
+from .._validation import check_backed_writable, check_counts, check_obs_key, check_unique_var_names, get_matrix
 from ..model import BioFormer
 from ..module import check_module_arguments
 from ..pp import bin as bin_values
+from ..pp._binning import BINNING_ARGS
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from anndata import AnnData
-
-_BINNING_ARGS = ("method", "n_bins", "cutoff", "bins_per_octave", "normalize")
 
 
 def pretrain(
@@ -31,7 +30,7 @@ def pretrain(
     binning: Literal["value", "segment"] = "value",
     n_bins: int | None = None,
     n_layers: int = 4,
-    n_heads: int = 4,
+    n_heads: int = 2,
     n_hidden: int = 64,
     max_seq_len: int = 256,
     value_encoder: Literal["linear", "embedding"] = "embedding",
@@ -78,7 +77,8 @@ def pretrain(
     key_added
         Base key of everything written.
     **train_kwargs
-        Passed to :meth:`bioformers.BioFormer.train` (e.g. ``accelerator``, ``devices``, ``precision``).
+        Passed to :meth:`bioformers.BioFormer.train` (e.g. ``accelerator``, ``devices``, ``precision``,
+        ``strategy="ddp"``; see ``docs/scaling.md``).
 
     Returns
     -------
@@ -87,6 +87,10 @@ def pretrain(
     * ``adata.obsm['X_<key_added>']`` : ndarray (n_obs, n_hidden), the CLS cell embedding;
     * ``adata.layers['<key_added>_binned']`` and ``adata.uns['<key_added>_binned']`` if it binned;
     * ``adata.uns['<key_added>']`` : dict with ``params`` and ``history`` (loss per epoch).
+
+    In a distributed run (``strategy="ddp"``, ``devices=N``) every process trains on its share of
+    the cells and returns the trained model, but only global rank 0 embeds and writes the embedding
+    and record; elsewhere ``adata`` keeps only the binned layer (check ``model.is_global_zero``).
 
     Examples
     --------
@@ -131,6 +135,10 @@ def pretrain(
     BioFormer.setup_anndata(adata, layer=keys.binned, batch_key=batch_key, labels_key=labels_key)
     model = BioFormer(adata, **architecture)
     model.train(max_epochs=max_epochs, batch_size=batch_size, lr=lr, **train_kwargs)
+    if not model.is_global_zero:
+        # distributed run (e.g. strategy="ddp"): every process reaches this line, rank 0 writes
+        logg.info("not global rank 0 of a distributed run: trained, nothing written here (rank 0 writes)")
+        return model
     adata.obsm[keys.embedding] = model.get_latent_representation()
     adata.uns[keys.record] = {
         "params": params_record(
@@ -152,19 +160,24 @@ def pretrain(
     return model
 
 
-def query_binning(adata: AnnData, model: BioFormer, layer: str | None) -> Callable[[AnnData], None]:
+def query_binning(
+    adata: AnnData, model: BioFormer, layer: str | None, *, copy: bool = False
+) -> Callable[[AnnData], None]:
     """Check ``adata`` against ``model`` and return the step that bins it like the training data.
 
     Everything is checked here, before the caller writes anything; the returned function bins
     into the layer the model reads (``"bioformers_binned"`` by default) when that layer is missing,
-    and does nothing otherwise.
+    and does nothing otherwise. Value binning scales cells to the training data's ``target_sum``
+    (to the query's own mean total for models trained before it was recorded). A backed AnnData is
+    never binned whole: the model reads and bins it in chunks (its counts are checked chunk by chunk).
     """
+    check_backed_writable(adata, copy=copy)
     model.check_genes(adata)
     # the model reads the layer it was set up with, whatever the caller's key_added
     binned_layer = model.registry_["setup_args"]["layer"]
-    if binned_layer in adata.layers:
+    if binned_layer in adata.layers or adata.isbacked:
         return lambda adata: None
-    binning = {k: model.binning_[k] for k in _BINNING_ARGS if k in model.binning_}
+    binning = {k: model.binning_[k] for k in BINNING_ARGS if k in model.binning_}
     if not binned_layer.endswith("_binned"):
         raise KeyError(
             f"The model reads binned values from `layers[{binned_layer!r}]`, which this AnnData lacks. "
@@ -185,24 +198,35 @@ def embed(
     *,
     layer: str | None = None,
     batch_size: int | None = None,
+    chunk_size: int | None = None,
     key_added: str = DEFAULT_KEY,
     copy: bool = False,
 ) -> AnnData | None:
     """Write the model's cell embedding for ``adata`` (e.g. a query dataset with the model's genes).
 
     Bins the counts with the model's binning settings when ``layers["<key_added>_binned"]`` is
-    missing (into the layer the model was trained on, ``"bioformers_binned"`` by default).
+    missing (into the layer the model was trained on, ``"bioformers_binned"`` by default), on the
+    training data's scale (value binning scales every cell to the training data's ``target_sum``).
+
+    A backed AnnData (``anndata.read_h5ad(path, backed="r")``) is streamed instead: cells are read
+    ``chunk_size`` at a time, binned and embedded, and only the embedding is added (in memory; the
+    file is not changed until ``adata.write()``). Memory then stays flat in the number of cells,
+    apart from the result. A cell's embedding is the same streamed or not.
 
     Parameters
     ----------
     adata
-        Cells with exactly the model's genes, in the model's order.
+        Cells with exactly the model's genes, in the model's order; in memory or backed (not a view
+        of a backed AnnData).
     model
         A trained :class:`bioformers.BioFormer`.
     layer
-        Layer with raw counts, used when binning is needed; ``None`` uses ``adata.X``.
+        Layer with raw counts, used when binning is needed; ``None`` uses ``adata.X`` (the only
+        matrix a backed AnnData keeps on disk).
     batch_size
         Cells per forward pass.
+    chunk_size
+        Cells read and binned at a time from a backed AnnData; ``None``: 4,096.
     key_added
         Base key of everything written.
     copy
@@ -211,7 +235,7 @@ def embed(
     Returns
     -------
     ``adata`` copy if ``copy=True``, else ``None``. Writes ``adata.obsm['X_<key_added>']`` : ndarray
-    (n_obs, n_hidden), and the binned layer if it binned.
+    (n_obs, n_hidden), and the binned layer if it binned (never for a backed AnnData).
 
     Examples
     --------
@@ -221,11 +245,23 @@ def embed(
     >>> bf.tl.embed(query, model)
     >>> query.obsm["X_bioformers"].shape
     (60, 16)
+
+    Streaming a file:
+
+    >>> import anndata as ad, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "query.h5ad")
+    >>> bf.datasets.synthetic(n_obs=60, n_vars=50, seed=1).write_h5ad(path)
+    >>> backed = ad.read_h5ad(path, backed="r")
+    >>> bf.tl.embed(backed, model, chunk_size=32)
+    >>> bool((backed.obsm["X_bioformers"] == query.obsm["X_bioformers"]).all())
+    True
     """
     keys = Keys(key_added)
-    bin_if_needed = query_binning(adata, model, layer)
+    bin_if_needed = query_binning(adata, model, layer, copy=copy)
     adata = adata.copy() if copy else adata
     bin_if_needed(adata)
-    adata.obsm[keys.embedding] = model.get_latent_representation(adata, batch_size=batch_size)
+    adata.obsm[keys.embedding] = model.get_latent_representation(
+        adata, batch_size=batch_size, counts_layer=layer, chunk_size=chunk_size
+    )
     logg.info(f"added\n    'obsm[{keys.embedding!r}]', cell embeddings")
     return adata if copy else None

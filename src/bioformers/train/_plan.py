@@ -68,6 +68,19 @@ class BioFormerTrainingPlan(TrainingPlan):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def compute_and_log_metrics(self, loss_output, metrics, mode):
+        """scvi-tools' metric logging, under ``no_grad`` instead of ``inference_mode``.
+
+        scvi-tools logs the extra metrics (``mlm_loss``, ``expression_loss``) inside
+        ``torch.inference_mode``, so Lightning's running sums become inference tensors; under DDP
+        Lightning reduces them across processes in place at the end of an epoch, which PyTorch
+        refuses ("Inplace update to inference tensor outside InferenceMode"). ``no_grad`` logs the
+        same values.
+        """
+        log = getattr(TrainingPlan.compute_and_log_metrics, "__wrapped__", TrainingPlan.compute_and_log_metrics)
+        with torch.no_grad():
+            return log(self, loss_output, metrics, mode)
+
 
 @cache
 def _cpu_has_fast_bf16() -> bool:
