@@ -10,6 +10,9 @@ changes a bin) and handed out as dense minibatches. At most one chunk of counts 
 
 from __future__ import annotations
 
+import ctypes
+import sys
+from functools import cache
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -104,6 +107,31 @@ def _batches(n_obs, source, where, binning, indices, batch_size, rows) -> Iterat
             block, _ = bin_matrix(block, **binning)
         for start in range(0, block.shape[0], batch_size):
             yield block[start : start + batch_size].toarray().astype(np.float32)
+        del block
+        _release_freed_memory()
+
+
+def _release_freed_memory() -> None:
+    """Return the memory freed by the last chunk to the operating system (glibc; a no-op elsewhere).
+
+    glibc keeps freed heap memory for reuse; the chunks' arrays, freed between the network's own
+    allocations, leave it fragmented, and the resident set grew with the number of chunks read:
+    +1.3 GiB after 100k cells without this, +0.35 GiB with it (``benchmarks/embed_large.py``
+    settings, measured at the peak; the memory in use stayed flat either way).
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@cache
+def _malloc_trim():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (e.g. musl)
+        return None
 
 
 def _row_blocks(source, n_obs: int, indices, rows: int) -> Iterator[tuple[str, sparse.csr_matrix]]:
