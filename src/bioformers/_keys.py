@@ -86,6 +86,11 @@ class Keys:
         return f"X_umap_{self.base}"
 
     @property
+    def perturbation(self) -> str:
+        """``uns[...]`` with the perturbation training record and split, or the prediction parameters."""
+        return f"{self.base}_perturbation"
+
+    @property
     def record(self) -> str:
         """``uns[...]`` with the training record (params, loss history)."""
         return self.base

@@ -1,14 +1,26 @@
 """Turning rows of AnnData into token batches: chunked reading and binning, gene selection, masking."""
 
+from ._perturbation import (
+    COMBINATION_SEPARATOR,
+    LOG_TARGET_SUM,
+    PerturbationPairs,
+    log_normalize,
+    perturbation_targets,
+)
 from ._stream import DEFAULT_CHUNK_SIZE, binned_batches
 from ._tokenize import cell_uniforms, mask_positions, n_masked, prediction_masks, select_genes
 
 __all__ = [
+    "COMBINATION_SEPARATOR",
     "DEFAULT_CHUNK_SIZE",
+    "LOG_TARGET_SUM",
+    "PerturbationPairs",
     "binned_batches",
     "cell_uniforms",
+    "log_normalize",
     "mask_positions",
     "n_masked",
+    "perturbation_targets",
     "prediction_masks",
     "select_genes",
 ]

@@ -1,4 +1,4 @@
-"""Metrics: embedding quality (AvgBIO), masked expression prediction, GRN scoring."""
+"""Metrics: embedding quality (AvgBIO), masked expression prediction, GRN scoring, perturbation response."""
 
 from ._bio import avg_bio
 from ._grn import correlation_grn, grn_edges, score_grn
@@ -12,6 +12,7 @@ from ._masked import (
     npv,
     sensitivity,
 )
+from ._perturbation import mean_collapse, mean_profiles, perturbation_baselines, perturbation_scores, top_de_genes
 
 __all__ = [
     "LinearBaseline",
@@ -23,7 +24,12 @@ __all__ = [
     "grn_edges",
     "hel_sensitivity",
     "masked_prediction_scores",
+    "mean_collapse",
+    "mean_profiles",
     "npv",
+    "perturbation_baselines",
+    "perturbation_scores",
     "score_grn",
     "sensitivity",
+    "top_de_genes",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Literal
 
@@ -11,16 +12,18 @@ import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch.utilities import rank_zero_only
+from scipy import sparse
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
+from scvi.train import TrainRunner
 
 from .._keys import Keys
 from .._validation import check_obs_key, check_unique_var_names, get_matrix
-from ..data import binned_batches, prediction_masks
+from ..data import PerturbationPairs, binned_batches, perturbation_targets, prediction_masks
 from ..module import BioFormerModule
-from ..train import BioFormerTrainingPlan, default_precision
+from ..train import BioFormerTrainingPlan, PerturbationTrainingPlan, default_precision
 from ._serialization import read_model, write_model
 
 if TYPE_CHECKING:
@@ -29,6 +32,11 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 logger = logging.getLogger(__name__)
+
+#: Registry key of the perturbation column (``setup_anndata(perturbation_key=...)``).
+PERTURBATION_KEY = "perturbation"
+#: External-token categories of a perturbation model: 0 = not perturbed, 1 = perturbed.
+N_PERTURBATION_CATEGORIES = 2
 
 
 def default_max_epochs(n_obs: int) -> int:
@@ -104,8 +112,15 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         layer = self.registry_["setup_args"]["layer"]
         self.binning_ = dict(adata.uns.get(layer, {}).get("params", {}))
         self.genes_ = np.asarray(adata.var_names).astype(str)
+        # perturbation targets that are not measured genes still get a gene token
+        extra = [t for t in self.registered_targets() if t not in set(self.genes_)]
+        self.vocabulary_ = np.concatenate([self.genes_, np.asarray(extra, dtype=str)])
+        #: the perturbation split and training record (set by :func:`bioformers.tl.train_perturbation`)
+        self.perturbation_: dict = {}
         self.module = self._module_cls(
             n_genes=adata.n_vars,
+            n_extra_genes=len(extra),
+            n_external=N_PERTURBATION_CATEGORIES if self.control_ is not None else 0,
             n_bins=n_bins,
             n_hidden=n_hidden,
             n_layers=n_layers,
@@ -130,9 +145,11 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         layer: str | None = None,
         batch_key: str | None = None,
         labels_key: str | None = None,
+        perturbation_key: str | None = None,
+        control: str = "control",
         **kwargs,
     ) -> None:
-        """Register the binned values (and optional batch and label columns) with scvi-tools.
+        """Register the binned values (and optional batch, label and perturbation columns) with scvi-tools.
 
         Parameters
         ----------
@@ -144,6 +161,13 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
             Column of ``adata.obs`` with batches.
         labels_key
             Column of ``adata.obs`` with cell labels.
+        perturbation_key
+            Column of ``adata.obs`` naming each cell's perturbation: ``control`` or the perturbed
+            gene(s), combinations joined by ``+`` (``"STAT1+JAK2"``). A model set up with it has
+            external tokens that mark perturbed genes, and a gene token for every target that is not
+            a measured gene; see :func:`bioformers.tl.train_perturbation`.
+        control
+            The label of control cells in ``perturbation_key``.
         """
         layer = Keys().binned if layer is None else layer
         if layer not in adata.layers:
@@ -155,12 +179,17 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         check_unique_var_names(adata)
         check_obs_key(adata, batch_key, argument="batch_key")
         check_obs_key(adata, labels_key, argument="labels_key")
+        check_obs_key(adata, perturbation_key, argument="perturbation_key")
+        if perturbation_key is not None:
+            check_control(adata.obs[perturbation_key], control, perturbation_key)
         setup_method_args = cls._get_setup_method_args(**locals())
         fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
             CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
             CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
         ]
+        if perturbation_key is not None:
+            fields.append(CategoricalObsField(PERTURBATION_KEY, perturbation_key))
         adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
         adata_manager.register_fields(adata, **kwargs)
         cls.register_manager(adata_manager)
@@ -247,6 +276,140 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
             gradient_clip_val=gradient_clip_val,
             **validation_every_epoch | trainer_kwargs,
         )
+
+    @property
+    def control_(self) -> str | None:
+        """The control label of the registered perturbation column; ``None`` without one."""
+        args = self.registry_["setup_args"]
+        return args.get("control") if args.get("perturbation_key") is not None else None
+
+    def registered_targets(self) -> list[str]:
+        """Every gene named by a registered perturbation label, in order of first appearance."""
+        if self.control_ is None:
+            return []
+        labels = self.adata_manager.get_state_registry(PERTURBATION_KEY).categorical_mapping
+        return list(dict.fromkeys(t for label in labels for t in perturbation_targets(label, self.control_)))
+
+    def target_indices(self, labels: Sequence[str]) -> np.ndarray:
+        """Vocabulary indices of the targets of each perturbation label, ``(labels, slots)``, -1 where empty.
+
+        Raises a ``ValueError`` naming the genes the model has no token for.
+        """
+        if self.control_ is None:
+            raise ValueError("This model was not set up for perturbations. Train one with `bf.tl.train_perturbation`.")
+        index = {gene: i for i, gene in enumerate(self.vocabulary_)}
+        parsed = [perturbation_targets(label, self.control_) for label in labels]
+        unknown = sorted({t for targets in parsed for t in targets if t not in index})
+        if unknown:
+            raise ValueError(
+                f"The model has no gene token for {unknown}: they are neither measured genes of the model nor "
+                f"targets of its training perturbations, so nothing tells the model what they are. Predict "
+                f"perturbations of measured genes or of the training targets (`model.vocabulary_`)."
+            )
+        slots = max(1, max(map(len, parsed), default=1))
+        table = np.full((len(labels), slots), -1, dtype=np.int64)
+        for row, targets in enumerate(parsed):
+            table[row, : len(targets)] = [index[t] for t in targets]
+        return table
+
+    def train_perturbation(
+        self,
+        expression,
+        indices: np.ndarray,
+        *,
+        weights: np.ndarray,
+        max_epochs: int = 10,
+        batch_size: int = 64,
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        warmup_fraction: float = 0.05,
+        seed: int = 0,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        precision: str | None = None,
+        gradient_clip_val: float = 1.0,
+        **trainer_kwargs,
+    ):
+        """Fine-tune on control -> perturbed pairs of the registered AnnData.
+
+        :func:`bioformers.tl.train_perturbation` prepares the arguments and calls this.
+
+        Parameters
+        ----------
+        expression
+            Log-normalised expression of every cell of the registered AnnData (sparse).
+        indices
+            Training cells (control and perturbed): the targets of the pairs. Their control cells are
+            also the pairs' sources and define the control mean the predictions start from.
+        weights
+            Loss weight of each gene per registered perturbation category, ``(categories, n_genes)``.
+        max_epochs, batch_size, lr, weight_decay, warmup_fraction, accelerator, devices, precision, gradient_clip_val
+            As in :meth:`train`.
+        seed
+            Seeds the pairing of cells.
+        **trainer_kwargs
+            Passed to Lightning's ``Trainer``.
+        """
+        codes = np.asarray(self.adata_manager.get_from_registry(PERTURBATION_KEY)).ravel().astype(int)
+        labels = self.adata_manager.get_state_registry(PERTURBATION_KEY).categorical_mapping
+        control_code = int(np.flatnonzero(np.asarray(labels) == self.control_)[0])
+        indices = np.asarray(indices)
+        controls = indices[codes[indices] == control_code]
+        bins = sparse.csr_matrix(self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY))
+        expression = sparse.csr_matrix(expression)
+        self.module.control_mean.copy_(torch.from_numpy(np.asarray(expression[controls].mean(axis=0)).ravel()))
+        pairs = PerturbationPairs(
+            bins[controls].astype(np.float32),
+            expression[indices],
+            codes[indices],
+            self.target_indices(list(labels)),
+            weights,
+            batch_size=batch_size,
+            seed=seed,
+        )
+        plan = PerturbationTrainingPlan(self.module, lr=lr, weight_decay=weight_decay, warmup_fraction=warmup_fraction)
+        runner = TrainRunner(
+            self,
+            training_plan=plan,
+            data_splitter=pairs,
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            precision=precision or default_precision(accelerator),
+            gradient_clip_val=gradient_clip_val,
+            **trainer_kwargs,
+        )
+        with warnings.catch_warnings():
+            # the plan inherits scvi-tools' validation step; pairs have no validation set to run it on
+            warnings.filterwarnings("ignore", message="You defined a `validation_step` but have no `val_dataloader`")
+            return runner()
+
+    @torch.inference_mode()
+    def get_perturbation_response(self, bins, targets: np.ndarray, *, batch_size: int = 128) -> np.ndarray:
+        """Predicted log-normalised expression of control cells after perturbing ``targets``.
+
+        Parameters
+        ----------
+        bins
+            Binned control cells, ``(cells, n_genes)`` (dense or sparse).
+        targets
+            Vocabulary indices per cell, ``(cells, slots)``, -1 where empty (see :meth:`target_indices`).
+        batch_size
+            Cells per forward pass.
+        """
+        self.module.eval()
+        bins = sparse.csr_matrix(bins)
+        out = []
+        with self._inference_context():
+            for start in range(0, bins.shape[0], batch_size):
+                part = slice(start, start + batch_size)
+                block = torch.from_numpy(bins[part].toarray()).to(self.device)
+                out.append(
+                    self.module.predict_response(block, torch.as_tensor(targets[part], device=self.device))
+                    .float()
+                    .cpu()
+                )
+        return torch.cat(out).numpy() if out else np.zeros((0, self.genes_.size), dtype=np.float32)
 
     def check_genes(self, adata: AnnData) -> None:
         """Raise unless ``adata`` has exactly the model's genes, in the model's order."""
@@ -554,6 +717,7 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
             "genes": self.genes_,
             "binning": self.binning_,
             "history": self.loss_history(),
+            "perturbation": self.perturbation_,
         }
         write_model(dir_path, self.module.state_dict(), attributes)
         if save_anndata:
@@ -586,6 +750,7 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         model = cls(adata, **init["non_kwargs"], **kwargs)
         model.module.load_state_dict(state_dict)
         model.binning_ = attributes["binning"]
+        model.perturbation_ = attributes.get("perturbation", {})
         model.history_ = {
             name: pd.DataFrame({name: values}, index=pd.RangeIndex(len(values), name="epoch"))
             for name, values in (
@@ -597,6 +762,17 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         model.to_device("cuda" if accelerator in ("cuda", "gpu") else "cpu")
         model.module.eval()
         return model
+
+
+def check_control(labels: pd.Series, control: str, key: str) -> None:
+    """Raise unless ``control`` is one of the ``labels`` (an ``obs`` column)."""
+    present = pd.unique(labels.astype(str))
+    if control not in present:
+        shown = sorted(present)[:10]
+        raise ValueError(
+            f"The control label {control!r} is not in `adata.obs[{key!r}]` (labels include {shown}). "
+            f"Pass `control=` with the label of control cells."
+        )
 
 
 def _check_bins(X, layer: str) -> None:

@@ -61,6 +61,13 @@ class BioFormerModule(BaseModuleClass):
         Fraction of the masked positions that are expressed genes.
     expression_weight
         Weight of the expression-decoding loss; 0 trains masked modelling alone.
+    n_extra_genes
+        Gene tokens beyond the measured genes: perturbation targets that were not measured. They
+        have an identity embedding but never a value (their value is the MASK value).
+    n_external
+        Categories of the external token added to every position (0: no external tokens). For
+        perturbations: 0 = not perturbed, 1 = perturbed; more categories leave room for e.g.
+        knock-down vs over-expression.
     """
 
     def __init__(
@@ -77,6 +84,8 @@ class BioFormerModule(BaseModuleClass):
         mask_ratio: float = 0.1,
         nonzero_ratio: float = 0.5,
         expression_weight: float = 10.0,
+        n_extra_genes: int = 0,
+        n_external: int = 0,
     ):
         super().__init__()
         check_module_arguments(
@@ -95,8 +104,9 @@ class BioFormerModule(BaseModuleClass):
         self.mask_ratio = mask_ratio
         self.nonzero_ratio = nonzero_ratio
         self.expression_weight = expression_weight
+        self.n_extra_genes = n_extra_genes
 
-        self.gene_embedding = nn.Embedding(n_genes, n_hidden)
+        self.gene_embedding = nn.Embedding(n_genes + n_extra_genes, n_hidden)
         self.value_encoder = ValueEncoder(n_bins, n_hidden, value_encoder)
         self.cls_token = nn.Parameter(torch.zeros(n_hidden))
         self.encoder = TransformerEncoder(n_hidden, n_layers, n_heads, dropout)
@@ -105,8 +115,28 @@ class BioFormerModule(BaseModuleClass):
         )
         self.profile_encoder = nn.Linear(n_genes, n_hidden, bias=False)
         self.expression_head = nn.Linear(n_hidden + 1, n_genes)
+        self.external_embedding = None
+        if n_external:
+            # perturbation response: log-normalised expression = control mean + a change decoded from CLS
+            # for every gene + one decoded from each measured gene's own token where it is in the sequence.
+            # Only built with external tokens: unused parameters would break DDP pretraining.
+            self.external_embedding = nn.Embedding(n_external, n_hidden)
+            self.register_buffer("control_mean", torch.zeros(n_genes))
+            self.response_cls_head = nn.Linear(n_hidden, n_genes)
+            self.response_token_head = nn.Sequential(nn.Linear(n_hidden, n_hidden), nn.GELU(), nn.Linear(n_hidden, 1))
+            # gene x perturbed-gene interaction: change_j = <Q h_j, K h_perturbed>, the transformer analogue of
+            # the linear model of Ahlmann-Eltze et al. (G W P^T): a held-out target acts through its representation
+            self.response_query = nn.Linear(n_hidden, n_hidden, bias=False)
+            self.response_key = nn.Linear(n_hidden, n_hidden, bias=False)
         self.apply(_init_weights)
         nn.init.normal_(self.cls_token, std=0.02)
+        if n_external:
+            # "not perturbed" adds nothing, so a pretrained network starts fine-tuning unchanged,
+            # and the response starts at "no change" (the control mean)
+            nn.init.zeros_(self.external_embedding.weight[0])
+            nn.init.zeros_(self.response_cls_head.weight)
+            nn.init.zeros_(self.response_token_head[-1].weight)
+            nn.init.zeros_(self.response_query.weight)
 
     # --- scvi-tools module protocol -------------------------------------------------------------
     def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict[str, torch.Tensor]:
@@ -181,16 +211,26 @@ class BioFormerModule(BaseModuleClass):
         mask: torch.Tensor | None = None,
         *,
         profile: torch.Tensor,
+        external: torch.Tensor | None = None,
+        padding_mask: torch.Tensor | None = None,
         attention_layer: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Encode ``[CLS, genes...]``; returns hidden states ``(cells, 1 + length, n_hidden)``.
 
         The CLS input is a learned token plus a linear projection of the cell's visible profile
         over all genes, so the cell state starts from the whole cell, not only the sequence.
+        ``external`` holds each position's external-token category (like ``genes``);
+        ``padding_mask`` is True at positions that are padding (no attention to them).
         """
         tokens = self.gene_embedding(genes) + self.value_encoder(values, mask)
+        if external is not None:
+            if self.external_embedding is None:
+                raise ValueError("This network has no external tokens (it was built with `n_external=0`).")
+            tokens = tokens + self.external_embedding(external)
         cls = (self.cls_token + self.profile_encoder(profile)).to(tokens.dtype).unsqueeze(1)
-        return self.encoder(torch.cat([cls, tokens], dim=1), attention_layer=attention_layer)
+        if padding_mask is not None:
+            padding_mask = torch.cat([padding_mask.new_zeros(padding_mask.shape[0], 1), padding_mask], dim=1)
+        return self.encoder(torch.cat([cls, tokens], dim=1), padding_mask, attention_layer=attention_layer)
 
     def decode_expression(self, cls: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
         """Predicted bin of every gene, ``(cells, n_genes)``, from the CLS state and :func:`cell_depth`."""
@@ -229,6 +269,84 @@ class BioFormerModule(BaseModuleClass):
         expected[rows, genes[rows, cols]] = (probs * torch.arange(self.n_bins, device=bins.device)).sum(dim=-1)
         best[rows, genes[rows, cols]] = probs.argmax(dim=-1)
         return expected, best
+
+    # --- perturbation response -------------------------------------------------------------------
+    def perturbation_tokens(
+        self, bins: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The sequence of control cells whose ``targets`` are perturbed.
+
+        ``targets`` holds vocabulary indices ``(cells, slots)``, -1 for an empty slot. A measured
+        target is always in the sequence (its position is never dropped) and carries external token 1
+        on top of its control value; an unmeasured target is an extra token at the end with no value
+        (MASK) and external token 1. Slots without an unmeasured target are padding.
+
+        Returns
+        -------
+        genes, values, value mask (True: no value), external tokens and padding mask, each
+        ``(cells, length)``.
+        """
+        n_genes = bins.shape[1]
+        measured = (targets >= 0) & (targets < n_genes)
+        # scatter_add of 0/1 flags, not index assignment: no data-dependent shapes
+        perturbed = (
+            torch.zeros(bins.shape, device=bins.device).scatter_add(
+                1, torch.where(measured, targets, 0), measured.float()
+            )
+            > 0
+        )
+        genes, values = select_genes(
+            bins, self.max_seq_len - 1 - targets.shape[1], random=self.training, include=perturbed
+        )
+        sequence = torch.zeros_like(genes, dtype=torch.bool)
+        extra = targets >= n_genes
+        return (
+            torch.cat([genes, torch.where(extra, targets, 0)], dim=1),
+            torch.cat([values, torch.zeros_like(targets)], dim=1),
+            torch.cat([sequence, extra], dim=1),
+            torch.cat([perturbed.gather(1, genes), extra], dim=1).long(),
+            torch.cat([sequence, ~extra], dim=1),
+        )
+
+    @auto_move_data
+    def predict_response(self, bins: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Log-normalised expression of each control cell after perturbing its ``targets``, ``(cells, n_genes)``.
+
+        See :meth:`perturbation_tokens` for ``targets``. The prediction is the control mean plus a
+        change decoded from CLS for every gene, plus, for measured genes in the sequence, a change
+        decoded from the gene's own token (which attends to the perturbed tokens) and a bilinear
+        interaction of that token with the mean state of the perturbed tokens.
+        """
+        bins = bins.long()
+        genes, values, no_value, external, padding = self.perturbation_tokens(bins, targets)
+        hidden, _ = self.encode(
+            genes,
+            values,
+            no_value,
+            profile=self._visible_profile(bins, genes, values, None),
+            external=external,
+            padding_mask=padding,
+        )
+        change = self.response_cls_head(hidden[:, 0]).float()
+        tokens = hidden[:, 1:]
+        marked = (external > 0).to(tokens.dtype)
+        perturbed_state = (tokens * marked[..., None]).sum(dim=1) / marked.sum(dim=1, keepdim=True).clamp(min=1)
+        interaction = (self.response_query(tokens) * self.response_key(perturbed_state)[:, None]).sum(dim=-1)
+        token_change = (self.response_token_head(tokens).squeeze(-1) + interaction).float()
+        measured = (genes < self.n_genes) & ~padding
+        change = change.scatter_add(1, torch.where(measured, genes, 0), torch.where(measured, token_change, 0.0))
+        return self.control_mean + change
+
+    def response_loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
+        """Weighted mean squared error of :meth:`predict_response` against the perturbed cells' expression.
+
+        ``batch`` holds ``bins`` (control cells), ``targets``, ``expression`` (the paired perturbed
+        cells, log-normalised) and ``weight`` (per gene; larger on each perturbation's responding genes).
+        """
+        predicted = self.predict_response(batch["bins"], batch["targets"])
+        weight = batch["weight"].float()
+        per_cell = ((predicted - batch["expression"].float()).pow(2) * weight).sum(dim=1) / weight.sum(dim=1)
+        return LossOutput(loss=per_cell.mean(), reconstruction_loss=per_cell)
 
     @auto_move_data
     def attention(self, bins: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:

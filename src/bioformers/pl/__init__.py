@@ -3,5 +3,16 @@
 from ._embedding import embedding
 from ._genes import attention, binning, gene_programs, grn, predicted_vs_observed
 from ._history import history
+from ._perturbation import perturbation, perturbation_scores
 
-__all__ = ["attention", "binning", "embedding", "gene_programs", "grn", "history", "predicted_vs_observed"]
+__all__ = [
+    "attention",
+    "binning",
+    "embedding",
+    "gene_programs",
+    "grn",
+    "history",
+    "perturbation",
+    "perturbation_scores",
+    "predicted_vs_observed",
+]

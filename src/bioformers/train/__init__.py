@@ -1,5 +1,5 @@
 """Training plan and precision choice."""
 
-from ._plan import BioFormerTrainingPlan, default_precision
+from ._plan import BioFormerTrainingPlan, PerturbationTrainingPlan, default_precision
 
-__all__ = ["BioFormerTrainingPlan", "default_precision"]
+__all__ = ["BioFormerTrainingPlan", "PerturbationTrainingPlan", "default_precision"]

@@ -99,3 +99,16 @@ def default_precision(accelerator: str = "auto") -> str:
     if use_cuda:
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
     return "bf16-mixed" if _cpu_has_fast_bf16() else "32-true"
+
+
+class PerturbationTrainingPlan(BioFormerTrainingPlan):
+    """The same optimiser and schedule, on the perturbation-response loss.
+
+    Batches come from :class:`~bioformers.data.PerturbationPairs`;
+    :meth:`~bioformers.module.BioFormerModule.response_loss` scores them. scvi-tools' training and
+    validation steps, logging and history are used unchanged.
+    """
+
+    def forward(self, batch, loss_kwargs=None):
+        """The response loss of one batch of pairs, in the ``(inference, generative, loss)`` form scvi-tools expects."""
+        return None, None, self.module.response_loss(batch)

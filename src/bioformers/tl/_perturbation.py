@@ -1,0 +1,432 @@
+"""``bf.tl.train_perturbation`` and ``bf.tl.predict_perturbation``: responses to CRISPR perturbations."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scvi
+from scanpy import logging as logg
+from scipy import sparse
+from sklearn.model_selection import train_test_split
+
+from .._keys import DEFAULT_KEY, Keys
+from .._record import params_record
+from .._validation import check_counts, check_obs_key, check_unique_var_names, get_matrix
+from ..data import log_normalize, perturbation_targets
+from ..metrics import top_de_genes
+from ..model import BioFormer
+from ..model._bioformer import check_control
+from ..module import check_module_arguments
+from ..pp import bin as bin_values
+from ..pp._binning import BINNING_ARGS, bin_matrix
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+
+def train_perturbation(
+    adata: ad.AnnData,
+    model: BioFormer | None = None,
+    *,
+    perturbation_key: str,
+    control: str = "control",
+    split: Literal["simulation", "cells"] = "simulation",
+    test_perturbations: Sequence[str] | None = None,
+    test_size: float = 0.2,
+    layer: str | None = None,
+    min_cells: int = 5,
+    response_weight: float = 4.0,
+    n_top_genes: int = 20,
+    n_hidden: int = 64,
+    n_layers: int = 4,
+    n_heads: int = 2,
+    max_seq_len: int | None = None,
+    max_epochs: int = 10,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    key_added: str = DEFAULT_KEY,
+    **train_kwargs,
+) -> BioFormer:
+    """Learn how cells respond to perturbations, holding some out for testing.
+
+    Each training cell (perturbed or control) is paired with a control cell drawn at random
+    (seeded, afresh every epoch). The network reads the control cell's binned expression with the
+    perturbed genes marked by an external token (a target that is not a measured gene gets its
+    own gene token, with no value) and predicts the paired cell's log-normalised expression
+    (counts per 10,000, ``log1p``): the control mean plus a change decoded from the CLS state and
+    from each gene's token. The loss is a mean squared error over all genes, with
+    ``1 + response_weight`` times the weight on each training perturbation's top DE genes.
+
+    Parameters
+    ----------
+    adata
+        Raw counts of a perturbation screen: control cells and perturbed cells.
+    model
+        A trained :class:`bioformers.BioFormer` (e.g. from :func:`bioformers.tl.pretrain` on the same
+        genes) to start from: its weights, size and binning are kept. ``None`` trains from scratch.
+    perturbation_key
+        Column of ``adata.obs`` with each cell's perturbation: ``control`` or the targeted gene(s),
+        combinations joined by ``+``.
+    control
+        Label of control cells.
+    split
+        ``"simulation"``: whole perturbations are held out (unseen perturbations).
+        ``"cells"``: a fraction ``test_size`` of the cells of every perturbation (and of the controls)
+        is held out; every perturbation is seen in training.
+    test_perturbations
+        Perturbations to hold out with ``split="simulation"``. ``None`` holds out a third (at least one),
+        chosen with ``seed``, of the perturbations whose targets are all measured genes (the others
+        cannot be represented by what the model learns from expression).
+    test_size
+        Fraction of cells held out with ``split="cells"``.
+    layer
+        Layer with raw counts; ``None`` uses ``adata.X``.
+    min_cells
+        Fewest cells a perturbation (and the control group) may have.
+    response_weight
+        Extra loss weight on each training perturbation's top ``n_top_genes`` DE genes.
+    n_top_genes
+        DE genes per perturbation that get the extra weight.
+    n_hidden, n_layers, n_heads
+        Size of a model trained from scratch (ignored when ``model`` is given).
+    max_seq_len
+        Longest sequence; ``None``: the model's, or 256 from scratch. The perturbed genes always enter.
+    max_epochs
+        Passes over the training cells.
+    batch_size
+        Pairs per minibatch.
+    lr
+        Peak learning rate.
+    seed
+        Seed of the split, the pairing and the training.
+    key_added
+        Base key of the record written.
+    **train_kwargs
+        Passed to Lightning (e.g. ``accelerator``, ``devices``, ``precision``, ``enable_progress_bar``).
+
+    Returns
+    -------
+    The fine-tuned model; ``model.perturbation_`` holds the split (``test_perturbations``,
+    ``train_perturbations``, and ``test_cells`` for the cells split) and is saved with the model.
+    Writes ``adata.uns['<key_added>_perturbation']`` : dict with ``params``, ``test_perturbations``,
+    ``train_perturbations`` and ``history``; nothing else of ``adata`` changes.
+
+    Examples
+    --------
+    >>> import bioformers as bf
+    >>> adata = bf.datasets.synthetic_perturbation(n_obs=300, n_vars=24, n_programs=2, n_unmeasured=1)
+    >>> model = bf.tl.train_perturbation(
+    ...     adata, perturbation_key="perturbation", n_hidden=16, n_layers=1, max_epochs=1, batch_size=32
+    ... )
+    >>> len(model.perturbation_["test_perturbations"])
+    1
+    """
+    keys = Keys(key_added)
+    check_unique_var_names(adata)
+    check_obs_key(adata, perturbation_key, argument="perturbation_key")
+    labels = adata.obs[perturbation_key].astype(str).to_numpy()
+    check_control(adata.obs[perturbation_key], control, perturbation_key)
+    if split not in ("simulation", "cells"):
+        raise ValueError(f"`split` must be 'simulation' or 'cells', not {split!r}.")
+    if split == "cells" and not 0 < test_size < 1:
+        raise ValueError(f"`test_size` must lie in (0, 1), not {test_size}.")
+    counts = get_matrix(adata, layer)
+    binning = {k: model.binning_[k] for k in BINNING_ARGS if k in model.binning_} if model is not None else {}
+    check_counts(
+        counts,
+        where=f"adata.layers[{layer!r}]" if layer else "adata.X",
+        require_integer=binning.get("method", "value") == "value",
+    )
+    _check_group_sizes(labels, min_cells)
+    if model is not None:
+        model.check_genes(adata)
+        architecture = _architecture(model)
+        architecture["max_seq_len"] = max_seq_len or architecture["max_seq_len"]
+    else:
+        architecture = {
+            "n_hidden": n_hidden,
+            "n_layers": n_layers,
+            "n_heads": n_heads,
+            "max_seq_len": max_seq_len or 256,
+        }
+        check_module_arguments(**architecture, value_encoder="embedding", mask_ratio=0.1, nonzero_ratio=0.5)
+    var_names = set(adata.var_names)
+    perturbations = list(dict.fromkeys(label for label in labels if label != control))
+    rng = np.random.default_rng(seed)
+    if split == "simulation":
+        test = _simulation_test(perturbations, test_perturbations, var_names, control, rng)
+        previous = set(model.perturbation_.get("train_perturbations", [])) if model is not None else set()
+        if previous & set(test):
+            raise ValueError(
+                f"The starting model was already trained on {sorted(previous & set(test))}, which are to be held "
+                "out: their effect would not be unseen. Start from a model that never saw them (e.g. the pretrained "
+                "one) or hold out other perturbations."
+            )
+        train_cells = np.flatnonzero(~np.isin(labels, test))
+        test_cells = np.flatnonzero(np.isin(labels, test))
+    else:
+        if test_perturbations is not None:
+            raise ValueError("`test_perturbations` applies to `split='simulation'`; the cells split tests them all.")
+        test = perturbations
+        train_cells, test_cells = train_test_split(
+            np.arange(adata.n_obs), test_size=test_size, random_state=seed, stratify=labels
+        )
+        train_cells, test_cells = np.sort(train_cells), np.sort(test_cells)
+    train_labels = [p for p in perturbations if p not in set(test)] if split == "simulation" else perturbations
+    if not train_labels:
+        raise ValueError("No perturbation is left to train on: hold out fewer perturbations.")
+
+    # everything is built on a private AnnData: the caller's is only written at the end
+    work = ad.AnnData(
+        X=sparse.csr_matrix(counts, dtype=np.float32),
+        obs=pd.DataFrame(
+            {perturbation_key: pd.Categorical(labels, categories=[control, *perturbations])},
+            index=adata.obs_names.copy(),
+        ),
+        var=pd.DataFrame(index=adata.var_names.copy()),
+    )
+    bin_values(work, key_added=key_added, **binning)
+    expression = log_normalize(work.X)
+    weights = _response_weights(
+        expression, labels, train_cells, [control, *perturbations], train_labels, control, n_top_genes, response_weight
+    )
+    scvi.settings.seed = seed
+    BioFormer.setup_anndata(work, layer=keys.binned, perturbation_key=perturbation_key, control=control)
+    n_bins = model.module.n_bins if model is not None else None
+    fitted = BioFormer(work, **architecture, n_bins=n_bins)
+    if model is not None:
+        _transfer_weights(model, fitted)
+    fitted.train_perturbation(
+        expression,
+        train_cells,
+        weights=weights,
+        max_epochs=max_epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        **train_kwargs,
+    )
+    fitted.perturbation_ = {
+        "key": perturbation_key,
+        "control": control,
+        "split": split,
+        "seed": seed,
+        "test_perturbations": list(test),
+        "train_perturbations": train_labels,
+        "test_cells": [str(name) for name in adata.obs_names[test_cells]] if split == "cells" else [],
+    }
+    history = fitted.loss_history()
+    adata.uns[keys.perturbation] = {
+        "params": params_record(
+            perturbation_key=perturbation_key,
+            control=control,
+            split=split,
+            test_size=test_size,
+            layer=layer,
+            min_cells=min_cells,
+            response_weight=response_weight,
+            n_top_genes=n_top_genes,
+            **architecture,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            pretrained=model is not None,
+            model=type(fitted).__name__,
+        ),
+        "test_perturbations": list(test),
+        "train_perturbations": train_labels,
+        "history": history,
+    }
+    logg.info(f"added\n    'uns[{keys.perturbation!r}]', perturbation training record and split")
+    return fitted
+
+
+def predict_perturbation(
+    model: BioFormer,
+    adata_control: ad.AnnData,
+    perturbations: str | Sequence[str],
+    *,
+    n_cells: int = 200,
+    layer: str | None = None,
+    batch_size: int = 128,
+    seed: int = 0,
+    key_added: str = DEFAULT_KEY,
+) -> ad.AnnData:
+    """Predict cells after perturbations, starting from control cells.
+
+    Draws ``n_cells`` control cells (seeded; with replacement only if there are fewer), marks each
+    perturbation's targets and predicts the log-normalised expression of every gene.
+
+    Parameters
+    ----------
+    model
+        A model from :func:`bioformers.tl.train_perturbation`.
+    adata_control
+        Raw counts of control cells with the model's genes. If it has the model's perturbation
+        column, only its control cells are used.
+    perturbations
+        Perturbation labels: a measured gene or a training target, or several joined by ``+``.
+    n_cells
+        Predicted cells per perturbation.
+    layer
+        Layer with raw counts; ``None`` uses ``adata_control.X``.
+    batch_size
+        Cells per forward pass.
+    seed
+        Seed of the choice of control cells.
+    key_added
+        Base key of what the returned AnnData holds.
+
+    Returns
+    -------
+    New AnnData, ``n_cells`` per perturbation x the model's genes, with
+
+    * ``X`` and ``layers['<key_added>_predicted']`` : ndarray, predicted log-normalised expression;
+    * ``obs['perturbation']`` : categorical, in the order requested; ``obs['control_cell']``: the source cell;
+    * ``uns['<key_added>_perturbation']`` : dict with ``params``.
+
+    Examples
+    --------
+    >>> import bioformers as bf
+    >>> adata = bf.datasets.synthetic_perturbation(n_obs=300, n_vars=24, n_programs=2, n_unmeasured=1)
+    >>> model = bf.tl.train_perturbation(
+    ...     adata, perturbation_key="perturbation", n_hidden=16, n_layers=1, max_epochs=1, batch_size=32
+    ... )
+    >>> held_out = model.perturbation_["test_perturbations"]
+    >>> pred = bf.tl.predict_perturbation(model, adata, held_out, n_cells=50)
+    >>> pred.shape
+    (50, 24)
+    """
+    keys = Keys(key_added)
+    if isinstance(perturbations, str):
+        perturbations = [perturbations]
+    perturbations = list(perturbations)
+    if not perturbations:
+        raise ValueError("`perturbations` is empty: name at least one perturbation to predict.")
+    if n_cells < 1:
+        raise ValueError(f"`n_cells` must be at least 1, not {n_cells}.")
+    targets = model.target_indices(perturbations)
+    model.check_genes(adata_control)
+    counts = get_matrix(adata_control, layer)
+    check_counts(counts, where=f"adata_control.layers[{layer!r}]" if layer else "adata_control.X")
+    cells = np.arange(adata_control.n_obs)
+    key = model.registry_["setup_args"]["perturbation_key"]
+    if key in adata_control.obs:
+        cells = np.flatnonzero(adata_control.obs[key].astype(str).to_numpy() == model.control_)
+        if not cells.size:
+            raise ValueError(
+                f"`adata_control.obs[{key!r}]` has no {model.control_!r} cells. Pass control cells, or an AnnData "
+                f"without the {key!r} column to use all its cells as controls."
+            )
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(cells, size=n_cells, replace=cells.size < n_cells))
+    binning = {k: model.binning_[k] for k in BINNING_ARGS if k in model.binning_}
+    bins, _ = bin_matrix(sparse.csr_matrix(counts[chosen], dtype=np.float32), **binning)
+
+    n_perturbations = len(perturbations)
+    predicted = model.get_perturbation_response(
+        sparse.vstack([bins] * n_perturbations).tocsr(), np.repeat(targets, n_cells, axis=0), batch_size=batch_size
+    )
+    obs = pd.DataFrame(
+        {
+            "perturbation": pd.Categorical(
+                np.repeat(perturbations, n_cells), categories=list(dict.fromkeys(perturbations))
+            ),
+            "control_cell": np.tile(np.asarray(adata_control.obs_names[chosen]), n_perturbations),
+        },
+        index=pd.Index([f"{p}_{i}" for p in perturbations for i in range(n_cells)]),
+    )
+    out = ad.AnnData(X=predicted, obs=obs, var=pd.DataFrame(index=model.genes_.copy()))
+    out.layers[keys.predicted] = predicted.copy()
+    out.uns[keys.perturbation] = {
+        "params": params_record(
+            perturbations=perturbations, n_cells=n_cells, layer=layer, seed=seed, model=type(model).__name__
+        )
+    }
+    return out
+
+
+def _check_group_sizes(labels: np.ndarray, min_cells: int) -> None:
+    names, sizes = np.unique(labels, return_counts=True)
+    small = {str(n): int(c) for n, c in zip(names, sizes, strict=True) if c < min_cells}
+    if small:
+        raise ValueError(
+            f"These perturbations have fewer than `min_cells={min_cells}` cells: {small}. Remove their cells "
+            "(e.g. `adata = adata[~adata.obs[key].isin([...])].copy()`) or lower `min_cells`."
+        )
+
+
+def _simulation_test(perturbations, test_perturbations, var_names, control, rng) -> list[str]:
+    """The held-out perturbations of the simulation split, checked."""
+    if test_perturbations is None:
+        eligible = [p for p in perturbations if all(t in var_names for t in perturbation_targets(p, control))]
+        if len(eligible) < 2:
+            raise ValueError(
+                f"Only {len(eligible)} perturbation(s) target measured genes; at least 2 are needed to hold one out "
+                "and learn from another. Pass `test_perturbations=` or use `split='cells'`."
+            )
+        n_test = max(1, round(len(eligible) / 3))
+        return sorted(rng.choice(eligible, size=n_test, replace=False).tolist(), key=eligible.index)
+    test = [test_perturbations] if isinstance(test_perturbations, str) else list(test_perturbations)
+    unknown = [p for p in test if p not in perturbations]
+    if control in test:
+        raise ValueError(f"`test_perturbations` holds the control label {control!r}; hold out perturbations only.")
+    if unknown:
+        raise ValueError(
+            f"`test_perturbations` {unknown} are not labels of the data (labels: {perturbations[:10]}...)."
+        )
+    if len(set(test)) < len(test):
+        raise ValueError("`test_perturbations` lists a perturbation twice.")
+    return test
+
+
+def _response_weights(expression, labels, train_cells, categories, train_labels, control, n_top_genes, response_weight):
+    """Loss weight per (perturbation category, gene): 1, plus ``response_weight`` on training DE genes."""
+    n_genes = expression.shape[1]
+    weights = np.ones((len(categories), n_genes), dtype=np.float32)
+    if response_weight == 0 or n_top_genes == 0:
+        return weights
+    train = ad.AnnData(
+        expression[train_cells],
+        obs=pd.DataFrame(
+            {"perturbation": pd.Categorical(labels[train_cells])}, index=pd.Index(train_cells.astype(str))
+        ),
+        var=pd.DataFrame(index=[str(i) for i in range(n_genes)]),
+    )
+    top = top_de_genes(
+        train,
+        perturbation_key="perturbation",
+        control=control,
+        n_top_genes=min(n_top_genes, n_genes),
+        perturbations=train_labels,
+    )
+    for label, genes in top.items():
+        weights[categories.index(label), [int(g) for g in genes]] += response_weight
+    return weights
+
+
+def _architecture(model: BioFormer) -> dict:
+    init = model.init_params_
+    kwargs = {k: v for group in init.get("kwargs", {}).values() for k, v in group.items()}
+    params = init["non_kwargs"] | kwargs
+    params.pop("n_bins", None)
+    return params
+
+
+def _transfer_weights(source: BioFormer, target: BioFormer) -> None:
+    """Copy ``source``'s weights into ``target``: gene tokens by gene name, the rest by parameter name."""
+    source_state, target_state = source.module.state_dict(), target.module.state_dict()
+    for name, value in source_state.items():
+        if name == "gene_embedding.weight":
+            index = {g: i for i, g in enumerate(source.vocabulary_)}
+            rows = [(i, index[g]) for i, g in enumerate(target.vocabulary_) if g in index]
+            to, src = zip(*rows, strict=True)
+            target_state[name][list(to)] = value[list(src)]
+        elif name in target_state and target_state[name].shape == value.shape:
+            target_state[name].copy_(value)
+    target.module.load_state_dict(target_state)
