@@ -105,6 +105,7 @@ def test_perturbed_positions_are_never_dropped(cells_model):
     assert (genes == 25).any(dim=1).all()
     assert (external[genes == 25] == 1).all() and external[genes != 25].sum() == 8  # plus the unmeasured token
     assert (genes[:, -1] == n_genes).all() and no_value[:, -1].all() and no_value[:, :-1].sum() == 0
+    assert (values[:, -1] == 0).all()  # no measured value: the MASK value stands in
     # the measured target's slot is padding (the gene is in the sequence already), as is an empty slot
     assert padding[:, -2].all() and padding.sum() == 8
     _, _, _, _, padding = module.perturbation_tokens(bins, torch.tensor([[25, -1]] * 8))

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import scanpy as sc
 from scipy import sparse
+from sklearn.decomposition import PCA
 from sklearn.neural_network import MLPRegressor
 from threadpoolctl import threadpool_limits
 
@@ -48,7 +49,6 @@ _COMBINATION_SEPARATOR = "+"
 # A vector whose spread is below this share of its size is constant up to rounding, e.g. the
 # "no change" baseline's delta: its correlation is undefined (NaN), not the correlation of noise.
 _CONSTANT_RTOL = 1e-10
-_GRAM_CHUNK = 10_000  # cells per block when accumulating the gene x gene matrix of the linear baseline
 _MLP_HIDDEN = (256,)
 _MLP_MAX_PERTURBED = 3000  # perturbed training cells paired with a control cell, at most
 _MLP_MAX_CONTROL = 1000  # control -> control training pairs, at most
@@ -531,35 +531,20 @@ def _embed(G: np.ndarray, genes: pd.Index, group: str) -> np.ndarray:
 
 
 def _gene_embedding(X, n_components: int) -> np.ndarray:
-    """Principal components of the genes, each described by its expression across the cells, centred per gene.
+    """Principal components of the genes: PCA loadings of `X` (cells x genes, centred per gene) x singular values.
 
-    With ``C`` the genes x cells matrix ``X.T`` minus each gene's mean, the scores ``U S`` of its
-    SVD ``C = U S Vᵀ``, divided by ``sqrt(n_cells)``: the loadings times the singular values of
-    a PCA of `X` (``PCA().fit(X).components_.T * singular_values_``), up to the sign of each
-    component. Unscaled, they grow with the square root of the number of cells and a fixed ridge
-    penalty would fade into nothing on large data. They come from the eigenvectors of
-    ``C Cᵀ / n = (XᵀX - n μ μᵀ) / n``, accumulated over blocks of cells, so a sparse `X` is never
-    densified whole.
+    Each gene's row is its coordinates on the top principal axes of the cells, i.e. the gene described
+    by its centred expression across the cells. Divided by ``sqrt(n_cells)`` (the standard deviation
+    along each axis) so that a fixed ridge penalty does not fade on large data. scikit-learn's
+    ``covariance_eigh`` solver centres a sparse `X` implicitly, through the genes x genes covariance.
     """
     n_cells, n_genes = X.shape
-    gram = np.zeros((n_genes, n_genes))
-    total = np.zeros(n_genes)
-    for start in range(0, n_cells, _GRAM_CHUNK):
-        block = X[start : start + _GRAM_CHUNK]
-        if sparse.issparse(block):
-            block = sparse.csr_matrix(block, dtype=np.float64)
-            gram += (block.T @ block).toarray()
-        else:
-            block = np.asarray(block, dtype=np.float64)
-            gram += block.T @ block
-        total += np.asarray(block.sum(axis=0)).ravel()
-    gram = (gram - np.outer(total, total) / n_cells) / n_cells
-    eigenvalues, eigenvectors = np.linalg.eigh(gram)
-    eigenvalues, eigenvectors = eigenvalues[::-1], eigenvectors[:, ::-1]
-    # The centred matrix has rank at most min(genes, cells - 1); further components are rounding noise.
-    rank = int(np.sum(eigenvalues > _CONSTANT_RTOL * max(eigenvalues[0], 0.0)))
-    k = max(1, min(n_components, rank))
-    return eigenvectors[:, :k] * np.sqrt(np.clip(eigenvalues[:k], 0.0, None))
+    limit = max(1, min(n_components, n_genes, n_cells - 1))
+    pca = PCA(n_components=limit, svd_solver="covariance_eigh").fit(X.astype(np.float64))
+    # the centred matrix has rank at most min(genes, cells - 1); further components are rounding noise
+    keep = pca.explained_variance_ > _CONSTANT_RTOL * max(pca.explained_variance_[0], 0.0)
+    keep[0] = True
+    return pca.components_[keep].T * (pca.singular_values_[keep] / np.sqrt(n_cells))
 
 
 def _mlp_profiles(
