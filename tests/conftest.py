@@ -6,9 +6,14 @@ tests that write into an AnnData take a ``.copy()`` first.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
+
 import numpy as np
+import pandas as pd
 import pytest
 import scvi
+from scipy import sparse
 
 import bioformers as bf
 
@@ -105,3 +110,73 @@ def assert_unchanged():
 def snapshot():
     """``snapshot(adata)`` records the state :func:`assert_unchanged` compares against."""
     return anndata_state
+
+
+def _same_value(before, after, where: str) -> None:
+    """``after`` equals ``before`` in type, shape, dtype and values (NaN equals NaN), recursing into dicts."""
+    if isinstance(before, Mapping):
+        assert isinstance(after, Mapping), where
+        assert list(after.keys()) == list(before.keys()), where
+        for key in before:
+            _same_value(before[key], after[key], f"{where}[{key!r}]")
+    elif isinstance(before, pd.DataFrame):
+        pd.testing.assert_frame_equal(after, before, obj=where)
+    elif isinstance(before, pd.Index):
+        pd.testing.assert_index_equal(after, before, obj=where)
+    elif sparse.issparse(before) or isinstance(before, np.ndarray):
+        assert type(after) is type(before), where
+        assert after.dtype == before.dtype and after.shape == before.shape, where
+        dense = (lambda m: m.toarray()) if sparse.issparse(before) else np.asarray
+        np.testing.assert_array_equal(dense(after), dense(before), err_msg=where)
+    elif isinstance(before, list | tuple):
+        assert type(after) is type(before) and len(after) == len(before), where
+        for i, (b, a) in enumerate(zip(before, after, strict=True)):
+            _same_value(b, a, f"{where}[{i}]")
+    else:
+        assert type(after) is type(before), where
+        assert after == before or (before != before and after != after), where  # NaN scalars
+
+
+def full_snapshot(adata) -> dict:
+    """Deep copies of everything an AnnData holds: X, layers, obs, var, obsm, varm, obsp, varp and uns."""
+    memory = adata.to_memory() if adata.isbacked else adata
+    return {
+        "is_view": adata.is_view,
+        "isbacked": adata.isbacked,
+        "obs_names": adata.obs_names.copy(),
+        "var_names": adata.var_names.copy(),
+        "X": None if memory.X is None else memory.X.copy(),
+        "layers": {k: v.copy() for k, v in memory.layers.items()},
+        "obs": memory.obs.copy(),
+        "var": memory.var.copy(),
+        "obsm": {k: v.copy() for k, v in memory.obsm.items()},
+        "varm": {k: v.copy() for k, v in memory.varm.items()},
+        "obsp": {k: v.copy() for k, v in memory.obsp.items()},
+        "varp": {k: v.copy() for k, v in memory.varp.items()},
+        "uns": copy.deepcopy(dict(memory.uns)),
+    }
+
+
+@pytest.fixture(scope="session")
+def assert_same_anndata():
+    """``assert_same_anndata(before, adata)``: ``adata`` still equals ``full_snapshot`` ``before``, key by key."""
+
+    def check(before: dict, adata) -> None:
+        _same_value(before, full_snapshot(adata), "adata")
+
+    return check
+
+
+@pytest.fixture(scope="session")
+def deep_snapshot():
+    """``deep_snapshot(adata)`` records what :func:`assert_same_anndata` compares against."""
+    return full_snapshot
+
+
+@pytest.fixture(scope="session")
+def saved(trained, tmp_path_factory):
+    """Directory where the ``trained`` model was saved (read it, don't write into it)."""
+    model, _ = trained
+    path = tmp_path_factory.mktemp("saved") / "model"
+    model.save(str(path))
+    return path

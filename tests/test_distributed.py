@@ -4,7 +4,8 @@ Lightning's default DDP launcher starts the other processes by running ``sys.arg
 training runs in a script of its own (written below into ``tmp_path``) and every process goes on
 to the end of it. The script reports, per process, which training cells it was given and the
 loss Lightning logged; the test checks the sharding, the synced loss, that the loss matches a
-1-process run with the same global batch, and that only global rank 0 wrote anything.
+1-process run with the same global batch, and that only global rank 0 wrote anything (the model,
+the AnnData, one training checkpoint per epoch).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ adata = bf.datasets.synthetic(n_obs={N_OBS}, n_vars={N_VARS})
 model = bf.tl.pretrain(
     adata, **{ARCHITECTURE!r}, max_epochs={MAX_EPOCHS}, batch_size=batch_size, lr={LR}, seed=0,
     accelerator="cpu", devices=devices, strategy="ddp", enable_progress_bar=False, callbacks=[record],
-    log_save_dir=os.path.join(out, "logs"),
+    log_save_dir=os.path.join(out, "logs"), save_checkpoints=os.path.join(out, "checkpoints"),
 )
 # every process runs on from here: save() writes on global rank 0 only, the user guards the rest
 model.save(os.path.join(out, f"model_rank{{record.rank}}"))
@@ -180,8 +181,14 @@ def test_ddp_on_two_cpu_processes(tmp_path, single_process_loss):
     assert "bioformers" not in one["uns"]
     # (logs/: scvi-tools' loss history under DDP, written by rank 0's logger)
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    written = [path for path in written if not path.startswith("logs/")]
+    written = [path for path in written if not path.startswith(("logs/", "checkpoints/"))]
     assert written == ["adata_rank0.h5ad", "model_rank0/model.json", "model_rank0/model.safetensors"]
+    # one checkpoint per epoch, written once (every process takes part, rank 0 writes)
+    checkpoints = sorted(str(p.relative_to(out / "checkpoints")) for p in (out / "checkpoints").rglob("*"))
+    epochs = [f"epoch_{epoch:04d}" for epoch in range(1, MAX_EPOCHS + 1)]
+    assert checkpoints == sorted(
+        [*epochs, *(f"{e}/checkpoint.json" for e in epochs), *(f"{e}/checkpoint.safetensors" for e in epochs)]
+    )
 
     adata = ad.read_h5ad(out / "adata_rank0.h5ad")
     embedding = adata.obsm["X_bioformers"]

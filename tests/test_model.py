@@ -103,45 +103,19 @@ def test_latent_shape_and_dtype(trained, latent, tiny_model):
     assert np.unique(latent.round(4), axis=0).shape[0] > adata.n_obs // 2
 
 
-def test_latent_is_deterministic(trained, latent):
-    model, _ = trained
-    np.testing.assert_array_equal(model.get_latent_representation(), latent)
+# repeatability and independence from batch size and company: tests/test_determinism.py
 
 
-@pytest.mark.parametrize("batch_size", [1, 7, 200])
-def test_latent_does_not_depend_on_batch_size(trained, latent, batch_size):
-    model, _ = trained
-    np.testing.assert_array_equal(model.get_latent_representation(batch_size=batch_size), latent)
-
-
-def test_latent_of_subset_equals_rows_of_full(trained, latent):
+def test_latent_matches_genes_by_name_not_position(trained, latent):
     model, adata = trained
-    indices = np.array([150, 3, 77, 4, 199, 0])
-    np.testing.assert_array_equal(model.get_latent_representation(indices=indices), latent[indices])
-    np.testing.assert_array_equal(model.get_latent_representation(adata[indices].copy()), latent[indices])
-
-
-def test_latent_of_reversed_cells_equals_reversed_rows(trained, latent):
-    model, adata = trained
-    reversed_cells = adata[::-1].copy()
-    np.testing.assert_array_equal(model.get_latent_representation(reversed_cells, batch_size=32), latent[::-1])
-
-
-def test_latent_with_other_genes_raises(trained):
-    model, adata = trained
-    with pytest.raises(ValueError, match="genes"):
-        model.get_latent_representation(adata[:, ::-1].copy())
+    np.testing.assert_array_equal(model.get_latent_representation(adata[:, ::-1].copy()), latent)
+    renamed = adata.copy()
+    renamed.var_names = [f"renamed_{i}" for i in range(renamed.n_vars)]
+    with pytest.raises(ValueError, match="Only 0 of the model's 40 genes"):
+        model.get_latent_representation(renamed)
 
 
 # --- save / load --------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def saved(trained, tmp_path_factory):
-    model, _ = trained
-    path = tmp_path_factory.mktemp("saved") / "model"
-    model.save(str(path))
-    return path
-
-
 def test_save_writes_only_safetensors_and_json(saved):
     assert sorted(os.listdir(saved)) == ["model.json", "model.safetensors"]
     with open(saved / "model.json") as f:

@@ -1,33 +1,124 @@
 """Input checks shared by every entry point.
 
-Each check raises before anything is written, with a message that names the problem and the fix.
+Each check raises before anything is written, with a message that names the problem, the key
+and the fix. The rules every public function follows (each documents its own choices):
+
+* an empty AnnData (0 cells or 0 genes), duplicate ``obs_names`` or ``var_names``: error;
+* counts: NaN, inf, negative values, non-integer values where raw counts are needed, and
+  ``float16``, ``object``, ``bool`` or complex dtypes: error;
+* cells with no counts: error (``sc.pp.filter_cells(adata, min_counts=1)``); genes with no
+  counts: allowed, and the training functions warn;
+* a view: functions that write into the AnnData refuse it unless ``copy=True`` (the result is
+  then a new AnnData); functions that only read take it;
+* a backed AnnData: only where the function says so (embedding, prediction, attention);
+* a missing ``layer``/``obs``/``obsm``/``varp`` key: ``KeyError`` suggesting the closest key;
+* an ``obs`` column used as categories (``groupby``, ``batch_key``, ``labels_key``,
+  ``perturbation_key``) with missing values: error.
 """
 
 from __future__ import annotations
 
+import difflib
+import warnings
 from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
+import pandas as pd
+from anndata import AnnData
 from anndata.abc import CSCDataset, CSRDataset
 from scipy import sparse
 
 if TYPE_CHECKING:
-    from anndata import AnnData
+    from collections.abc import Iterable
 
 
-def get_matrix(adata: AnnData, layer: str | None):
+def did_you_mean(key: str, options: Iterable) -> str:
+    """`` Did you mean 'x'?`` for the existing key closest to ``key``, or ``""`` when none is close."""
+    close = difflib.get_close_matches(str(key), [str(o) for o in options], n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def shown(options: Iterable, limit: int = 10) -> str:
+    """Up to ``limit`` keys, quoted and comma-separated, or ``"none"``."""
+    options = [str(o) for o in options]
+    text = ", ".join(map(repr, options[:limit])) or "none"
+    return text + (f" and {len(options) - limit} more" if len(options) > limit else "")
+
+
+def matrix_name(layer: str | None, *, name: str = "adata") -> str:
+    """How messages name the matrix of ``layer``: ``adata.X`` or ``adata.layers['counts']``."""
+    return f"{name}.X" if layer is None else f"{name}.layers[{layer!r}]"
+
+
+def get_matrix(adata: AnnData, layer: str | None, *, name: str = "adata"):
     """Return ``adata.X`` or ``adata.layers[layer]``, with a clear error when the layer is missing."""
     if layer is None:
         if adata.X is None:
-            raise ValueError("`adata.X` is empty. Pass `layer=` naming the layer that holds the counts.")
+            raise ValueError(f"`{name}.X` is empty. Pass `layer=` naming the layer that holds the counts.")
         return adata.X
     if layer not in adata.layers:
-        available = ", ".join(map(repr, adata.layers.keys())) or "none"
         raise KeyError(
-            f"Layer {layer!r} not found in `adata.layers` (available: {available}). Pass an existing `layer=`."
+            f"Layer {layer!r} not found in `{name}.layers` (available: {shown(adata.layers.keys())})."
+            f"{did_you_mean(layer, adata.layers.keys())} Pass an existing `layer=`."
         )
     return adata.layers[layer]
+
+
+def check_anndata(
+    adata: AnnData,
+    *,
+    name: str = "adata",
+    copy: bool = False,
+    writes: bool = True,
+    backed: bool = False,
+    cells: bool = True,
+) -> None:
+    """The checks every entry point runs first, on the AnnData itself (not its values).
+
+    Parameters
+    ----------
+    adata
+        The AnnData passed in.
+    name
+        The argument's name in messages.
+    copy
+        The function's ``copy=``: a view is fine when a new AnnData is returned.
+    writes
+        Whether the function writes into ``adata`` (then a view is refused unless ``copy``).
+    backed
+        Whether the function supports a backed AnnData.
+    cells
+        Whether the function reads cells (otherwise 0 cells and ``obs_names`` are not checked).
+    """
+    if not isinstance(adata, AnnData):
+        raise TypeError(f"`{name}` must be an AnnData, not {type(adata).__name__}.")
+    if adata.n_vars == 0 or (cells and adata.n_obs == 0):
+        raise ValueError(
+            f"`{name}` is empty ({adata.n_obs} cells x {adata.n_vars} genes). Check the subsetting or filtering "
+            "that produced it."
+        )
+    check_unique_var_names(adata, name=name)
+    if cells and not adata.obs_names.is_unique:
+        dup = adata.obs_names[adata.obs_names.duplicated()].unique()[:5].tolist()
+        raise ValueError(
+            f"`{name}.obs_names` are not unique (e.g. {dup}), so results cannot be matched to cells. "
+            f"Call `{name}.obs_names_make_unique()` first."
+        )
+    if adata.isbacked:
+        if not backed:
+            raise TypeError(
+                f"`{name}` is on disk (a backed AnnData), and this step needs it in memory. Load it with "
+                f"`{name} = {name}.to_memory()`; `bf.tl.embed` and `bf.tl.predict` read a backed AnnData in chunks "
+                "themselves."
+            )
+        check_backed_writable(adata, copy=copy)
+    elif writes and adata.is_view and not copy:
+        raise ValueError(
+            f"`{name}` is a view (a subset such as `adata[cells]`), and results written into a view are lost to "
+            f"its parent. Make it an AnnData of its own first, `{name} = {name}.copy()`, or pass `copy=True` "
+            "where the function offers it."
+        )
 
 
 def _stored_values(X) -> np.ndarray:
@@ -37,16 +128,33 @@ def _stored_values(X) -> np.ndarray:
     return np.asarray(X)
 
 
+def check_dtype(values: np.ndarray, *, where: str) -> None:
+    """Counts and bins must be real numbers of a dtype that holds them exactly."""
+    dtype = values.dtype
+    if dtype == np.float16:
+        raise TypeError(
+            f"{where} has dtype float16, which holds whole numbers exactly only up to 2,048 and which sparse "
+            "arithmetic does not support. Cast it to float32 first, e.g. `adata.X = adata.X.astype(np.float32)`."
+        )
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise TypeError(
+            f"{where} has dtype {dtype}; expected numeric counts (integer or float32/float64). Convert it, e.g. "
+            "`adata.X = adata.X.astype(np.float32)`."
+        )
+
+
 def check_counts(X, *, where: str = "adata.X", require_integer: bool = True) -> None:
-    """Check that ``X`` holds finite, non-negative (integer) values and that no cell is empty."""
+    """Check that ``X`` holds finite, non-negative (integer) values of a sound dtype and that no cell is empty.
+
+    Genes with no counts are allowed (see :func:`warn_genes_without_counts`).
+    """
     if isinstance(X, CSRDataset | CSCDataset | h5py.Dataset):
         raise TypeError(
             f"{where} is on disk (a backed AnnData), and this step needs it in memory. Load it with "
             "`adata = adata.to_memory()`; `bf.tl.embed` and `bf.tl.predict` read a backed AnnData in chunks themselves."
         )
     values = _stored_values(X)
-    if not np.issubdtype(values.dtype, np.number):
-        raise TypeError(f"{where} has dtype {values.dtype}; expected numeric counts.")
+    check_dtype(values, where=where)
     if values.size and not np.isfinite(values).all():
         raise ValueError(f"{where} contains NaN or infinite values. Remove or fill them before calling bioformers.")
     if values.size and values.min() < 0:
@@ -68,6 +176,25 @@ def check_counts(X, *, where: str = "adata.X", require_integer: bool = True) -> 
         )
 
 
+def warn_genes_without_counts(X, *, where: str) -> None:
+    """Warn that genes never expressed in the training data keep untrained gene embeddings."""
+    expressed = np.zeros(X.shape[1], dtype=bool)
+    if sparse.issparse(X):
+        X = sparse.csr_matrix(X)
+        expressed[X.indices[X.data != 0]] = True
+    else:
+        expressed = (np.asarray(X) != 0).any(axis=0)
+    n_silent = int((~expressed).sum())
+    if n_silent:
+        warnings.warn(
+            f"{where} has {n_silent} gene(s) with no counts in any cell: the model never sees them expressed, and "
+            "their gene embeddings stay untrained. Remove them with `sc.pp.filter_genes(adata, min_counts=1)` "
+            "unless you need them in the vocabulary.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def check_backed_writable(adata: AnnData, *, copy: bool) -> None:
     """A tool may add results to a backed AnnData (in memory), but not to a view of one, nor to a copy of one."""
     if not adata.isbacked:
@@ -84,16 +211,47 @@ def check_backed_writable(adata: AnnData, *, copy: bool) -> None:
         )
 
 
-def check_unique_var_names(adata: AnnData) -> None:
+def check_unique_var_names(adata: AnnData, *, name: str = "adata") -> None:
     """Gene names are the model's vocabulary: they must be unique."""
     if not adata.var_names.is_unique:
         dup = adata.var_names[adata.var_names.duplicated()].unique()[:5].tolist()
-        raise ValueError(f"`adata.var_names` are not unique (e.g. {dup}). Call `adata.var_names_make_unique()` first.")
+        raise ValueError(
+            f"`{name}.var_names` are not unique (e.g. {dup}). Call `{name}.var_names_make_unique()` first."
+        )
 
 
-def check_obs_key(adata: AnnData, key: str | None, *, argument: str) -> None:
-    """A column named by ``batch_key=``/``labels_key=`` must exist in ``adata.obs``."""
-    if key is not None and key not in adata.obs.columns:
+def check_obs_key(adata: AnnData, key: str | None, *, argument: str, name: str = "adata") -> None:
+    """A column named by ``groupby=``/``batch_key=``/... must exist in ``adata.obs`` and have no missing values."""
+    if key is None:
+        return
+    if key not in adata.obs.columns:
         raise KeyError(
-            f"`{argument}={key!r}` is not a column of `adata.obs` (columns: {', '.join(map(str, adata.obs.columns))})."
+            f"`{argument}={key!r}` is not a column of `{name}.obs` (columns: {shown(adata.obs.columns)})."
+            f"{did_you_mean(key, adata.obs.columns)}"
+        )
+    missing = int(pd.isna(adata.obs[key]).sum())
+    if missing:
+        raise ValueError(
+            f"`{name}.obs[{key!r}]` (`{argument}=`) has {missing} missing value(s) (NaN), which belong to no "
+            f"category. Drop those cells, `{name} = {name}[{name}.obs[{key!r}].notna()].copy()`, or fill them with a "
+            f"label of their own, e.g. `{name}.obs[{key!r}] = {name}.obs[{key!r}].astype(str)` (NaN becomes 'nan')."
+        )
+
+
+def check_n_groups(n_groups: int, *, argument: str, key: str, limit: int, why: str, limit_argument: str) -> None:
+    """Refuse more than ``limit`` groups in one ``obs`` column, naming the cost and both ways around it."""
+    if n_groups > limit:
+        raise ValueError(
+            f"`adata.obs[{key!r}]` (`{argument}=`) has {n_groups} groups, more than `{limit_argument}={limit}`: {why}. "
+            f"Subset the AnnData to the groups you want, e.g. `adata[adata.obs[{key!r}].isin([...])].copy()`, "
+            f"merge small groups, or raise `{limit_argument}=` if that is intended."
+        )
+
+
+def check_obsm_key(adata: AnnData, key: str, *, fix: str) -> None:
+    """``adata.obsm[key]`` must exist: a ``KeyError`` suggesting the closest key and how to compute it."""
+    if key not in adata.obsm:
+        raise KeyError(
+            f"`adata.obsm[{key!r}]` not found (keys: {shown(adata.obsm.keys())})."
+            f"{did_you_mean(key, adata.obsm.keys())} {fix}"
         )

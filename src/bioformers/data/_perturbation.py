@@ -92,6 +92,18 @@ class PerturbationPairs(LightningDataModule):
             "weight": self.weights[group],
         }
 
+    def state_dict(self) -> dict:
+        """States of the cell-order and control-cell generators, saved in training checkpoints.
+
+        With them a resumed run draws the same orders and pairs as an uninterrupted one.
+        """
+        return {"order": self._order.get_state(), "controls": self._controls.bit_generator.state}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore the generators from :meth:`state_dict`."""
+        self._order.set_state(state_dict["order"])
+        self._controls.bit_generator.state = state_dict["controls"]
+
     def train_dataloader(self) -> DataLoader:
         """Every target cell once per epoch, shuffled, each with a fresh random control cell."""
         return DataLoader(

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
     from anndata import AnnData
 
+    from ..pp._genes import GeneAlignment
+
 #: Cells read (and binned) at a time when streaming.
 DEFAULT_CHUNK_SIZE = 4096
 
@@ -40,6 +42,7 @@ def binned_batches(
     indices: Sequence[int] | None = None,
     batch_size: int,
     chunk_size: int | None = None,
+    genes: GeneAlignment | None = None,
 ) -> Iterator[np.ndarray]:
     """Dense ``float32`` minibatches ``(cells, genes)`` of bin indices, in the order of ``indices``.
 
@@ -51,6 +54,10 @@ def binned_batches(
 
     The source is checked when this is called; counts are checked chunk by chunk as they are read,
     so a bad cell raises when its chunk is reached.
+
+    With ``genes``, each chunk's columns are first put in the model's gene order (model genes the
+    AnnData lacks as zeros, genes the model does not know dropped), so counts are checked and
+    cells' totals summed over the model's genes only: the genes the training data was binned on.
 
     Parameters
     ----------
@@ -71,6 +78,9 @@ def binned_batches(
     chunk_size
         Cells read and binned at a time, rounded down to whole minibatches (at least one);
         `None` means :data:`DEFAULT_CHUNK_SIZE`.
+    genes
+        How the AnnData's genes map to the model's (:meth:`bioformers.BioFormer.align_genes`); `None`:
+        the AnnData has exactly the model's genes.
     """
     if binned_layer in adata.layers:
         source, where, binning = adata.layers[binned_layer], f"adata.layers[{binned_layer!r}]", None
@@ -93,22 +103,32 @@ def binned_batches(
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"`chunk_size` must be a positive number of cells or None, not {chunk_size}.")
     rows = max((chunk_size or DEFAULT_CHUNK_SIZE) // batch_size, 1) * batch_size
-    return _batches(adata.n_obs, source, where, binning, indices, batch_size, rows)
+    if genes is not None and genes.is_identity:
+        genes = None
+    return _batches(adata.n_obs, source, where, binning, indices, batch_size, rows, genes)
 
 
-def _batches(n_obs, source, where, binning, indices, batch_size, rows) -> Iterator[np.ndarray]:
+def _batches(n_obs, source, where, binning, indices, batch_size, rows, genes) -> Iterator[np.ndarray]:
     scaled = binning is not None and binning.get("method", "value") == "value" and binning.get("normalize", True)
     if scaled and "target_sum" not in binning:
-        totals = [cell_totals(block) for _, block in _row_blocks(source, n_obs, None, rows)]
+        totals = [cell_totals(_aligned(block, genes)) for _, block in _row_blocks(source, n_obs, None, rows)]
         binning["target_sum"] = np.concatenate(totals).mean()
     for cells, block in _row_blocks(source, n_obs, indices, rows):
+        raw, block = block, _aligned(block, genes)
         if binning is not None:
-            check_counts(block, where=f"{where} ({cells})", require_integer=bool(scaled))
+            part = f"{where} ({cells}" + (", the model's genes)" if genes is not None else ")")
+            if genes is not None:
+                genes.check_cells(raw, block, where=part)
+            check_counts(block, where=part, require_integer=bool(scaled))
             block, _ = bin_matrix(block, **binning)
         for start in range(0, block.shape[0], batch_size):
             yield block[start : start + batch_size].toarray().astype(np.float32)
         del block
         _release_freed_memory()
+
+
+def _aligned(block: sparse.csr_matrix, genes: GeneAlignment | None) -> sparse.csr_matrix:
+    return block if genes is None else genes.take(block)
 
 
 def _release_freed_memory() -> None:

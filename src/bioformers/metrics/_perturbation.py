@@ -32,7 +32,7 @@ from sklearn.decomposition import PCA
 from sklearn.neural_network import MLPRegressor
 from threadpoolctl import threadpool_limits
 
-from .._validation import get_matrix
+from .._validation import did_you_mean, get_matrix
 
 _Method = Literal["no_change", "train_mean", "linear", "mlp"]
 _METHODS: tuple[_Method, ...] = ("no_change", "train_mean", "linear", "mlp")
@@ -638,7 +638,8 @@ def _is_constant(norm: float, values: np.ndarray) -> bool:
 def _labels(adata: ad.AnnData, perturbation_key: str) -> pd.Categorical:
     if perturbation_key not in adata.obs:
         raise KeyError(
-            f"`adata.obs[{perturbation_key!r}]` not found (columns: {_shown(adata.obs.columns) or 'none'}). "
+            f"`adata.obs[{perturbation_key!r}]` not found (columns: {_shown(adata.obs.columns) or 'none'})."
+            f"{did_you_mean(perturbation_key, adata.obs.columns)} "
             "Pass `perturbation_key=` naming the column with the control label or the perturbation of each cell."
         )
     column = adata.obs[perturbation_key]

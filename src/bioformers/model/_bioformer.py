@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import warnings
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Literal
 
+import anndata
 import numpy as np
 import pandas as pd
+import scvi
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 from scipy import sparse
@@ -20,11 +23,13 @@ from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from scvi.train import TrainRunner
 
 from .._keys import Keys
-from .._validation import check_obs_key, check_unique_var_names, get_matrix
+from .._record import package_version
+from .._validation import check_anndata, check_dtype, check_obs_key, did_you_mean, get_matrix, shown
 from ..data import PerturbationPairs, binned_batches, perturbation_targets, prediction_masks
 from ..module import BioFormerModule
-from ..train import BioFormerTrainingPlan, PerturbationTrainingPlan, default_precision
-from ._serialization import read_model, write_model
+from ..pp._genes import DEFAULT_MIN_GENE_COVERAGE, GeneAlignment, align_genes, match_genes
+from ..train import BioFormerTrainingPlan, PerturbationTrainingPlan, TrainingSession, default_precision
+from ._serialization import check_state_dict, check_version, read_model, write_model
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -37,6 +42,8 @@ logger = logging.getLogger(__name__)
 PERTURBATION_KEY = "perturbation"
 #: External-token categories of a perturbation model: 0 = not perturbed, 1 = perturbed.
 N_PERTURBATION_CATEGORIES = 2
+#: The training AnnData that ``save(..., save_anndata=True)`` writes next to the model files.
+SAVED_ANNDATA_FILE = "adata.h5ad"
 
 
 def default_max_epochs(n_obs: int) -> int:
@@ -151,14 +158,18 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
     ) -> None:
         """Register the binned values (and optional batch, label and perturbation columns) with scvi-tools.
 
+        scvi-tools writes its bookkeeping into ``adata`` (``uns['_scvi_uuid']``, ``obs['_scvi_batch']``,
+        ...), so a view is refused: call ``.copy()`` on it first. Every check runs before that.
+
         Parameters
         ----------
         adata
-            AnnData with binned values from :func:`bioformers.pp.bin`.
+            AnnData with binned values from :func:`bioformers.pp.bin`: non-negative whole numbers,
+            no cell without an expressed gene.
         layer
             Layer holding the binned values; ``None`` means ``"bioformers_binned"``.
         batch_key
-            Column of ``adata.obs`` with batches.
+            Column of ``adata.obs`` with batches, without missing values (as for the other columns).
         labels_key
             Column of ``adata.obs`` with cell labels.
         perturbation_key
@@ -169,14 +180,15 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         control
             The label of control cells in ``perturbation_key``.
         """
+        check_anndata(adata, backed=True)
         layer = Keys().binned if layer is None else layer
         if layer not in adata.layers:
             raise KeyError(
-                f"Layer {layer!r} with binned values not found. Run `bf.pp.bin(adata)` first, or pass `layer=` "
+                f"Layer {layer!r} with binned values not found (layers: {shown(adata.layers.keys())})."
+                f"{did_you_mean(layer, adata.layers.keys())} Run `bf.pp.bin(adata)` first, or pass `layer=` "
                 "naming the layer `bf.pp.bin` wrote."
             )
         _check_bins(get_matrix(adata, layer), layer)
-        check_unique_var_names(adata)
         check_obs_key(adata, batch_key, argument="batch_key")
         check_obs_key(adata, labels_key, argument="labels_key")
         check_obs_key(adata, perturbation_key, argument="perturbation_key")
@@ -208,9 +220,12 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         gradient_clip_val: float = 1.0,
         activation_checkpointing: bool = False,
         compile: bool = False,
+        save_checkpoints: str | os.PathLike | None = None,
+        checkpoint_every: int = 1,
+        resume_from: str | os.PathLike | None = None,
         plan_kwargs: dict | None = None,
         **trainer_kwargs,
-    ):
+    ) -> None:
         """Train with AdamW, linear warm-up and cosine decay.
 
         Parameters
@@ -240,14 +255,49 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
             Compile the transformer with :func:`torch.compile` (in place; the model is used compiled
             from then on). The first steps wait for compilation; on the 2-core benchmark CPU it was
             slower per step than eager mode, so it is off by default (``benchmarks/README.md``).
+        save_checkpoints
+            Directory (created if missing) for training checkpoints: after every ``checkpoint_every``
+            epochs, and after the last, ``<save_checkpoints>/epoch_NNNN/`` receives
+            ``checkpoint.safetensors`` (weights, optimizer moments, random states) and
+            ``checkpoint.json`` (everything else). An existing checkpoint of the same epoch is replaced.
+        checkpoint_every
+            Epochs between checkpoints.
+        resume_from
+            Continue the run that wrote this checkpoint: a ``epoch_NNNN`` directory, or a
+            ``save_checkpoints`` directory (its latest checkpoint). Weights, optimizer and learning-rate
+            schedule, epoch and step counters, random states and loss history are restored, so with the
+            run's original arguments (``max_epochs`` is the total, not the epochs left) and
+            ``scvi.settings.seed`` the result is bit-identical, on the CPU, to a run never interrupted.
+            Other arguments are allowed and named in a warning. The model must have the same size and
+            genes as the one that wrote the checkpoint.
         plan_kwargs
             More arguments for :class:`~bioformers.train.BioFormerTrainingPlan`.
         **trainer_kwargs
             Passed to scvi-tools' ``train`` and Lightning's ``Trainer`` (e.g. ``strategy``,
-            ``num_nodes``, ``train_size``, ``early_stopping``).
+            ``num_nodes``, ``train_size``, ``early_stopping``, ``callbacks``). Lightning's ``ckpt_path`` is
+            refused: use ``resume_from``.
+
+        Raises
+        ------
+        bioformers.train.NonFiniteLossError
+            The loss or the gradients became NaN or infinite. Training stops before that step changes
+            the weights; the message names likely causes (learning rate, reduced precision, input
+            values). The model stays usable: weights of the last good step, history of finished epochs.
 
         Notes
         -----
+        **Interruptions.** Ctrl-C (``KeyboardInterrupt``) stops training and ``train`` returns
+        normally with a warning saying how many epochs finished: the model keeps the weights of its
+        last optimiser step and the loss history of its finished epochs (:attr:`history_`,
+        :meth:`loss_history`), is marked trained and can embed, be saved or be trained further; a
+        second Ctrl-C interrupts whatever runs next. An interrupt before the first optimiser step
+        propagates. (Lightning itself would exit with ``SystemExit`` and leave Ctrl-C ignored.)
+        Checkpoints are never written mid-epoch: resume repeats the epoch that was interrupted.
+
+        **Checkpoint files** are never unpickled: tensors are read by safetensors, the rest by
+        ``json``. Lightning's ``.ckpt`` is a torch pickle, which ``torch.load(weights_only=True)``
+        only restricts; see "Checkpoints and interruptions" in ``docs/scaling.md``.
+
         ``strategy="ddp"`` with ``devices=N`` trains on N processes, each on its share of the cells
         (scvi-tools' distributed sampler), with gradients and logged losses averaged across them.
         Lightning starts the extra processes by running the script again, so every process continues
@@ -263,19 +313,42 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         plan_kwargs = {"lr": lr, "weight_decay": weight_decay, "warmup_fraction": warmup_fraction} | (plan_kwargs or {})
         # a validation loss every epoch, when there are validation cells (train_size < 1)
         validation_every_epoch = {"check_val_every_n_epoch": 1} if (trainer_kwargs.get("train_size") or 0.9) < 1 else {}
+        max_epochs = max_epochs or default_max_epochs(n_obs)
+        precision = precision or default_precision(accelerator)
+        session = TrainingSession(
+            self.module,
+            run={
+                "max_epochs": max_epochs,
+                "batch_size": batch_size,
+                "n_obs": n_obs,
+                "seed": scvi.settings.seed,
+                "train_size": trainer_kwargs.get("train_size"),
+                "validation_size": trainer_kwargs.get("validation_size"),
+                "precision": precision,
+                "gradient_clip_val": gradient_clip_val,
+                **{k: v for k, v in plan_kwargs.items() if v is None or isinstance(v, bool | int | float | str)},
+            },
+            save_checkpoints=save_checkpoints,
+            checkpoint_every=checkpoint_every,
+            resume_from=resume_from,
+        )
+        trainer_kwargs = session.trainer_kwargs(validation_every_epoch | trainer_kwargs)
         self.module.encoder.activation_checkpointing = activation_checkpointing
         if compile:
             self.module.encoder.compile()
-        return super().train(
-            max_epochs=max_epochs or default_max_epochs(n_obs),
-            batch_size=batch_size,
-            accelerator=accelerator,
-            devices=devices,
-            plan_kwargs=plan_kwargs,
-            precision=precision or default_precision(accelerator),
-            gradient_clip_val=gradient_clip_val,
-            **validation_every_epoch | trainer_kwargs,
-        )
+        # Lightning 2.6 keeps the modules' mode, and a trained model is left in eval mode (no dropout)
+        self.module.train()
+        with session.guard(self):
+            super().train(
+                max_epochs=max_epochs,
+                batch_size=batch_size,
+                accelerator=accelerator,
+                devices=devices,
+                plan_kwargs=plan_kwargs,
+                precision=precision,
+                gradient_clip_val=gradient_clip_val,
+                **trainer_kwargs,
+            )
 
     @property
     def control_(self) -> str | None:
@@ -328,8 +401,11 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         devices: int | list[int] | str = "auto",
         precision: str | None = None,
         gradient_clip_val: float = 1.0,
+        save_checkpoints: str | os.PathLike | None = None,
+        checkpoint_every: int = 1,
+        resume_from: str | os.PathLike | None = None,
         **trainer_kwargs,
-    ):
+    ) -> None:
         """Fine-tune on control -> perturbed pairs of the registered AnnData.
 
         :func:`bioformers.tl.train_perturbation` prepares the arguments and calls this.
@@ -347,13 +423,41 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
             As in :meth:`train`.
         seed
             Seeds the pairing of cells.
+        save_checkpoints, checkpoint_every, resume_from
+            As in :meth:`train`. A checkpoint also holds the states of the generators that order the
+            cells and draw their control cells, so resuming with the original arguments reproduces
+            the uninterrupted run exactly (on the CPU).
         **trainer_kwargs
             Passed to Lightning's ``Trainer``.
+
+        Raises
+        ------
+        bioformers.train.NonFiniteLossError
+            As in :meth:`train`; Ctrl-C is handled as there too.
         """
+        indices = np.asarray(indices)
+        precision = precision or default_precision(accelerator)
+        session = TrainingSession(
+            self.module,
+            run={
+                "max_epochs": max_epochs,
+                "batch_size": batch_size,
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "warmup_fraction": warmup_fraction,
+                "seed": seed,
+                "precision": precision,
+                "gradient_clip_val": gradient_clip_val,
+                "n_cells": int(indices.size),
+                "cells": hashlib.sha256(indices.astype(np.int64).tobytes()).hexdigest(),
+            },
+            save_checkpoints=save_checkpoints,
+            checkpoint_every=checkpoint_every,
+            resume_from=resume_from,
+        )
         codes = np.asarray(self.adata_manager.get_from_registry(PERTURBATION_KEY)).ravel().astype(int)
         labels = self.adata_manager.get_state_registry(PERTURBATION_KEY).categorical_mapping
         control_code = int(np.flatnonzero(np.asarray(labels) == self.control_)[0])
-        indices = np.asarray(indices)
         controls = indices[codes[indices] == control_code]
         bins = sparse.csr_matrix(self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY))
         expression = sparse.csr_matrix(expression)
@@ -375,14 +479,16 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
             max_epochs=max_epochs,
             accelerator=accelerator,
             devices=devices,
-            precision=precision or default_precision(accelerator),
+            precision=precision,
             gradient_clip_val=gradient_clip_val,
-            **trainer_kwargs,
+            **session.trainer_kwargs(trainer_kwargs),
         )
-        with warnings.catch_warnings():
+        # Lightning 2.6 keeps the modules' mode, and a trained model is left in eval mode (no dropout)
+        self.module.train()
+        with warnings.catch_warnings(), session.guard(self):
             # the plan inherits scvi-tools' validation step; pairs have no validation set to run it on
             warnings.filterwarnings("ignore", message="You defined a `validation_step` but have no `val_dataloader`")
-            return runner()
+            runner()
 
     @torch.inference_mode()
     def get_perturbation_response(self, bins, targets: np.ndarray, *, batch_size: int = 128) -> np.ndarray:
@@ -411,21 +517,65 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
                 )
         return torch.cat(out).numpy() if out else np.zeros((0, self.genes_.size), dtype=np.float32)
 
+    def align_genes(
+        self,
+        adata: AnnData,
+        *,
+        gene_symbols: str | None = None,
+        min_gene_coverage: float = DEFAULT_MIN_GENE_COVERAGE,
+    ) -> GeneAlignment:
+        """Match the genes of a query to the model's by name, report the coverage, refuse too little.
+
+        What :func:`bioformers.tl.embed`, :func:`bioformers.tl.predict`, :meth:`get_latent_representation`
+        and :meth:`get_predicted_bins` do with a query's genes. Never by position: genes are matched by
+        name (``adata.var_names`` or the ``gene_symbols`` column of ``adata.var``), Ensembl IDs without
+        their version suffix (``ENSG00000141510.16`` matches ``ENSG00000141510``), other names exactly.
+        Model genes the query lacks are read as unexpressed (bin 0); query genes the model does not
+        know are ignored. Logs the match when every model gene was found in another layout, warns when
+        some are missing.
+
+        Parameters
+        ----------
+        adata
+            The query, in memory or backed.
+        gene_symbols
+            Column of ``adata.var`` with the gene names the model knows (e.g. ``"feature_name"``, or
+            ``"gene_ids"`` for a model trained on Ensembl IDs); ``None`` uses ``adata.var_names``.
+        min_gene_coverage
+            Smallest fraction of the model's genes the query must have; below it a ``ValueError`` gives
+            the coverage, examples of missing genes and what to do.
+
+        Returns
+        -------
+        The alignment: ``columns`` (the query column of each model gene, -1 where missing), ``coverage``,
+        ``missing``, and ``take`` / ``put`` to rearrange matrices between the two layouts.
+        """
+        alignment = align_genes(adata, self.genes_, gene_symbols=gene_symbols, min_gene_coverage=min_gene_coverage)
+        alignment.report()
+        return alignment
+
     def check_genes(self, adata: AnnData) -> None:
-        """Raise unless ``adata`` has exactly the model's genes, in the model's order."""
-        genes = np.asarray(adata.var_names).astype(str)
-        if genes.shape == self.genes_.shape and (genes == self.genes_).all():
+        """Raise unless ``adata`` has exactly the model's genes, in the model's order.
+
+        Ensembl version suffixes aside (see :meth:`align_genes`), names must match position by position.
+        Steps that write one result per gene of ``adata`` against the model's own genes (attention
+        GRN, gene embeddings and programs, perturbation fine-tuning and prediction) need this;
+        embedding and prediction align genes by name instead (:meth:`align_genes`).
+        """
+        alignment = match_genes(adata, self.genes_)
+        if alignment.is_identity:
             return
-        missing = np.setdiff1d(self.genes_, genes)
-        if missing.size:
+        if alignment.missing.size:
             raise ValueError(
-                f"The AnnData lacks {missing.size} of the model's {self.genes_.size} genes "
-                f"(e.g. {missing[:5].tolist()}). "
-                "Give it the model's genes, e.g. by adding them as zero columns."
+                f"The AnnData lacks {alignment.missing.size} of the model's {self.genes_.size} genes "
+                f"(e.g. {alignment.missing[:5].tolist()}), and this step needs exactly the model's genes, in the "
+                "model's order. Give it the model's genes, e.g. by adding them as zero columns. (`bf.tl.embed` and "
+                "`bf.tl.predict` match genes by name and accept missing ones.)"
             )
         raise ValueError(
-            f"The AnnData's genes differ from the model's ({adata.n_vars} vs {self.genes_.size}, or in another "
-            "order). Subset and reorder it with `adata[:, model.genes_].copy()`."
+            f"The AnnData's genes differ from the model's ({adata.n_vars} vs {self.genes_.size} genes, or in another "
+            "order), and this step needs exactly the model's genes, in the model's order. Subset and reorder it with "
+            "`adata[:, model.genes_].copy()`."
         )
 
     def _inference_context(self):
@@ -441,6 +591,9 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         indices: Sequence[int] | None = None,
         batch_size: int | None = None,
         *,
+        gene_symbols: str | None = None,
+        min_gene_coverage: float = DEFAULT_MIN_GENE_COVERAGE,
+        genes: GeneAlignment | None = None,
         counts_layer: str | None = None,
         chunk_size: int | None = None,
     ) -> np.ndarray:
@@ -452,21 +605,31 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         Parameters
         ----------
         adata
-            AnnData with the model's genes; ``None`` means the training data. An in-memory AnnData
-            with the model's binned layer goes through scvi-tools' data loader. A backed one
-            (``anndata.read_h5ad(path, backed="r")``), or one without the binned layer, is read
-            ``chunk_size`` cells at a time and binned like the training data, so memory does not
-            grow with the number of cells beyond the result.
+            Cells to embed; ``None`` means the training data. Its genes are matched to the model's by
+            name (:meth:`align_genes`). An in-memory AnnData with exactly the model's genes and the
+            model's binned layer goes through scvi-tools' data loader. Any other (backed,
+            ``anndata.read_h5ad(path, backed="r")``; without the binned layer; with other genes) is
+            read ``chunk_size`` cells at a time, its columns put in the model's gene order and binned
+            like the training data, so memory does not grow with the number of cells beyond the result.
         indices
             Cells to embed; ``None`` means all.
         batch_size
             Cells per forward pass.
+        gene_symbols, min_gene_coverage
+            How genes are matched and how many must be found (:meth:`align_genes`).
+        genes
+            The alignment of ``adata`` from :meth:`align_genes`, when the caller already has it;
+            ``gene_symbols`` and ``min_gene_coverage`` are then not used.
         counts_layer
             Layer with raw counts to bin when ``adata`` lacks the binned layer; ``None`` uses ``adata.X``.
         chunk_size
             Cells read and binned at a time when streaming (whole batches, at least one); ``None``: 4,096.
         """
-        batches = self._batches(adata, indices, batch_size or 256, counts_layer=counts_layer, chunk_size=chunk_size)
+        if adata is not None and genes is None:
+            genes = self.align_genes(adata, gene_symbols=gene_symbols, min_gene_coverage=min_gene_coverage)
+        batches = self._batches(
+            adata, indices, batch_size or 256, genes=genes, counts_layer=counts_layer, chunk_size=chunk_size
+        )
         chunks = []
         with self._inference_context():
             for bins in batches:
@@ -488,20 +651,24 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         indices: Sequence[int] | None,
         batch_size: int,
         *,
+        genes: GeneAlignment | None = None,
         counts_layer: str | None = None,
         chunk_size: int | None = None,
     ):
         """Binned values of the chosen cells, one minibatch at a time, in order, on the model's device.
 
-        scvi-tools' data loader needs the binned layer registered in memory; a backed AnnData, or one
-        without that layer, is read in chunks and binned like the training data instead
-        (:func:`bioformers.data.binned_batches`).
+        scvi-tools' data loader needs the binned layer registered in memory, with the model's genes;
+        a backed AnnData, one without that layer, or one with other genes (``genes``, from
+        :meth:`align_genes`) is read in chunks, rearranged into the model's genes and binned like the
+        training data instead (:func:`bioformers.data.binned_batches`). Without ``genes``, ``adata``
+        must have exactly the model's genes (:meth:`check_genes`).
         """
         self._check_if_trained(warn=False)
-        if adata is not None:
+        if adata is not None and genes is None:
             self.check_genes(adata)
         binned_layer = self.registry_["setup_args"]["layer"]
-        if adata is not None and (adata.isbacked or binned_layer not in adata.layers):
+        rearrange = genes is not None and not genes.is_identity
+        if adata is not None and (adata.isbacked or binned_layer not in adata.layers or rearrange):
             streamed = binned_batches(
                 adata,
                 binning=self.binning_,
@@ -510,6 +677,7 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
                 indices=indices,
                 batch_size=batch_size,
                 chunk_size=chunk_size,
+                genes=genes,
             )
             batches = map(torch.from_numpy, streamed)
         else:
@@ -527,18 +695,24 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         *,
         mask_ratio: float | None = None,
         batch_size: int | None = None,
+        gene_symbols: str | None = None,
+        min_gene_coverage: float = DEFAULT_MIN_GENE_COVERAGE,
+        genes: GeneAlignment | None = None,
         counts_layer: str | None = None,
         chunk_size: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Expected and most likely bin of every gene of every cell, both ``(n_cells, n_genes)``.
+        """Expected and most likely bin of every model gene of every cell, both ``(n_cells, n_model_genes)``.
 
         Deterministic, like :meth:`get_latent_representation`, and read in chunks the same way.
+        Columns follow the model's genes (:attr:`genes_`), whatever the layout of ``adata``; model
+        genes ``adata`` lacks are predicted too, from cells in which they read as unexpressed.
 
         Parameters
         ----------
         adata
-            AnnData with the model's genes; ``None`` means the training data. Backed, or without the
-            binned layer: streamed as in :meth:`get_latent_representation`.
+            Cells to predict; ``None`` means the training data. Genes matched by name, and streamed
+            when backed, without the binned layer or with other genes, as in
+            :meth:`get_latent_representation`.
         indices
             Cells to predict; ``None`` means all.
         mask_ratio
@@ -550,11 +724,15 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
             keep the CLS decoding.
         batch_size
             Cells per forward pass.
-        counts_layer, chunk_size
+        gene_symbols, min_gene_coverage, genes, counts_layer, chunk_size
             As in :meth:`get_latent_representation`.
         """
         self.check_prediction_args(mask_ratio=mask_ratio)
-        batches = self._batches(adata, indices, batch_size or 128, counts_layer=counts_layer, chunk_size=chunk_size)
+        if adata is not None and genes is None:
+            genes = self.align_genes(adata, gene_symbols=gene_symbols, min_gene_coverage=min_gene_coverage)
+        batches = self._batches(
+            adata, indices, batch_size or 128, genes=genes, counts_layer=counts_layer, chunk_size=chunk_size
+        )
         expected_chunks, best_chunks = [], []
         with self._inference_context():
             for bins in batches:
@@ -691,7 +869,11 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
     def save(self, dir_path: str, *, overwrite: bool = False, save_anndata: bool = False) -> None:
         """Save weights (safetensors) and settings (JSON) into ``dir_path``.
 
-        Nothing is pickled, so loading a model never executes code from the file.
+        Nothing is pickled, so loading a model never executes code from the file. ``model.json``
+        records the bioformers version, the model's genes (in order), the binning, the architecture,
+        the scvi-tools registry and the loss history; :meth:`load` checks them. Each file is written
+        under a temporary name and renamed when complete, so an interrupted save leaves no truncated
+        model file.
 
         Parameters
         ----------
@@ -700,7 +882,7 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         overwrite
             Replace an existing directory's model files.
         save_anndata
-            Also write the training AnnData as ``adata.h5ad``.
+            Also write the training AnnData as ``adata.h5ad`` (then :meth:`load` needs no AnnData).
 
         In a distributed run only global rank 0 writes; on other processes this does nothing
         (:attr:`is_global_zero`).
@@ -712,6 +894,8 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
             raise FileExistsError(f"{dir_path!r} already exists. Pass `overwrite=True` or choose another directory.")
         os.makedirs(dir_path, exist_ok=True)
         attributes = {
+            "version": package_version(),
+            "n_bins": int(self.module.n_bins),
             "init_params": self.init_params_,
             "registry": self.registry_,
             "genes": self.genes_,
@@ -721,33 +905,49 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         }
         write_model(dir_path, self.module.state_dict(), attributes)
         if save_anndata:
-            self.adata.write_h5ad(os.path.join(dir_path, "adata.h5ad"))
+            self.adata.write_h5ad(os.path.join(dir_path, SAVED_ANNDATA_FILE))
 
     @classmethod
-    def load(cls, dir_path: str, adata: AnnData, *, accelerator: str = "cpu") -> BioFormer:
-        """Load a model written by :meth:`save` for ``adata``.
+    def load(cls, dir_path: str, adata: AnnData | None = None, *, accelerator: str = "cpu") -> BioFormer:
+        """Load a model written by :meth:`save`, with ``adata`` as its training data.
+
+        Only ``model.safetensors`` and ``model.json`` are read, by parsers that cannot run code; nothing
+        is ever unpickled (a directory holding only scvi-tools' pickled ``model.pt`` raises an error
+        saying so). Truncated or corrupted files raise a ``ValueError``; weights are checked against
+        the architecture in ``model.json`` and every missing, unexpected or differently shaped
+        parameter is named. A model saved by another major or minor bioformers version loads with a
+        warning naming both versions.
 
         Parameters
         ----------
         dir_path
             Directory written by :meth:`save`.
         adata
-            AnnData with the model's genes (same order) and binned values.
+            The model's training data, or any AnnData with exactly the model's genes in the model's
+            order (names compared exactly) and the binned layer it was trained on: it is registered
+            as the model's AnnData (``model.adata``), which :meth:`get_latent_representation` and
+            :meth:`train` read by default. ``None`` reads ``adata.h5ad`` from ``dir_path`` (written
+            by ``save(..., save_anndata=True)``). Query data with other genes is not passed here but
+            to :func:`bioformers.tl.embed` / :func:`bioformers.tl.predict`, which match genes by name.
         accelerator
             ``"cpu"`` or ``"cuda"``.
         """
         state_dict, attributes = read_model(dir_path)
+        check_version(attributes.get("version"), package_version(), dir_path)
+        if adata is None:
+            adata = _saved_anndata(dir_path)
         genes = np.asarray(attributes["genes"]).astype(str)
-        if adata.n_vars != genes.size or not (np.asarray(adata.var_names).astype(str) == genes).all():
-            raise ValueError(
-                f"The AnnData's genes ({adata.n_vars}) do not match the {genes.size} genes the model at {dir_path!r} "
-                "was trained on. Subset and reorder it with `adata[:, genes].copy()` using the model's gene list."
-            )
+        check_training_genes(adata, genes, dir_path)
         registry = attributes["registry"]
         cls.setup_anndata(adata, source_registry=registry, **registry["setup_args"])
         init = attributes["init_params"]
         kwargs = {k: v for group in init.get("kwargs", {}).values() for k, v in group.items()}
-        model = cls(adata, **init["non_kwargs"], **kwargs)
+        non_kwargs = dict(init["non_kwargs"])
+        if non_kwargs.get("n_bins") is None and "n_bins" in attributes:
+            # the bin vocabulary of the training data, not the largest bin of the AnnData given here
+            non_kwargs["n_bins"] = attributes["n_bins"]
+        model = cls(adata, **non_kwargs, **kwargs)
+        check_state_dict(model.module.state_dict(), state_dict, dir_path)
         model.module.load_state_dict(state_dict)
         model.binning_ = attributes["binning"]
         model.perturbation_ = attributes.get("perturbation", {})
@@ -764,6 +964,44 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         return model
 
 
+def _saved_anndata(dir_path: str) -> AnnData:
+    """The training AnnData that ``save(..., save_anndata=True)`` wrote next to the model."""
+    path = os.path.join(dir_path, SAVED_ANNDATA_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"No `adata` given and {path} not found (written by `model.save(dir_path, save_anndata=True)`). Pass "
+            "`adata=` with the model's training data, binned as for training."
+        )
+    return anndata.read_h5ad(path)
+
+
+def check_training_genes(adata: AnnData, genes: np.ndarray, dir_path: str) -> None:
+    """Raise unless ``adata`` has exactly ``genes``, in order: the AnnData :meth:`BioFormer.load` registers."""
+    names = np.asarray(adata.var_names).astype(str)
+    if names.shape == genes.shape and (names == genes).all():
+        return
+    missing, extra = np.setdiff1d(genes, names), np.setdiff1d(names, genes)
+    if missing.size or extra.size:
+        detail = (
+            f"it lacks {missing.size} of them (e.g. {missing[:5].tolist()}) and has {extra.size} others "
+            f"(e.g. {extra[:5].tolist()})"
+        )
+    elif names.size != genes.size:
+        detail = f"it has {names.size} genes, some of them repeated"
+    else:
+        first = int(np.flatnonzero(names != genes)[0])
+        detail = (
+            f"it has them in another order (at position {first}: {str(names[first])!r}, model: {str(genes[first])!r})"
+        )
+    raise ValueError(
+        f"`load` registers `adata` as the model's training data, so it needs the {genes.size} genes of the model at "
+        f"{str(dir_path)!r} in the model's order (listed under 'genes' in model.json), but {detail}. Pass the "
+        "training data (`adata[:, genes].copy()` reorders an AnnData that has them all), or save the model with "
+        "`save_anndata=True` and load it without `adata`. To apply the model to data with other genes, load it with "
+        "its training data and pass the other data to `bf.tl.embed` / `bf.tl.predict`, which match genes by name."
+    )
+
+
 def check_control(labels: pd.Series, control: str, key: str) -> None:
     """Raise unless ``control`` is one of the ``labels`` (an ``obs`` column)."""
     present = pd.unique(labels.astype(str))
@@ -776,8 +1014,17 @@ def check_control(labels: pd.Series, control: str, key: str) -> None:
 
 
 def _check_bins(X, layer: str) -> None:
-    values = X.data if hasattr(X, "data") and not isinstance(X, np.ndarray) else np.asarray(X)
-    if values.size and (values.min() < 0 or not np.array_equal(values, np.round(values))):
+    values = X.data if sparse.issparse(X) else np.asarray(X)
+    check_dtype(values, where=f"adata.layers[{layer!r}]")
+    is_bins = np.isfinite(values).all() and values.min(initial=0) >= 0 and np.array_equal(values, np.round(values))
+    if not is_bins:
         raise ValueError(
             f"Layer {layer!r} does not hold bin indices (non-negative integers). Bin raw counts with `bf.pp.bin`."
+        )
+    n_empty = int((np.asarray((X != 0).sum(axis=1)).ravel() == 0).sum())
+    if n_empty:
+        raise ValueError(
+            f"Layer {layer!r} has {n_empty} cell(s) with no expressed gene, which carry no information. Remove them "
+            f"first, e.g. `adata = adata[adata.layers[{layer!r}].getnnz(axis=1) > 0].copy()` (or "
+            "`sc.pp.filter_cells(adata, min_counts=1)` before binning)."
         )

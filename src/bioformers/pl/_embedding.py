@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING, Any
 
+import anndata as ad
 import numpy as np
+import pandas as pd
 import scanpy as sc
 from scipy import sparse
 
 from .._keys import Keys
+from .._validation import check_anndata, check_obsm_key, did_you_mean
 from ._utils import _finish
 
 if TYPE_CHECKING:
@@ -37,12 +40,15 @@ def embedding(
     The neighbour graph and UMAP of `basis` are computed with Scanpy and stored under keys of
     their own (below), so the user's `obsm['X_umap']` and `uns['neighbors']` are never
     overwritten. They are reused on later calls as long as `basis` holds the same values and
-    `n_neighbors` is unchanged; a retrained embedding gets a fresh UMAP.
+    `n_neighbors` is unchanged; a retrained embedding gets a fresh UMAP. Graph and UMAP are
+    computed aside and written together, after the `color` keys are checked, so a failure leaves
+    `adata` as it was.
 
     Parameters
     ----------
     adata
-        Annotated data with the embedding in `obsm`.
+        Annotated data with the embedding in `obsm`. A view is plotted only if its UMAP is already
+        stored (nothing to write); otherwise call ``.copy()`` on it first.
     color
         Keys of `obs` or genes to colour by, as in :func:`scanpy.pl.embedding`.
     basis
@@ -87,22 +93,43 @@ def embedding(
     """
     keys = Keys(key_added)
     basis = keys.embedding if basis is None else basis
-    if basis not in adata.obsm:
-        raise KeyError(
-            f"`adata.obsm[{basis!r}]` not found. Compute the cell embedding first with `bf.tl.pretrain(adata)` "
-            "or, for a trained model, `bf.tl.embed(adata, model)`."
-        )
+    check_obsm_key(
+        adata,
+        basis,
+        fix="Compute the cell embedding first with `bf.tl.pretrain(adata)` or, for a trained model, "
+        "`bf.tl.embed(adata, model)`.",
+    )
+    _check_color(adata, color, kwargs.get("gene_symbols"))
     neighbors_key, umap_key = keys.neighbors, keys.umap
 
     fingerprint = {"use_rep": basis, "n_neighbors": n_neighbors, "rep_checksum": _checksum(adata.obsm[basis])}
     stored = adata.uns.get(umap_key, {}).get("params", {})
     if umap_key not in adata.obsm or any(stored.get(k) != v for k, v in fingerprint.items()):
-        sc.pp.neighbors(adata, n_neighbors=n_neighbors, use_rep=basis, key_added=neighbors_key)
-        sc.tl.umap(adata, neighbors_key=neighbors_key, key_added=umap_key)
-        adata.uns[umap_key]["params"].update(fingerprint)
+        check_anndata(adata, backed=True)
+        # computed on a throwaway AnnData: the graph and UMAP reach `adata` together or not at all
+        work = ad.AnnData(obs=pd.DataFrame(index=adata.obs_names.copy()), obsm={basis: adata.obsm[basis]})
+        sc.pp.neighbors(work, n_neighbors=n_neighbors, use_rep=basis, key_added=neighbors_key)
+        sc.tl.umap(work, neighbors_key=neighbors_key, key_added=umap_key)
+        work.uns[umap_key]["params"].update(fingerprint)
+        graph = work.uns[neighbors_key]
+        for key in (graph["connectivities_key"], graph["distances_key"]):
+            adata.obsp[key] = work.obsp[key]
+        adata.uns[neighbors_key] = graph
+        adata.obsm[umap_key] = work.obsm[umap_key]
+        adata.uns[umap_key] = work.uns[umap_key]
 
     axes = sc.pl.embedding(adata, basis=umap_key, color=color, ax=ax, show=False, **kwargs)
     return _finish(axes, show=show, return_fig=return_fig)
+
+
+def _check_color(adata: AnnData, color: str | Sequence[str] | None, gene_symbols: str | None) -> None:
+    """Each `color` must name a column of `obs` or a gene, checked before anything is computed or written."""
+    names = {*adata.obs.columns, *(adata.var[gene_symbols] if gene_symbols in adata.var else adata.var_names)}
+    if adata.raw is not None:
+        names.update(adata.raw.var_names)
+    for key in [color] if isinstance(color, str) else list(color or []):
+        if key not in names:
+            raise KeyError(f"`color={key!r}` is neither a column of `adata.obs` nor a gene.{did_you_mean(key, names)}")
 
 
 def _checksum(rep) -> str:

@@ -12,6 +12,7 @@ from scipy.cluster import hierarchy
 from scipy.spatial.distance import squareform
 
 from .._keys import Keys
+from .._validation import did_you_mean
 from ._utils import _finish
 
 if TYPE_CHECKING:
@@ -180,7 +181,10 @@ def grn(
                 f"Run {_ATTENTION_TOOL} or {_PROGRAMS_TOOL} first, or pass `key=`."
             )
     elif key not in adata.varp:
-        raise KeyError(f"`adata.varp[{key!r}]` not found. Available keys of `adata.varp`: {list(adata.varp)}.")
+        raise KeyError(
+            f"`adata.varp[{key!r}]` not found. Available keys of `adata.varp`: {list(adata.varp)}."
+            f"{did_you_mean(key, adata.varp.keys())}"
+        )
     matrix = adata.varp[key]
     center = _gene_index(adata, [gene])[0]
     partners = _partners(matrix, center, top)
@@ -287,12 +291,12 @@ def gene_programs(
     >>> ax = bf.pl.gene_programs(adata, "0", show=False)
     """
     keys = Keys(key_added)
-    for where, present in (
-        (f"adata.var[{keys.program!r}]", keys.program in adata.var),
-        (f"adata.varp[{keys.similarity!r}]", keys.similarity in adata.varp),
+    for where, key, present in (
+        ("adata.var", keys.program, adata.var.columns),
+        ("adata.varp", keys.similarity, adata.varp.keys()),
     ):
-        if not present:
-            raise KeyError(f"`{where}` not found. Run {_PROGRAMS_TOOL} first.")
+        if key not in present:
+            raise KeyError(f"`{where}[{key!r}]` not found.{did_you_mean(key, present)} Run {_PROGRAMS_TOOL} first.")
     labels = adata.var[keys.program].astype(str)
     available = sorted(set(labels) - {_UNASSIGNED}, key=lambda p: (len(p), p))
     program = str(program)
@@ -434,7 +438,10 @@ def predicted_vs_observed(
     keys = Keys(key_added)
     observed = _binned(adata, keys)
     if keys.predicted_bins not in adata.layers:
-        raise KeyError(f"`adata.layers[{keys.predicted_bins!r}]` not found. Run `bf.tl.predict(adata, model)` first.")
+        raise KeyError(
+            f"`adata.layers[{keys.predicted_bins!r}]` not found."
+            f"{did_you_mean(keys.predicted_bins, adata.layers.keys())} Run `bf.tl.predict(adata, model)` first."
+        )
     predicted = adata.layers[keys.predicted_bins]
     if genes is not None:
         index = _gene_index(adata, [genes] if isinstance(genes, str) else genes)
@@ -544,7 +551,10 @@ def _cluster_order(similarity: np.ndarray) -> np.ndarray:
 
 def _missing_attention(adata: AnnData, keys: Keys, group: str | None) -> str:
     if group is None:
-        return f"`adata.varp[{keys.attention!r}]` not found. Run {_ATTENTION_TOOL} first."
+        return (
+            f"`adata.varp[{keys.attention!r}]` not found.{did_you_mean(keys.attention, adata.varp.keys())} "
+            f"Run {_ATTENTION_TOOL} first."
+        )
     groups = adata.uns.get(keys.attention, {}).get("params", {}).get("groups")
     known = f" Groups with a matrix: {', '.join(map(str, groups))}." if groups is not None and len(groups) else ""
     return (
@@ -555,7 +565,10 @@ def _missing_attention(adata: AnnData, keys: Keys, group: str | None) -> str:
 
 def _binned(adata: AnnData, keys: Keys):
     if keys.binned not in adata.layers:
-        raise KeyError(f"`adata.layers[{keys.binned!r}]` not found. Run `bf.pp.bin(adata)` first.")
+        raise KeyError(
+            f"`adata.layers[{keys.binned!r}]` not found.{did_you_mean(keys.binned, adata.layers.keys())} "
+            "Run `bf.pp.bin(adata)` first."
+        )
     return adata.layers[keys.binned]
 
 

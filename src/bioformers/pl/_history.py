@@ -10,6 +10,7 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from .._keys import Keys
+from .._validation import did_you_mean
 from ._utils import _finish
 
 if TYPE_CHECKING:
@@ -84,7 +85,8 @@ def _loss_history(model_or_adata: Any, *, key_added: str) -> Mapping[str, Any]:
     record = Keys(key_added).record
     if "history" not in uns.get(record, {}):
         raise KeyError(
-            f"No loss history in `adata.uns[{record!r}]['history']`. Train with `bf.tl.pretrain(adata)` first "
+            f"No loss history in `adata.uns[{record!r}]['history']`.{did_you_mean(record, uns.keys())} "
+            "Train with `bf.tl.pretrain(adata)` first "
             "(or pass the trained model itself)."
         )
     return uns[record]["history"]

@@ -11,7 +11,7 @@ from scipy import sparse
 
 from .._keys import Keys
 from .._record import params_record
-from .._validation import check_counts, get_matrix
+from .._validation import check_anndata, check_counts, get_matrix, matrix_name
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -60,10 +60,18 @@ def bin(
         the bin is ``ceil(F(v) * n_bins)``, in ``1..n_bins``; tied values share a bin. Being
         rank based within a cell, it needs no normalisation and is comparable across batches.
 
+    Every cell needs a count: cells with no counts raise an error (remove them with
+    ``sc.pp.filter_cells(adata, min_counts=1)``). Genes with no counts are fine: all their bins
+    are 0. Counts must be finite, non-negative and, for ``"value"`` with ``normalize``, whole
+    numbers, in an integer, ``float32`` or ``float64`` matrix. Everything is checked before
+    anything is written.
+
     Parameters
     ----------
     adata
-        Annotated data matrix with counts (cells x genes).
+        Annotated data matrix with counts (cells x genes). A view is binned only with
+        ``copy=True``; otherwise call ``.copy()`` on it first. A backed AnnData works with a
+        ``layer`` in memory, not with ``adata.X`` on disk.
     method
         ``"value"`` (exact small counts, log-scale large ones) or ``"segment"``
         (per-cell equal-frequency bins).
@@ -121,8 +129,9 @@ def bin(
     >>> adata.uns["segment_binned"]["n_tokens"]
     52
     """
+    check_anndata(adata, copy=copy, backed=True)
     X = get_matrix(adata, layer)
-    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    where = matrix_name(layer)
     if method not in ("value", "segment"):
         raise ValueError(f"Unknown `method={method!r}`. Pass `method='value'` or `method='segment'`.")
     if n_bins is None and method == "segment":

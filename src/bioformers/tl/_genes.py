@@ -11,10 +11,12 @@ import scanpy as sc
 from scanpy import logging as logg
 
 from .._keys import DEFAULT_KEY, Keys
+from .._private import forget
 from .._record import params_record
-from .._validation import check_obs_key
+from .._validation import check_anndata, check_n_groups, check_obs_key, did_you_mean, shown
 from ..pp._binning import bin_centers
-from ._pretrain import query_binning
+from ..pp._genes import DEFAULT_MIN_GENE_COVERAGE
+from ._pretrain import query_anndata, query_binning, write_query_binning
 
 if TYPE_CHECKING:
     from ..model import BioFormer
@@ -30,6 +32,8 @@ def predict(
     *,
     mask_ratio: float | None = None,
     layer: str | None = None,
+    gene_symbols: str | None = None,
+    min_gene_coverage: float = DEFAULT_MIN_GENE_COVERAGE,
     batch_size: int | None = None,
     chunk_size: int | None = None,
     key_added: str = DEFAULT_KEY,
@@ -41,12 +45,21 @@ def predict(
     time and binned on the fly, as in :func:`bioformers.tl.embed`; the predictions, dense
     ``(n_obs, n_vars)``, are added in memory.
 
+    Everything is checked before anything is written, and results are written only once all are
+    computed. Cells with no counts raise an error; genes with no counts are fine.
+
+    Genes are matched to the model's by name, as in :func:`bioformers.tl.embed` (which describes
+    missing and extra genes, the coverage check and binning). The layers are shaped like ``adata``:
+    genes the model does not know get NaN (``_predicted``) and -1 (``_predicted_bins``); model genes
+    ``adata`` lacks have no column to go to (:meth:`bioformers.BioFormer.get_predicted_bins` returns
+    them). With many such genes, subset ``adata`` to the model's genes first to keep the layers small.
+
     Parameters
     ----------
     adata
-        Cells with exactly the model's genes, in the model's order (binned like the training
-        data if ``layers["bioformers_binned"]`` is missing); in memory or backed (not a view of a
-        backed AnnData).
+        Cells x genes, raw counts (binned like the training data if ``layers["bioformers_binned"]``
+        is missing); in memory or backed (not a view of a backed AnnData). A view is taken only
+        with ``copy=True``; otherwise call ``.copy()`` first.
     model
         A trained :class:`bioformers.BioFormer`.
     mask_ratio
@@ -56,6 +69,10 @@ def predict(
         :meth:`bioformers.BioFormer.get_predicted_bins`.
     layer
         Layer with raw counts, used when binning is needed; ``None`` uses ``adata.X``.
+    gene_symbols
+        Column of ``adata.var`` holding the gene names the model knows; ``None`` matches ``adata.var_names``.
+    min_gene_coverage
+        Smallest fraction of the model's genes that must be found in ``adata``.
     batch_size
         Cells per forward pass.
     chunk_size
@@ -71,8 +88,9 @@ def predict(
 
     * ``adata.layers['<key_added>_predicted']`` : dense ``float32``, the expected bin mapped back to
       the binned scale (normalised counts for value binning; bin units for segment binning, which
-      has no common value scale);
-    * ``adata.layers['<key_added>_predicted_bins']`` : dense ``int16``, the most likely bin;
+      has no common value scale); NaN for genes the model does not know;
+    * ``adata.layers['<key_added>_predicted_bins']`` : dense ``int16``, the most likely bin; -1 for
+      genes the model does not know;
     * ``adata.uns['<key_added>_predicted']`` : ``{"params": ...}``, including ``scale``.
 
     Examples
@@ -85,26 +103,44 @@ def predict(
     (200, 50)
     """
     keys = Keys(key_added)
+    check_anndata(adata, copy=copy, backed=True)
     model.check_prediction_args(mask_ratio=mask_ratio)
-    bin_if_needed = query_binning(adata, model, layer, copy=copy)
-    adata = adata.copy() if copy else adata
-    bin_if_needed(adata)
-    expected, best = model.get_predicted_bins(
-        adata, mask_ratio=mask_ratio, batch_size=batch_size, counts_layer=layer, chunk_size=chunk_size
-    )
+    genes = model.align_genes(adata, gene_symbols=gene_symbols, min_gene_coverage=min_gene_coverage)
+    bin_if_needed = query_binning(adata, model, layer, copy=copy, genes=genes)
+    work = query_anndata(adata, model, layer)
+    try:
+        bin_if_needed(work)
+        expected, best = model.get_predicted_bins(
+            work,
+            mask_ratio=mask_ratio,
+            batch_size=batch_size,
+            genes=genes,
+            counts_layer=layer,
+            chunk_size=chunk_size,
+        )
+    finally:
+        forget(model, work)
     centers = bin_centers(model.binning_, model.module.n_bins)
     if centers is not None:
         expected = np.interp(expected, np.arange(centers.size), centers)
-    adata.layers[keys.predicted] = expected.astype(np.float32)
-    adata.layers[keys.predicted_bins] = best.astype(np.int16)
-    adata.uns[keys.predicted] = {
+    expected = genes.put(expected.astype(np.float32), fill=np.nan)
+    best = genes.put(best.astype(np.int16), fill=-1)
+    record = {
         "params": params_record(
             mask_ratio=mask_ratio,
             layer=layer,
+            gene_symbols=gene_symbols,
+            min_gene_coverage=min_gene_coverage,
+            genes_found=genes.n_found,
             scale="bins" if centers is None else "normalized counts" if model.binning_.get("normalize") else "counts",
             model=type(model).__name__,
         )
     }
+    adata = adata.copy() if copy else adata
+    write_query_binning(adata, work, model)
+    adata.layers[keys.predicted] = expected.astype(np.float32)
+    adata.layers[keys.predicted_bins] = best.astype(np.int16)
+    adata.uns[keys.predicted] = record
     logg.info(
         f"added\n    'layers[{keys.predicted!r}]', expected expression\n"
         f"    'layers[{keys.predicted_bins!r}]', most likely bin"
@@ -117,6 +153,7 @@ def attention_grn(
     model: BioFormer,
     *,
     groupby: str | None = None,
+    max_groups: int = MAX_GROUPS,
     layer: int = -1,
     n_cells: int | None = None,
     keep_heads: bool = False,
@@ -133,14 +170,22 @@ def attention_grn(
     much attention are candidate regulators. With ``groupby``, one matrix per group (e.g. control
     vs perturbed), which is how conditions are compared.
 
+    Everything is checked before anything is written, and results are written only once all are
+    computed. Cells with no counts raise an error; genes with no counts are fine.
+
     Parameters
     ----------
     adata
-        Cells with exactly the model's genes, in the model's order.
+        Cells with exactly the model's genes, in the model's order; in memory or backed. A view is
+        taken only with ``copy=True``; otherwise call ``.copy()`` first.
     model
         A trained :class:`bioformers.BioFormer`.
     groupby
-        Column of ``adata.obs``; also write one matrix per group (at most 50 groups).
+        Column of ``adata.obs``, without missing values; also write one matrix per group.
+    max_groups
+        Most groups allowed in ``groupby``: each stores an ``n_vars x n_vars`` matrix in ``varp``
+        (4 bytes per gene pair, e.g. 16 MB each for 2,000 genes) and costs a pass over its cells.
+        Subset the AnnData to the groups to compare, or raise this limit knowingly.
     layer
         Transformer block to read (``-1``: the last).
     n_cells
@@ -176,10 +221,11 @@ def attention_grn(
     (50, 50)
     """
     keys = Keys(key_added)
+    check_anndata(adata, copy=copy, backed=True)
     model.check_prediction_args(layer=layer)
     if n_cells is not None and n_cells < 1:
         raise ValueError(f"`n_cells` must be a positive number of cells or None, not {n_cells}.")
-    groups = _groups(adata, groupby) if groupby is not None else {}
+    groups = _groups(adata, groupby, max_groups=max_groups) if groupby is not None else {}
     bin_if_needed = query_binning(adata, model, layer=None, copy=copy)
     rng = np.random.default_rng(seed)
 
@@ -189,18 +235,16 @@ def attention_grn(
     chosen = subsample(np.arange(adata.n_obs))
     group_cells = {group: subsample(cells) for group, cells in groups.items()}
 
-    adata = adata.copy() if copy else adata
-    bin_if_needed(adata)
-    kwargs = {"layer": layer, "keep_heads": keep_heads, "batch_size": batch_size}
-    overall = model.get_attention(adata, indices=chosen, **kwargs)
-    per_group = {group: model.get_attention(adata, indices=cells, **kwargs) for group, cells in group_cells.items()}
-
-    adata.varp[keys.attention] = overall
-    for group, matrix in per_group.items():
-        adata.varp[keys.attention_group(group)] = matrix
+    work = query_anndata(adata, model, None)
+    try:
+        bin_if_needed(work)
+        kwargs = {"layer": layer, "keep_heads": keep_heads, "batch_size": batch_size}
+        overall = model.get_attention(work, indices=chosen, **kwargs)
+        per_group = {group: model.get_attention(work, indices=cells, **kwargs) for group, cells in group_cells.items()}
+    finally:
+        forget(model, work)
     received = overall.mean(axis=-1) if keep_heads else overall
-    adata.var[keys.attention_received] = received.sum(axis=0).astype(np.float32)
-    adata.uns[keys.attention] = {
+    record = {
         "params": params_record(
             groupby=groupby,
             groups=list(groups) or None,
@@ -211,6 +255,14 @@ def attention_grn(
             model=type(model).__name__,
         )
     }
+
+    adata = adata.copy() if copy else adata
+    write_query_binning(adata, work, model)
+    adata.varp[keys.attention] = overall
+    for group, matrix in per_group.items():
+        adata.varp[keys.attention_group(group)] = matrix
+    adata.var[keys.attention_received] = received.sum(axis=0).astype(np.float32)
+    adata.uns[keys.attention] = record
     written = ", ".join(repr(keys.attention_group(g)) for g in groups)
     logg.info(
         f"added\n    'varp[{keys.attention!r}]', attention GRN"
@@ -220,18 +272,19 @@ def attention_grn(
     return adata if copy else None
 
 
-def _groups(adata: ad.AnnData, groupby: str) -> dict[str, np.ndarray]:
+def _groups(adata: ad.AnnData, groupby: str, *, max_groups: int) -> dict[str, np.ndarray]:
     """Cell indices of each group of ``adata.obs[groupby]``, checked for what ``varp`` can hold."""
     check_obs_key(adata, groupby, argument="groupby")
     labels = adata.obs[groupby]
-    if labels.isna().any():
-        raise ValueError(f"`adata.obs[{groupby!r}]` has missing values; fill them or subset the AnnData first.")
     categories = labels.cat.categories if isinstance(labels.dtype, pd.CategoricalDtype) else pd.unique(labels)
-    if len(categories) > MAX_GROUPS:
-        raise ValueError(
-            f"`adata.obs[{groupby!r}]` has {len(categories)} groups; storing a gene x gene matrix for each is "
-            f"limited to {MAX_GROUPS}. Subset the AnnData to the groups you want to compare."
-        )
+    check_n_groups(
+        len(categories),
+        argument="groupby",
+        key=groupby,
+        limit=max_groups,
+        limit_argument="max_groups",
+        why=f"each group stores a {adata.n_vars} x {adata.n_vars} attention matrix in `adata.varp`",
+    )
     groups = {}
     for category in categories:
         name = str(category)
@@ -255,7 +308,9 @@ def gene_embeddings(
     Parameters
     ----------
     adata
-        AnnData with exactly the model's genes, in the model's order.
+        AnnData with exactly the model's genes, in the model's order (its cells are not read; it may
+        have none, and may be backed). A view is taken only with ``copy=True``; otherwise call
+        ``.copy()`` first.
     model
         A trained :class:`bioformers.BioFormer`.
     key_added
@@ -268,16 +323,21 @@ def gene_embeddings(
     ``adata`` copy if ``copy=True``, else ``None``. Writes ``adata.varm['<key_added>_genes']`` :
     ``float32`` (n_vars, n_hidden).
     """
+    check_anndata(adata, copy=copy, backed=True, cells=False)
     model.check_genes(adata)
+    embedding = _gene_embedding(model)
     adata = adata.copy() if copy else adata
-    adata.varm[Keys(key_added).gene_embedding] = _gene_embedding(model)
+    adata.varm[Keys(key_added).gene_embedding] = embedding
     logg.info(f"added\n    'varm[{Keys(key_added).gene_embedding!r}]', gene embeddings")
     return adata if copy else None
 
 
 def _gene_embedding(model: BioFormer) -> np.ndarray:
-    """The model's gene identity embeddings, ``float32`` (n_genes, n_hidden)."""
-    return model.module.gene_embedding.weight.detach().float().cpu().numpy()
+    """A copy of the model's gene identity embeddings, ``float32`` (n_genes, n_hidden).
+
+    A copy: on CPU the tensor's array is the weight itself, which the AnnData must not share.
+    """
+    return model.module.gene_embedding.weight.detach().float().cpu().numpy().copy()
 
 
 def gene_programs(
@@ -300,7 +360,9 @@ def gene_programs(
     ----------
     adata
         AnnData with gene embeddings in ``varm`` (from :func:`gene_embeddings`), or the model's genes
-        when ``model`` is given.
+        when ``model`` is given (its cells are not read; it may have none, and may be backed). A view
+        is taken only with ``copy=True``; otherwise call ``.copy()`` first. Everything is computed
+        before anything is written.
     model
         If given, gene embeddings are (re)written from it first.
     resolution
@@ -325,12 +387,14 @@ def gene_programs(
     * ``adata.uns['<key_added>_program']`` : ``{"params": ...}``.
     """
     keys = Keys(key_added)
+    check_anndata(adata, copy=copy, backed=True, cells=False)
     if model is not None:
         model.check_genes(adata)
     elif keys.gene_embedding not in adata.varm:
         raise KeyError(
-            f"`adata.varm[{keys.gene_embedding!r}]` not found. Run `bf.tl.gene_embeddings(adata, model)` first, "
-            "or pass `model=`."
+            f"`adata.varm[{keys.gene_embedding!r}]` not found (keys: {shown(adata.varm.keys())})."
+            f"{did_you_mean(keys.gene_embedding, adata.varm.keys())} Run `bf.tl.gene_embeddings(adata, model)` "
+            "first, or pass `model=`."
         )
     if min_size < 1 or n_neighbors < 2 or resolution <= 0:
         raise ValueError("Pass `min_size >= 1`, `n_neighbors >= 2` and `resolution > 0`.")
@@ -339,6 +403,12 @@ def gene_programs(
     embedding = (
         _gene_embedding(model) if model is not None else np.asarray(adata.varm[keys.gene_embedding], dtype=np.float32)
     )
+    if not np.isfinite(embedding).all():
+        source = "The model's gene embeddings" if model is not None else f"`adata.varm[{keys.gene_embedding!r}]`"
+        raise ValueError(
+            f"{source} hold NaN or infinite values: the model diverged, or the array was changed. Use a model whose "
+            "training loss stayed finite, and write its embeddings with `bf.tl.gene_embeddings(adata, model)`."
+        )
     unit = embedding / np.maximum(np.linalg.norm(embedding, axis=1, keepdims=True), 1e-12)
     similarity = (unit @ unit.T).astype(np.float32)
 

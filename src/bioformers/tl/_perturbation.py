@@ -14,7 +14,14 @@ from sklearn.model_selection import train_test_split
 
 from .._keys import DEFAULT_KEY, Keys
 from .._record import params_record
-from .._validation import check_counts, check_obs_key, check_unique_var_names, get_matrix
+from .._validation import (
+    check_anndata,
+    check_counts,
+    check_obs_key,
+    get_matrix,
+    matrix_name,
+    warn_genes_without_counts,
+)
 from ..data import log_normalize, perturbation_targets
 from ..metrics import top_de_genes
 from ..model import BioFormer
@@ -61,16 +68,21 @@ def train_perturbation(
     from each gene's token. The loss is a mean squared error over all genes, with
     ``1 + response_weight`` times the weight on each training perturbation's top DE genes.
 
+    Everything is checked first, and training runs on a private AnnData that shares ``adata``'s
+    counts: ``adata`` gets only the record, at the end. Cells with no counts raise an error; genes
+    with no counts give a warning.
+
     Parameters
     ----------
     adata
-        Raw counts of a perturbation screen: control cells and perturbed cells.
+        Raw counts of a perturbation screen: control cells and perturbed cells, in memory. Not a
+        view: call ``.copy()`` on a subset first.
     model
         A trained :class:`bioformers.BioFormer` (e.g. from :func:`bioformers.tl.pretrain` on the same
         genes) to start from: its weights, size and binning are kept. ``None`` trains from scratch.
     perturbation_key
         Column of ``adata.obs`` with each cell's perturbation: ``control`` or the targeted gene(s),
-        combinations joined by ``+``.
+        combinations joined by ``+``; no missing values.
     control
         Label of control cells.
     split
@@ -126,7 +138,7 @@ def train_perturbation(
     1
     """
     keys = Keys(key_added)
-    check_unique_var_names(adata)
+    check_anndata(adata)
     check_obs_key(adata, perturbation_key, argument="perturbation_key")
     labels = adata.obs[perturbation_key].astype(str).to_numpy()
     check_control(adata.obs[perturbation_key], control, perturbation_key)
@@ -136,11 +148,7 @@ def train_perturbation(
         raise ValueError(f"`test_size` must lie in (0, 1), not {test_size}.")
     counts = get_matrix(adata, layer)
     binning = {k: model.binning_[k] for k in BINNING_ARGS if k in model.binning_} if model is not None else {}
-    check_counts(
-        counts,
-        where=f"adata.layers[{layer!r}]" if layer else "adata.X",
-        require_integer=binning.get("method", "value") == "value",
-    )
+    check_counts(counts, where=matrix_name(layer), require_integer=binning.get("method", "value") == "value")
     _check_group_sizes(labels, min_cells)
     if model is not None:
         model.check_genes(adata)
@@ -190,6 +198,7 @@ def train_perturbation(
         var=pd.DataFrame(index=adata.var_names.copy()),
     )
     bin_values(work, key_added=key_added, **binning)
+    warn_genes_without_counts(work.X, where=matrix_name(layer))
     expression = log_normalize(work.X)
     weights = _response_weights(
         expression, labels, train_cells, [control, *perturbations], train_labels, control, n_top_genes, response_weight
@@ -267,8 +276,13 @@ def predict_perturbation(
     model
         A model from :func:`bioformers.tl.train_perturbation`.
     adata_control
-        Raw counts of control cells with the model's genes. If it has the model's perturbation
-        column, only its control cells are used.
+        Raw counts of control cells with exactly the model's genes, in the model's order
+        (:meth:`bioformers.BioFormer.check_genes`), in memory (a view is fine: nothing is written
+        into it). Unlike :func:`bioformers.tl.embed`, genes are not matched by name: a gene missing
+        from the controls would read as unexpressed, so the prediction would start from other
+        controls than the model was fine-tuned on (a missing target would look knocked out already).
+        If it has the model's perturbation column (without missing values), only its control cells
+        are used. Cells with no counts raise an error.
     perturbations
         Perturbation labels: a measured gene or a training target, or several joined by ``+``.
     n_cells
@@ -310,13 +324,15 @@ def predict_perturbation(
         raise ValueError("`perturbations` is empty: name at least one perturbation to predict.")
     if n_cells < 1:
         raise ValueError(f"`n_cells` must be at least 1, not {n_cells}.")
+    check_anndata(adata_control, name="adata_control", writes=False)
     targets = model.target_indices(perturbations)
     model.check_genes(adata_control)
-    counts = get_matrix(adata_control, layer)
-    check_counts(counts, where=f"adata_control.layers[{layer!r}]" if layer else "adata_control.X")
+    counts = get_matrix(adata_control, layer, name="adata_control")
+    check_counts(counts, where=matrix_name(layer, name="adata_control"))
     cells = np.arange(adata_control.n_obs)
     key = model.registry_["setup_args"]["perturbation_key"]
     if key in adata_control.obs:
+        check_obs_key(adata_control, key, argument="perturbation_key", name="adata_control")
         cells = np.flatnonzero(adata_control.obs[key].astype(str).to_numpy() == model.control_)
         if not cells.size:
             raise ValueError(

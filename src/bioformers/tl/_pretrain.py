@@ -8,17 +8,29 @@ import scvi
 from scanpy import logging as logg
 
 from .._keys import DEFAULT_KEY, Keys
+from .._private import forget, private_anndata, registered_columns
 from .._record import params_record
-from .._validation import check_backed_writable, check_counts, check_obs_key, check_unique_var_names, get_matrix
+from .._validation import (
+    check_anndata,
+    check_backed_writable,
+    check_counts,
+    check_obs_key,
+    get_matrix,
+    matrix_name,
+    warn_genes_without_counts,
+)
 from ..model import BioFormer
 from ..module import check_module_arguments
 from ..pp import bin as bin_values
 from ..pp._binning import BINNING_ARGS
+from ..pp._genes import DEFAULT_MIN_GENE_COVERAGE
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from anndata import AnnData
+
+    from ..pp._genes import GeneAlignment
 
 
 def pretrain(
@@ -46,12 +58,20 @@ def pretrain(
     """Train a BioFormer on ``adata`` and write its cell embedding into it.
 
     Bins the counts if ``layers["<key_added>_binned"]`` is missing, registers the AnnData, trains,
-    and embeds every cell.
+    and embeds every cell. All of that happens on a private AnnData that shares ``adata``'s
+    matrices (no copy; it is ``model.adata``); ``adata`` itself gets the results only at the end,
+    so an error or a Ctrl-C part-way leaves it unchanged, and scvi-tools' bookkeeping
+    (``uns['_scvi_uuid']``, ``obs['_scvi_batch']``, ...) never reaches it.
+
+    Everything is checked first: cells with no counts raise an error (remove them with
+    ``sc.pp.filter_cells(adata, min_counts=1)``); genes with no counts give a warning, as their
+    embeddings stay untrained; ``batch_key`` and ``labels_key`` columns must have no missing values.
 
     Parameters
     ----------
     adata
-        Raw counts, cells x genes (select genes first, e.g. 2,000 highly variable ones).
+        Raw counts, cells x genes (select genes first, e.g. 2,000 highly variable ones), in memory.
+        Not a view: call ``.copy()`` on a subset first.
     layer
         Layer with the raw counts; ``None`` uses ``adata.X``.
     batch_key
@@ -101,18 +121,14 @@ def pretrain(
     (200, 16)
     """
     keys = Keys(key_added)
-    check_unique_var_names(adata)
+    check_anndata(adata)
     check_obs_key(adata, batch_key, argument="batch_key")
     check_obs_key(adata, labels_key, argument="labels_key")
     must_bin = keys.binned not in adata.layers
     if must_bin:
         if binning not in ("value", "segment"):
             raise ValueError(f"`binning` must be 'value' or 'segment', not {binning!r}.")
-        check_counts(
-            get_matrix(adata, layer),
-            where=f"adata.layers[{layer!r}]" if layer else "adata.X",
-            require_integer=binning == "value",
-        )
+        check_counts(get_matrix(adata, layer), where=matrix_name(layer), require_integer=binning == "value")
     architecture = {
         "n_hidden": n_hidden,
         "n_layers": n_layers,
@@ -130,17 +146,21 @@ def pretrain(
         )
 
     scvi.settings.seed = seed
+    work = private_anndata(adata, obs=[batch_key, labels_key], layers=[keys.binned, layer], uns=[keys.binned])
     if must_bin:
-        bin_values(adata, method=binning, n_bins=n_bins, layer=layer, key_added=key_added)
-    BioFormer.setup_anndata(adata, layer=keys.binned, batch_key=batch_key, labels_key=labels_key)
-    model = BioFormer(adata, **architecture)
+        bin_values(work, method=binning, n_bins=n_bins, layer=layer, key_added=key_added)
+    warn_genes_without_counts(work.layers[keys.binned], where=matrix_name(layer if must_bin else keys.binned))
+    BioFormer.setup_anndata(work, layer=keys.binned, batch_key=batch_key, labels_key=labels_key)
+    model = BioFormer(work, **architecture)
     model.train(max_epochs=max_epochs, batch_size=batch_size, lr=lr, **train_kwargs)
+    binned = (work.layers[keys.binned], work.uns[keys.binned]) if must_bin else None
     if not model.is_global_zero:
-        # distributed run (e.g. strategy="ddp"): every process reaches this line, rank 0 writes
-        logg.info("not global rank 0 of a distributed run: trained, nothing written here (rank 0 writes)")
+        # distributed run (e.g. strategy="ddp"): every process reaches this line, rank 0 writes the rest
+        logg.info("not global rank 0 of a distributed run: trained, only the binned layer written here")
+        _write_binned(adata, keys.binned, binned)
         return model
-    adata.obsm[keys.embedding] = model.get_latent_representation()
-    adata.uns[keys.record] = {
+    embedding = model.get_latent_representation()
+    record = {
         "params": params_record(
             layer=layer,
             batch_key=batch_key,
@@ -156,12 +176,26 @@ def pretrain(
         ),
         "history": model.loss_history(),
     }
+    _write_binned(adata, keys.binned, binned)
+    adata.obsm[keys.embedding] = embedding
+    adata.uns[keys.record] = record
     logg.info(f"added\n    'obsm[{keys.embedding!r}]', cell embeddings\n    'uns[{keys.record!r}]', training record")
     return model
 
 
+def _write_binned(adata: AnnData, key: str, binned: tuple | None) -> None:
+    """Write the binned layer and its record, computed on a private AnnData (nothing when it was not binned)."""
+    if binned is not None:
+        adata.layers[key], adata.uns[key] = binned
+
+
 def query_binning(
-    adata: AnnData, model: BioFormer, layer: str | None, *, copy: bool = False
+    adata: AnnData,
+    model: BioFormer,
+    layer: str | None,
+    *,
+    copy: bool = False,
+    genes: GeneAlignment | None = None,
 ) -> Callable[[AnnData], None]:
     """Check ``adata`` against ``model`` and return the step that bins it like the training data.
 
@@ -170,20 +204,33 @@ def query_binning(
     and does nothing otherwise. Value binning scales cells to the training data's ``target_sum``
     (to the query's own mean total for models trained before it was recorded). A backed AnnData is
     never binned whole: the model reads and bins it in chunks (its counts are checked chunk by chunk).
+
+    ``genes`` is the query's alignment to the model's genes (:meth:`bioformers.BioFormer.align_genes`);
+    `None` requires exactly the model's genes. A query with other genes is not binned into a layer
+    either: its bins depend on the model's genes (cells' totals are summed over them), so the model
+    reads its counts rearranged into the model's genes and bins them chunk by chunk; here the counts
+    of the model's genes are checked.
     """
     check_backed_writable(adata, copy=copy)
-    model.check_genes(adata)
+    if genes is None:
+        model.check_genes(adata)
     # the model reads the layer it was set up with, whatever the caller's key_added
     binned_layer = model.registry_["setup_args"]["layer"]
     if binned_layer in adata.layers or adata.isbacked:
         return lambda adata: None
     binning = {k: model.binning_[k] for k in BINNING_ARGS if k in model.binning_}
+    normalize = binning.get("normalize", True) and binning.get("method", "value") == "value"
+    if genes is not None and not genes.is_identity:
+        counts, where = get_matrix(adata, layer), matrix_name(layer)
+        aligned = genes.take(counts)
+        genes.check_cells(counts, aligned, where=where)
+        check_counts(aligned, where=f"{where} (the model's genes)", require_integer=bool(normalize))
+        return lambda adata: None
     if not binned_layer.endswith("_binned"):
         raise KeyError(
             f"The model reads binned values from `layers[{binned_layer!r}]`, which this AnnData lacks. "
             f"Bin it the way the training data was binned ({binning}) into that layer first."
         )
-    normalize = binning.get("normalize", True) and binning.get("method", "value") == "value"
     check_counts(
         get_matrix(adata, layer),
         where=f"adata.layers[{layer!r}]" if layer else "adata.X",
@@ -192,17 +239,39 @@ def query_binning(
     return lambda adata: bin_values(adata, layer=layer, key_added=binned_layer.removesuffix("_binned"), **binning)
 
 
+def query_anndata(adata: AnnData, model: BioFormer, layer: str | None) -> AnnData:
+    """Where a tool bins and reads a query: a private AnnData sharing ``adata``'s matrices.
+
+    scvi-tools' registration and the binned layer land in it, not in ``adata``; a backed ``adata`` is
+    itself returned, as the model streams it without registering or writing anything.
+    """
+    if adata.isbacked:
+        return adata
+    binned_layer = model.registry_["setup_args"]["layer"]
+    return private_anndata(adata, obs=registered_columns(model), layers=[binned_layer, layer], uns=[binned_layer])
+
+
+def write_query_binning(adata: AnnData, work: AnnData, model: BioFormer) -> None:
+    """Write the binned layer and its record that :func:`query_binning`'s step added to ``work``, if it binned."""
+    binned_layer = model.registry_["setup_args"]["layer"]
+    if work is not adata and binned_layer not in adata.layers and binned_layer in work.layers:
+        adata.layers[binned_layer] = work.layers[binned_layer]
+        adata.uns[binned_layer] = work.uns[binned_layer]
+
+
 def embed(
     adata: AnnData,
     model: BioFormer,
     *,
     layer: str | None = None,
+    gene_symbols: str | None = None,
+    min_gene_coverage: float = DEFAULT_MIN_GENE_COVERAGE,
     batch_size: int | None = None,
     chunk_size: int | None = None,
     key_added: str = DEFAULT_KEY,
     copy: bool = False,
 ) -> AnnData | None:
-    """Write the model's cell embedding for ``adata`` (e.g. a query dataset with the model's genes).
+    """Write the model's cell embedding for ``adata`` (e.g. a query dataset).
 
     Bins the counts with the model's binning settings when ``layers["<key_added>_binned"]`` is
     missing (into the layer the model was trained on, ``"bioformers_binned"`` by default), on the
@@ -213,16 +282,36 @@ def embed(
     file is not changed until ``adata.write()``). Memory then stays flat in the number of cells,
     apart from the result. A cell's embedding is the same streamed or not.
 
+    Everything is checked before anything is written, and results are written only once all are
+    computed. Cells with no counts raise an error; genes with no counts are fine.
+
+    The query's genes are matched to the model's by name, never by position
+    (:meth:`bioformers.BioFormer.align_genes`): through ``var_names`` or the ``gene_symbols``
+    column, Ensembl IDs without their version suffix. Genes the model does not know are ignored.
+    Model genes the query lacks read as unexpressed (bin 0); a warning gives the coverage, and below
+    ``min_gene_coverage`` the call is refused. Value binning scales each cell by its total over the
+    model's genes found in the query: the sum the training data was scaled by (it had only those
+    genes), so extra genes change nothing; missing genes make the rest of the cell look a little
+    higher, by their share of its counts. A cell with counts only in genes the model does not know
+    raises an error. With other genes than exactly the model's, in its order, no binned layer is
+    written: the counts are rearranged and binned chunk by chunk, as for a backed AnnData (a binned
+    layer the query already has is read as it is, rearranged the same way).
+
     Parameters
     ----------
     adata
-        Cells with exactly the model's genes, in the model's order; in memory or backed (not a view
-        of a backed AnnData).
+        Cells x genes, raw counts; in memory or backed (not a view of a backed AnnData). A view is
+        taken only with ``copy=True``; otherwise call ``.copy()`` first.
     model
         A trained :class:`bioformers.BioFormer`.
     layer
         Layer with raw counts, used when binning is needed; ``None`` uses ``adata.X`` (the only
         matrix a backed AnnData keeps on disk).
+    gene_symbols
+        Column of ``adata.var`` holding the gene names the model knows (e.g. ``"feature_name"``);
+        ``None`` matches ``adata.var_names``.
+    min_gene_coverage
+        Smallest fraction of the model's genes that must be found in ``adata``.
     batch_size
         Cells per forward pass.
     chunk_size
@@ -235,7 +324,7 @@ def embed(
     Returns
     -------
     ``adata`` copy if ``copy=True``, else ``None``. Writes ``adata.obsm['X_<key_added>']`` : ndarray
-    (n_obs, n_hidden), and the binned layer if it binned (never for a backed AnnData).
+    (n_obs, n_hidden), and the binned layer if it binned (only in memory, with exactly the model's genes).
 
     Examples
     --------
@@ -257,11 +346,19 @@ def embed(
     True
     """
     keys = Keys(key_added)
-    bin_if_needed = query_binning(adata, model, layer, copy=copy)
+    check_anndata(adata, copy=copy, backed=True)
+    genes = model.align_genes(adata, gene_symbols=gene_symbols, min_gene_coverage=min_gene_coverage)
+    bin_if_needed = query_binning(adata, model, layer, copy=copy, genes=genes)
+    work = query_anndata(adata, model, layer)
+    try:
+        bin_if_needed(work)
+        embedding = model.get_latent_representation(
+            work, batch_size=batch_size, genes=genes, counts_layer=layer, chunk_size=chunk_size
+        )
+    finally:
+        forget(model, work)
     adata = adata.copy() if copy else adata
-    bin_if_needed(adata)
-    adata.obsm[keys.embedding] = model.get_latent_representation(
-        adata, batch_size=batch_size, counts_layer=layer, chunk_size=chunk_size
-    )
+    write_query_binning(adata, work, model)
+    adata.obsm[keys.embedding] = embedding
     logg.info(f"added\n    'obsm[{keys.embedding!r}]', cell embeddings")
     return adata if copy else None
