@@ -35,9 +35,9 @@ import anndata as ad
 import matplotlib
 import numpy as np
 import pandas as pd
-import scanpy as sc
 
 import bioformers as bf
+from bioformers.data import log_normalize
 
 matplotlib.use("Agg")
 
@@ -48,11 +48,8 @@ METRICS = ["pearson_delta", "pearson_delta_top", "direction_top", "mse_top", "pe
 
 
 def log_normalized(adata: ad.AnnData) -> ad.AnnData:
-    """Scanpy's counts per 10,000 + log1p, the scale the model predicts on."""
-    out = ad.AnnData(adata.X.copy(), obs=adata.obs[[KEY]].copy(), var=pd.DataFrame(index=adata.var_names))
-    sc.pp.normalize_total(out, target_sum=1e4)
-    sc.pp.log1p(out)
-    return out
+    """The scale the model predicts on (:func:`bioformers.data.log_normalize`), with the perturbation labels."""
+    return ad.AnnData(log_normalize(adata.X), obs=adata.obs[[KEY]].copy(), var=pd.DataFrame(index=adata.var_names))
 
 
 def score_split(name, counts, log, model, train_cells, test_cells, perturbations, args) -> tuple[list[dict], dict]:

@@ -33,6 +33,7 @@ from sklearn.neural_network import MLPRegressor
 from threadpoolctl import threadpool_limits
 
 from .._validation import did_you_mean, get_matrix
+from ..data import COMBINATION_SEPARATOR
 
 _Method = Literal["no_change", "train_mean", "linear", "mlp"]
 _METHODS: tuple[_Method, ...] = ("no_change", "train_mean", "linear", "mlp")
@@ -45,7 +46,6 @@ _SCORE_COLUMNS = (
     "l2_top",
     "direction_top",
 )
-_COMBINATION_SEPARATOR = "+"
 # A vector whose spread is below this share of its size is constant up to rounding, e.g. the
 # "no change" baseline's delta: its correlation is undefined (NaN), not the correlation of noise.
 _CONSTANT_RTOL = 1e-10
@@ -815,7 +815,7 @@ def _profile_matrix(predicted, control_mean) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _targets(group: str) -> list[str]:
-    return [target.strip() for target in str(group).split(_COMBINATION_SEPARATOR)]
+    return [target.strip() for target in str(group).split(COMBINATION_SEPARATOR)]
 
 
 def _measured(group: str, genes: pd.Index) -> bool:
