@@ -56,7 +56,7 @@ def _predicted_delta(model, adata, perturbation):
     return (means.loc[perturbation] - means.loc["control"]).to_numpy()
 
 
-def test_held_out_split_is_consistent(_screen):
+def test_synthetic_screen_has_measured_and_unmeasured_targets(_screen):
     perturbations = [p for p in _screen.obs["perturbation"].cat.categories if p != "control"]
     measured = [p for p in perturbations if p in _screen.var_names]
     assert len(measured) == 4 and len(perturbations) == 6
