@@ -76,6 +76,26 @@ class Keys:
         return f"{self.base}_confidence"
 
     @property
+    def annotation(self) -> str:
+        """``uns[...]`` with the annotation record (params, classes, training history)."""
+        return f"{self.base}_annotation"
+
+    @property
+    def in_silico(self) -> str:
+        """``uns[...]`` with the in-silico perturbation summary per gene and its parameters."""
+        return f"{self.base}_in_silico"
+
+    @property
+    def in_silico_shift(self) -> str:
+        """``obsm[...]`` with each cell's embedding shift (1 - cosine) per perturbed gene."""
+        return f"{self.base}_in_silico_shift"
+
+    @property
+    def in_silico_toward(self) -> str:
+        """``obsm[...]`` with each cell's change in cosine similarity to the target state per perturbed gene."""
+        return f"{self.base}_in_silico_toward"
+
+    @property
     def neighbors(self) -> str:
         """``uns``/``obsp`` key of the neighbour graph that ``bf.pl.embedding`` computes on the embedding."""
         return f"{self.base}_neighbors"
