@@ -76,6 +76,11 @@ class Keys:
         return f"{self.base}_confidence"
 
     @property
+    def label_probabilities(self) -> str:
+        """``obsm[...]`` with the probability of every cell type (columns in the order of the label's categories)."""
+        return f"{self.base}_label_probabilities"
+
+    @property
     def annotation(self) -> str:
         """``uns[...]`` with the annotation record (params, classes, training history)."""
         return f"{self.base}_annotation"
@@ -94,6 +99,11 @@ class Keys:
     def in_silico_toward(self) -> str:
         """``obsm[...]`` with each cell's change in cosine similarity to the target state per perturbed gene."""
         return f"{self.base}_in_silico_toward"
+
+    @property
+    def generated(self) -> str:
+        """``uns[...]`` of a generated AnnData: the generation parameters."""
+        return f"{self.base}_generated"
 
     @property
     def neighbors(self) -> str:

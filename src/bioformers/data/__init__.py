@@ -8,7 +8,7 @@ from ._perturbation import (
     perturbation_targets,
 )
 from ._stream import DEFAULT_CHUNK_SIZE, binned_batches
-from ._tokenize import cell_uniforms, mask_positions, n_masked, prediction_masks, select_genes
+from ._tokenize import cell_uniforms, mask_positions, n_masked, order_by_value, prediction_masks, select_genes
 
 __all__ = [
     "COMBINATION_SEPARATOR",
@@ -20,6 +20,7 @@ __all__ = [
     "log_normalize",
     "mask_positions",
     "n_masked",
+    "order_by_value",
     "perturbation_targets",
     "prediction_masks",
     "select_genes",

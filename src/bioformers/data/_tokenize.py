@@ -135,3 +135,30 @@ def prediction_masks(bins: torch.Tensor, n_genes: int, mask_ratio: float) -> lis
         mask = torch.zeros(bins.shape, dtype=torch.bool, device=bins.device)
         masks.append(mask.scatter(1, genes, group == k))
     return masks
+
+
+def order_by_value(bins: torch.Tensor, n_genes: int, *, random: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each cell's expressed genes in descending order of value: the sequence of the decoder-only model.
+
+    Ties (genes in the same bin) are ordered at random during training (``random=True``) and by the
+    cell's own values otherwise (:func:`cell_uniforms`), so the order never depends on the batch.
+    Cells with more than ``n_genes`` expressed genes keep their ``n_genes`` highest.
+
+    Returns
+    -------
+    Gene indices and their bins, both ``(cells, n_genes)`` (padding: gene 0, bin 0), and each cell's
+    number of expressed genes (before truncation), ``(cells,)``.
+    """
+    bins = bins.long()
+    n_expressed = (bins > 0).sum(dim=1)
+    # below 1, the tie-breaker never changes the order of different bins; unexpressed genes go last
+    priority = bins.to(torch.float32) + _uniforms(bins, random, salt=4) - 2 * (bins == 0).to(torch.float32)
+    k = min(n_genes, bins.shape[1])
+    genes = priority.topk(k, dim=1, sorted=True).indices
+    values = bins.gather(1, genes)
+    if k < n_genes:
+        pad = n_genes - k
+        genes = torch.cat([genes, genes.new_zeros(len(bins), pad)], dim=1)
+        values = torch.cat([values, values.new_zeros(len(bins), pad)], dim=1)
+    valid = torch.arange(n_genes, device=bins.device) < n_expressed[:, None]
+    return torch.where(valid, genes, 0), torch.where(valid, values, 0), n_expressed

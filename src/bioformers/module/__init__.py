@@ -1,5 +1,6 @@
-"""The torch network (scvi-tools ``BaseModuleClass``) and its losses."""
+"""The torch networks (scvi-tools ``BaseModuleClass``) and their losses."""
 
 from ._bioformer import BioFormerModule, check_module_arguments
+from ._decoder import BioFormerDecoderModule
 
-__all__ = ["BioFormerModule", "check_module_arguments"]
+__all__ = ["BioFormerDecoderModule", "BioFormerModule", "check_module_arguments"]

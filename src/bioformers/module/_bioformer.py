@@ -68,6 +68,14 @@ class BioFormerModule(BaseModuleClass):
         Categories of the external token added to every position (0: no external tokens). For
         perturbations: 0 = not perturbed, 1 = perturbed; more categories leave room for e.g.
         knock-down vs over-expression.
+    n_batch
+        Number of batches (0: no batch token). Each batch gets a learned token that the output heads
+        read (the expression decoder and the masked-gene head), never the cell encoder: batch effects
+        are explained by the token, so the CLS embedding need not carry them (as scVI's decoder, not
+        its encoder, gets the batch), and a cell embeds the same without knowing its batch.
+    batch_adversarial_weight
+        Weight of an adversarial batch classifier on CLS (gradient reversal, as scGPT's DAR); 0 turns
+        it off. Pushes batch information out of the embedding.
     """
 
     def __init__(
@@ -86,6 +94,8 @@ class BioFormerModule(BaseModuleClass):
         expression_weight: float = 10.0,
         n_extra_genes: int = 0,
         n_external: int = 0,
+        n_batch: int = 0,
+        batch_adversarial_weight: float = 0.0,
     ):
         super().__init__()
         check_module_arguments(
@@ -105,6 +115,8 @@ class BioFormerModule(BaseModuleClass):
         self.nonzero_ratio = nonzero_ratio
         self.expression_weight = expression_weight
         self.n_extra_genes = n_extra_genes
+        self.n_batch = n_batch
+        self.batch_adversarial_weight = batch_adversarial_weight
 
         self.gene_embedding = nn.Embedding(n_genes + n_extra_genes, n_hidden)
         self.value_encoder = ValueEncoder(n_bins, n_hidden, value_encoder)
@@ -114,7 +126,11 @@ class BioFormerModule(BaseModuleClass):
             nn.Linear(n_hidden, n_hidden), nn.GELU(), nn.LayerNorm(n_hidden), nn.Linear(n_hidden, n_bins)
         )
         self.profile_encoder = nn.Linear(n_genes, n_hidden, bias=False)
-        self.expression_head = nn.Linear(n_hidden + 1, n_genes)
+        self.batch_embedding = nn.Embedding(n_batch, n_hidden) if n_batch else None
+        self.expression_head = nn.Linear(n_hidden + 1 + (n_hidden if n_batch else 0), n_genes)
+        self.batch_classifier = None
+        if n_batch and batch_adversarial_weight > 0:
+            self.batch_classifier = nn.Sequential(nn.Linear(n_hidden, n_hidden), nn.GELU(), nn.Linear(n_hidden, n_batch))
         self.external_embedding = None
         if n_external:
             # perturbation response: log-normalised expression = control mean + a change decoded from CLS
@@ -156,10 +172,16 @@ class BioFormerModule(BaseModuleClass):
         return {"cls": hidden[:, 0], "hidden": hidden[:, 1:], "values": values, "mask": mask, "bins": bins}
 
     def _get_generative_input(self, tensors, inference_outputs, **kwargs) -> dict[str, torch.Tensor | None]:
-        return {k: inference_outputs[k] for k in ("cls", "hidden", "mask", "bins")}
+        batch_index = tensors[REGISTRY_KEYS.BATCH_KEY] if self.n_batch else None
+        return {k: inference_outputs[k] for k in ("cls", "hidden", "mask", "bins")} | {"batch_index": batch_index}
 
     def generative(
-        self, cls: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor | None, bins: torch.Tensor
+        self,
+        cls: torch.Tensor,
+        hidden: torch.Tensor,
+        mask: torch.Tensor | None,
+        bins: torch.Tensor,
+        batch_index: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Bin logits at the masked positions and the expression decoded from CLS and the cell's depth.
 
@@ -167,11 +189,13 @@ class BioFormerModule(BaseModuleClass):
         are gathered as a ``(cells, n_masked)`` block rather than by boolean indexing, whose
         data-dependent shape would make the GPU wait for the host at every step.
         """
-        out = {"expression": self.decode_expression(cls, cell_depth(bins))}
+        batch = self.batch_token(batch_index, len(cls), cls.dtype)
+        out = {"expression": self.decode_expression(cls, cell_depth(bins), batch)}
         if mask is not None:
             positions = mask.to(torch.float32).topk(n_masked(mask.shape[1], self.mask_ratio), dim=1).indices
             out["masked_positions"] = positions
-            out["bin_logits"] = self.bin_head(hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1])))
+            masked = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))
+            out["bin_logits"] = self.predict_bins(masked, batch)
         return out
 
     def loss(self, tensors, inference_outputs, generative_outputs) -> LossOutput:
@@ -185,11 +209,14 @@ class BioFormerModule(BaseModuleClass):
         expr_per_cell = (generative_outputs["expression"].float() - bins).pow(2).mean(dim=1)
 
         per_cell = mlm_per_cell + self.expression_weight * expr_per_cell
-        return LossOutput(
-            loss=per_cell.mean(),
-            reconstruction_loss=per_cell,
-            extra_metrics={"mlm_loss": mlm_per_cell.mean().detach(), "expression_loss": expr_per_cell.mean().detach()},
-        )
+        extra = {"mlm_loss": mlm_per_cell.mean().detach(), "expression_loss": expr_per_cell.mean().detach()}
+        if self.batch_classifier is not None:
+            # gradient reversal: the classifier learns to tell batches apart, the encoder to prevent it
+            logits = self.batch_classifier(_reverse_gradient(inference_outputs["cls"])).float()
+            batch_per_cell = F.cross_entropy(logits, tensors[REGISTRY_KEYS.BATCH_KEY].long().view(-1), reduction="none")
+            per_cell = per_cell + self.batch_adversarial_weight * batch_per_cell
+            extra["batch_loss"] = batch_per_cell.mean().detach()
+        return LossOutput(loss=per_cell.mean(), reconstruction_loss=per_cell, extra_metrics=extra)
 
     def sample(self, *args, **kwargs):
         """Not available for the encoder-only model: generating cells needs the decoder-only variant."""
@@ -232,9 +259,30 @@ class BioFormerModule(BaseModuleClass):
             padding_mask = torch.cat([padding_mask.new_zeros(padding_mask.shape[0], 1), padding_mask], dim=1)
         return self.encoder(torch.cat([cls, tokens], dim=1), padding_mask, attention_layer=attention_layer)
 
-    def decode_expression(self, cls: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
-        """Predicted bin of every gene, ``(cells, n_genes)``, from the CLS state and :func:`cell_depth`."""
-        return self.expression_head(torch.cat([cls, depth.to(cls.dtype)[:, None]], dim=1))
+    def batch_token(self, batch_index: torch.Tensor | None, n_cells: int, dtype: torch.dtype) -> torch.Tensor | None:
+        """Each cell's batch token, ``(cells, n_hidden)``; the mean token when the batch is not given.
+
+        ``None`` for a network without batch tokens. The mean token gives batch-averaged predictions,
+        e.g. for query cells from a batch the model never saw.
+        """
+        if self.batch_embedding is None:
+            return None
+        if batch_index is None:
+            return self.batch_embedding.weight.mean(dim=0).to(dtype).expand(n_cells, -1)
+        return self.batch_embedding(batch_index.long().view(-1)).to(dtype)
+
+    def decode_expression(
+        self, cls: torch.Tensor, depth: torch.Tensor, batch: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Predicted bin of every gene, ``(cells, n_genes)``, from the CLS state, :func:`cell_depth` and the batch token."""
+        parts = [cls, depth.to(cls.dtype)[:, None]] + ([] if batch is None else [batch.to(cls.dtype)])
+        return self.expression_head(torch.cat(parts, dim=1))
+
+    def predict_bins(self, hidden: torch.Tensor, batch: torch.Tensor | None = None) -> torch.Tensor:
+        """Bin logits of the genes at ``hidden`` ``(cells, positions, n_hidden)``, given each cell's batch token."""
+        if batch is not None:
+            hidden = hidden + batch.to(hidden.dtype)[:, None]
+        return self.bin_head(hidden)
 
     @auto_move_data
     def embed(self, bins: torch.Tensor) -> torch.Tensor:
@@ -245,7 +293,8 @@ class BioFormerModule(BaseModuleClass):
     def predict_expression(self, bins: torch.Tensor) -> torch.Tensor:
         """Expected bin of every gene decoded from the unmasked cell's CLS state, ``(cells, n_genes)``."""
         cls = self.inference(bins, masked=False)["cls"]
-        return self.decode_expression(cls, cell_depth(bins.long())).float().clamp(0, self.n_bins - 1)
+        batch = self.batch_token(None, len(cls), cls.dtype)
+        return self.decode_expression(cls, cell_depth(bins.long()), batch).float().clamp(0, self.n_bins - 1)
 
     @auto_move_data
     def predict_masked(self, bins: torch.Tensor, gene_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -262,7 +311,8 @@ class BioFormerModule(BaseModuleClass):
         genes, values = select_genes(bins, self.max_seq_len - 1, random=False, include=gene_mask)
         mask = gene_mask.gather(1, genes)
         hidden, _ = self.encode(genes, values, mask, profile=self._visible_profile(bins, genes, values, mask))
-        probs = self.bin_head(hidden[:, 1:][mask]).float().softmax(dim=-1)
+        batch = self.batch_token(None, len(bins), hidden.dtype)
+        probs = self.predict_bins(hidden[:, 1:], batch)[mask].float().softmax(dim=-1)
         rows, cols = mask.nonzero(as_tuple=True)
         expected = torch.full(bins.shape, float("nan"), device=bins.device)
         best = torch.full(bins.shape, -1, dtype=torch.long, device=bins.device)
@@ -364,6 +414,21 @@ class BioFormerModule(BaseModuleClass):
         return genes, weights[:, :, 1:, 1:]
 
 
+class _GradientReversal(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -grad
+
+
+def _reverse_gradient(x: torch.Tensor) -> torch.Tensor:
+    """Identity forward, negated gradient backward (Ganin & Lempitsky 2015)."""
+    return _GradientReversal.apply(x)
+
+
 def cell_depth(bins: torch.Tensor) -> torch.Tensor:
     """Log of the number of expressed genes per cell, ``(cells,)``: the depth given to the decoder."""
     return torch.log1p((bins > 0).sum(dim=1).float())
@@ -376,8 +441,8 @@ def check_module_arguments(
     n_heads: int,
     max_seq_len: int,
     value_encoder: str,
-    mask_ratio: float,
-    nonzero_ratio: float,
+    mask_ratio: float = 0.1,
+    nonzero_ratio: float = 0.5,
     expression_weight: float = 1.0,
 ) -> None:
     """Raise a ``ValueError`` naming the first invalid architecture or objective setting."""

@@ -27,8 +27,8 @@ from ..metrics import top_de_genes
 from ..model import BioFormer
 from ..model._bioformer import check_control
 from ..module import check_module_arguments
-from ..pp import bin as bin_values
 from ..pp._binning import BINNING_ARGS, bin_matrix
+from ..pp._rank import bin_as_recorded
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -151,6 +151,7 @@ def train_perturbation(
     check_counts(counts, where=matrix_name(layer), require_integer=binning.get("method", "value") == "value")
     _check_group_sizes(labels, min_cells)
     if model is not None:
+        model.require_encoder("Perturbation fine-tuning")
         model.check_genes(adata)
         architecture = _architecture(model)
         architecture["max_seq_len"] = max_seq_len or architecture["max_seq_len"]
@@ -197,7 +198,7 @@ def train_perturbation(
         ),
         var=pd.DataFrame(index=adata.var_names.copy()),
     )
-    bin_values(work, key_added=key_added, **binning)
+    bin_as_recorded(work, binning, layer=None, key_added=key_added)
     warn_genes_without_counts(work.X, where=matrix_name(layer))
     expression = log_normalize(work.X)
     weights = _response_weights(
