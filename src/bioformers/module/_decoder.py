@@ -210,16 +210,26 @@ class BioFormerDecoderModule(BaseModuleClass):
         Padding sits at the end of a sequence, where causal attention keeps it from every real
         position, so no padding mask is needed (and the fused causal kernel is used).
         """
-        prefix = [self.start_token.expand(len(genes), -1)]
+        x = torch.cat([self._prefix(labels, batch_index, len(genes)), self._gene_tokens(genes, values)], dim=1)
+        x = x + self.position_embedding(torch.arange(x.shape[1], device=x.device)).to(x.dtype)
+        hidden, _ = self.encoder(x, causal=True)
+        return hidden
+
+    def _prefix(self, labels: torch.Tensor | None, batch_index: torch.Tensor | None, n_cells: int) -> torch.Tensor:
+        """Start and condition tokens, ``(cells, n_prefix, n_hidden)``, without position embeddings."""
+        prefix = [self.start_token.expand(n_cells, -1)]
         if self.label_embedding is not None:
             prefix.append(self.label_embedding(labels))
         if self.batch_embedding is not None:
             prefix.append(self.batch_embedding(batch_index))
-        tokens = self.gene_embedding(genes) + self.value_encoder(values)
-        x = torch.cat([torch.stack(prefix, dim=1).to(tokens.dtype), tokens], dim=1)
-        x = x + self.position_embedding(torch.arange(x.shape[1], device=x.device)).to(x.dtype)
-        hidden, _ = self.encoder(x, causal=True)
-        return hidden
+        return torch.stack(prefix, dim=1)
+
+    def _gene_tokens(self, genes: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Gene identity + value embeddings, ``(cells, length, n_hidden)``, without position embeddings."""
+        return self.gene_embedding(genes) + self.value_encoder(values)
+
+    def _positions(self, start: int, length: int, device) -> torch.Tensor:
+        return self.position_embedding(torch.arange(start, start + length, device=device))
 
     def _cell_state(self, hidden: torch.Tensor, n_expressed: torch.Tensor) -> torch.Tensor:
         """Final hidden state of each cell's last gene, ``(cells, n_hidden)``: the cell embedding."""
@@ -255,7 +265,8 @@ class BioFormerDecoderModule(BaseModuleClass):
 
         Each step draws the next gene among those not yet drawn (or the end of the cell), then its bin
         among ``1 .. previous bin``. ``labels`` / ``batch_index`` are condition codes ``(cells,)``
-        (``None``: unknown). Every step reruns the sequence so far (no key-value cache).
+        (``None``: unknown). Keys and values of earlier positions are cached, so each step runs the
+        transformer over one new token.
 
         Returns
         -------
@@ -266,14 +277,17 @@ class BioFormerDecoderModule(BaseModuleClass):
         batch_index = (
             batch_index.to(device) if batch_index is not None else self._condition(None, self.n_batch, n_cells, device)
         )
-        genes = torch.zeros(n_cells, 0, dtype=torch.long, device=device)
-        values = torch.zeros(n_cells, 0, dtype=torch.long, device=device)
+        cache = [{} for _ in self.encoder.blocks]
+        x = self._prefix(labels, batch_index, n_cells)
+        x = x + self._positions(0, x.shape[1], device).to(x.dtype)
+        hidden, _ = self.encoder(x, causal=True, cache=cache)
+        state = hidden[:, -1]
+        genes, values = [], []
         drawn = torch.zeros(n_cells, self.n_genes + 1, dtype=torch.bool, device=device)
         ended = torch.zeros(n_cells, dtype=torch.bool, device=device)
         previous = torch.full((n_cells,), self.n_bins - 1, dtype=torch.long, device=device)
         bin_ids = torch.arange(self.n_bins, device=device)
-        for _ in range(self.n_slots):
-            state = self.forward_sequence(genes, values, labels, batch_index)[:, -1]
+        for step in range(self.n_slots):
             logits = self.gene_head(state).float().masked_fill(drawn, float("-inf"))
             gene = torch.multinomial((logits / temperature).softmax(dim=-1), 1, generator=generator).squeeze(1)
             ended |= gene == self.end_token
@@ -285,8 +299,12 @@ class BioFormerDecoderModule(BaseModuleClass):
             value = torch.where(ended, 0, value)
             drawn[torch.arange(n_cells, device=device), gene] |= ~ended
             previous = torch.where(ended, previous, value)
-            genes = torch.cat([genes, gene[:, None]], dim=1)
-            values = torch.cat([values, value[:, None]], dim=1)
-            if ended.all():
+            genes.append(gene)
+            values.append(value)
+            if ended.all() or step == self.n_slots - 1:
                 break
-        return genes, values
+            x = self._gene_tokens(gene[:, None], value[:, None])
+            x = x + self._positions(self.n_prefix + step, 1, device).to(x.dtype)
+            hidden, _ = self.encoder(x, cache=cache)
+            state = hidden[:, -1]
+        return torch.stack(genes, dim=1), torch.stack(values, dim=1)

@@ -49,6 +49,7 @@ class SelfAttention(nn.Module):
         *,
         causal: bool = False,
         need_weights: bool = False,
+        cache: dict | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Attend over the sequence.
 
@@ -62,9 +63,20 @@ class SelfAttention(nn.Module):
             Each position attends only to itself and earlier positions.
         need_weights
             Also return the attention weights of every head, ``(batch, n_heads, length, length)``.
+        cache
+            Key-value cache for generating one token at a time (causal attention): an empty dict on the
+            first call, which runs over the whole prefix; each later call passes one new token, which
+            attends to every cached position and itself. The dict is updated in place.
         """
         batch, length, n_hidden = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
+        if cache is not None:
+            if "k" in cache:
+                if length != 1:
+                    raise ValueError("With a filled key-value cache, pass one new token at a time.")
+                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+                causal = False  # the new token may see every earlier position
+            cache["k"], cache["v"] = k, v
         # boolean masks mean "may attend", as in SDPA
         attn_mask = None if padding_mask is None else ~padding_mask[:, None, None, :]
         if causal and (attn_mask is not None or need_weights):

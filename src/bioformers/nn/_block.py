@@ -35,9 +35,15 @@ class TransformerBlock(nn.Module):
         *,
         causal: bool = False,
         need_weights: bool = False,
+        cache: dict | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Return the updated tokens and, with ``need_weights``, the attention of every head."""
-        attended, weights = self.attn(self.norm_attn(x), padding_mask, causal=causal, need_weights=need_weights)
+        """Return the updated tokens and, with ``need_weights``, the attention of every head.
+
+        ``cache``: the key-value cache of this block's attention (see :class:`SelfAttention`).
+        """
+        attended, weights = self.attn(
+            self.norm_attn(x), padding_mask, causal=causal, need_weights=need_weights, cache=cache
+        )
         x = x + self.dropout(attended)
         x = x + self.dropout(self.ffn(self.norm_ffn(x)))
         return x, weights
@@ -64,10 +70,18 @@ class TransformerEncoder(nn.Module):
         *,
         causal: bool = False,
         attention_layer: int | None = None,
+        cache: list[dict] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Encode tokens; with ``attention_layer`` also return that layer's attention, ``(batch, heads, len, len)``."""
+        """Encode tokens; with ``attention_layer`` also return that layer's attention, ``(batch, heads, len, len)``.
+
+        ``cache``: one key-value cache per block, for causal generation one token at a time (see
+        :class:`SelfAttention`); ``[{} for _ in blocks]`` on the first call.
+        """
         weights = None
         for i, block in enumerate(self.blocks):
+            if cache is not None:
+                x, _ = block(x, padding_mask, causal=causal, cache=cache[i])
+                continue
             want = attention_layer is not None and i == attention_layer % len(self.blocks)
             if self.activation_checkpointing and self.training and torch.is_grad_enabled() and not want:
                 x, layer_weights = checkpoint(block, x, padding_mask, causal=causal, use_reentrant=False)
