@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scanpy as sc
+from _tables import markdown
 from sklearn.model_selection import train_test_split
 
 import bioformers as bf
-from _tables import markdown
 
 RESULTS = Path(__file__).parent / "results"
 BINNED = "bioformers_binned"
@@ -76,9 +76,7 @@ def main() -> None:
         temperature=args.temperature,
     )
     # as many cells per type as were held out
-    keep = np.concatenate(
-        [np.flatnonzero(generated.obs["cell_type"] == t)[: counts[t]] for t in types]
-    )
+    keep = np.concatenate([np.flatnonzero(generated.obs["cell_type"] == t)[: counts[t]] for t in types])
     generated = generated[keep].copy()
     generate_seconds = time.perf_counter() - start
 

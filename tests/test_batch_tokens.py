@@ -51,7 +51,7 @@ def test_batch_token_and_adversary_take_the_batch_out_of_the_embedding(with_and_
 
 
 def test_the_batch_token_carries_the_planted_batch_effect(with_and_without):
-    _, _, corrected, model = with_and_without
+    *_, model = with_and_without
     module = model.module.eval()
     with torch.no_grad():
         cls = torch.zeros(2, module.expression_head.in_features - 1 - module.batch_embedding.embedding_dim)

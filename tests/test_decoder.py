@@ -42,7 +42,7 @@ def test_genes_are_ordered_by_descending_value_with_ties_fixed_by_the_cell():
     alone, _, _ = order_by_value(bins[:1], 6, random=False)
     assert torch.equal(alone[0], genes[0])
     # truncation keeps the highest genes
-    short, short_values, _ = order_by_value(bins, 2, random=False)
+    _, short_values, _ = order_by_value(bins, 2, random=False)
     assert short_values.tolist() == [[3, 3], [5, 1]]
 
 
@@ -130,7 +130,7 @@ def test_generated_anndata_survives_h5ad(decoder_data, tmp_path):
 
 
 def test_saved_decoder_generates_the_same_cells(decoder_data, tmp_path):
-    adata, model = decoder_data
+    _, model = decoder_data
     model.save(str(tmp_path / "decoder"), save_anndata=True)
     loaded = bf.BioFormer.load(str(tmp_path / "decoder"))
     assert loaded.architecture == "decoder"

@@ -137,7 +137,9 @@ def prediction_masks(bins: torch.Tensor, n_genes: int, mask_ratio: float) -> lis
     return masks
 
 
-def order_by_value(bins: torch.Tensor, n_genes: int, *, random: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def order_by_value(
+    bins: torch.Tensor, n_genes: int, *, random: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each cell's expressed genes in descending order of value: the sequence of the decoder-only model.
 
     Ties (genes in the same bin) are ordered at random during training (``random=True``) and by the

@@ -130,7 +130,9 @@ class BioFormerModule(BaseModuleClass):
         self.expression_head = nn.Linear(n_hidden + 1 + (n_hidden if n_batch else 0), n_genes)
         self.batch_classifier = None
         if n_batch and batch_adversarial_weight > 0:
-            self.batch_classifier = nn.Sequential(nn.Linear(n_hidden, n_hidden), nn.GELU(), nn.Linear(n_hidden, n_batch))
+            self.batch_classifier = nn.Sequential(
+                nn.Linear(n_hidden, n_hidden), nn.GELU(), nn.Linear(n_hidden, n_batch)
+            )
         self.external_embedding = None
         if n_external:
             # perturbation response: log-normalised expression = control mean + a change decoded from CLS
@@ -274,7 +276,7 @@ class BioFormerModule(BaseModuleClass):
     def decode_expression(
         self, cls: torch.Tensor, depth: torch.Tensor, batch: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Predicted bin of every gene, ``(cells, n_genes)``, from the CLS state, :func:`cell_depth` and the batch token."""
+        """Predicted bin of every gene, ``(cells, n_genes)``, from CLS, :func:`cell_depth` and the batch token."""
         parts = [cls, depth.to(cls.dtype)[:, None]] + ([] if batch is None else [batch.to(cls.dtype)])
         return self.expression_head(torch.cat(parts, dim=1))
 

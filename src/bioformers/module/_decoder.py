@@ -138,8 +138,10 @@ class BioFormerDecoderModule(BaseModuleClass):
     def generative(
         self, hidden: torch.Tensor, genes: torch.Tensor, n_expressed: torch.Tensor, bins: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """Next-gene logits at every position (genes already in the sequence excluded), bin logits given the
-        gene, and the cell's expression decoded from its embedding state."""
+        """Next-gene logits, bin logits given the gene, and the cell's expression decoded from its embedding state.
+
+        Genes already in the sequence are excluded from the next-gene logits.
+        """
         # position n_prefix - 1 + j predicts gene j, for j = 0 .. n_slots (the last can only be the end)
         state = hidden[:, self.n_prefix - 1 :]
         gene_logits = self.gene_head(state)
@@ -169,7 +171,9 @@ class BioFormerDecoderModule(BaseModuleClass):
         ).masked_fill(~gene_valid, 0.0)
         bin_valid = steps[: self.n_slots] < length
         bin_ce = F.cross_entropy(
-            generative_outputs["bin_logits"].float().transpose(1, 2), values.clamp(max=self.n_bins - 1), reduction="none"
+            generative_outputs["bin_logits"].float().transpose(1, 2),
+            values.clamp(max=self.n_bins - 1),
+            reduction="none",
         ).masked_fill(~bin_valid, 0.0)
         gene_per_cell = gene_ce.sum(dim=1) / gene_valid.sum(dim=1).clamp(min=1)
         bin_per_cell = bin_ce.sum(dim=1) / bin_valid.sum(dim=1).clamp(min=1)
