@@ -1,7 +1,9 @@
-"""Metrics: embedding quality (AvgBIO), masked expression prediction, GRN scoring, perturbation response."""
+"""Metrics: embedding quality (AvgBIO), batch integration (scIB), masked prediction, GRNs, perturbation response."""
 
 from ._bio import avg_bio
+from ._generation import generation_baselines, generation_scores
 from ._grn import correlation_grn, grn_edges, score_grn
+from ._integration import batch_asw, graph_connectivity, ilisi, integration_scores
 from ._masked import (
     LinearBaseline,
     balanced_mask,
@@ -18,11 +20,17 @@ __all__ = [
     "LinearBaseline",
     "avg_bio",
     "balanced_mask",
+    "batch_asw",
     "bin_confusion",
     "compare_masked_prediction",
     "correlation_grn",
+    "generation_baselines",
+    "generation_scores",
+    "graph_connectivity",
     "grn_edges",
     "hel_sensitivity",
+    "ilisi",
+    "integration_scores",
     "masked_prediction_scores",
     "mean_collapse",
     "mean_profiles",
