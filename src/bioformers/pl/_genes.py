@@ -608,4 +608,6 @@ def _binning_description(params: dict) -> str:
         if "n_bins" in params:
             details.append(f"capped at {params['n_bins']}")
         return f"value binning ({', '.join(details)})"
+    if method == "rank":
+        return f"rank tokens (top {params.get('n_ranks')} genes of each cell ranked, the rest 1)"
     return "binning"

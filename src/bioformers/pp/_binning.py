@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 _DEFAULT_SEGMENT_BINS = 50
 _MAX_BIN = np.iinfo(np.int16).max
 #: The arguments of :func:`bin` that define how values are binned: a query must be binned with the same ones.
-BINNING_ARGS = ("method", "n_bins", "cutoff", "bins_per_octave", "normalize", "target_sum")
+BINNING_ARGS = ("method", "n_bins", "cutoff", "bins_per_octave", "normalize", "target_sum", "n_ranks", "gene_medians")
 
 
 def bin(
@@ -133,7 +133,10 @@ def bin(
     X = get_matrix(adata, layer)
     where = matrix_name(layer)
     if method not in ("value", "segment"):
-        raise ValueError(f"Unknown `method={method!r}`. Pass `method='value'` or `method='segment'`.")
+        raise ValueError(
+            f"Unknown `method={method!r}`. Pass `method='value'` or `method='segment'`"
+            + ("; rank tokens come from `bf.pp.rank(adata)`." if method == "rank" else ".")
+        )
     if n_bins is None and method == "segment":
         n_bins = _DEFAULT_SEGMENT_BINS
     if n_bins is not None and not _is_int(n_bins, 1, _MAX_BIN):
@@ -188,14 +191,19 @@ def bin(
 def bin_matrix(
     X,
     *,
-    method: Literal["value", "segment"] = "value",
+    method: Literal["value", "segment", "rank"] = "value",
     n_bins: int | None = None,
     cutoff: float = 8,
     bins_per_octave: int = 3,
     normalize: bool = True,
     target_sum: float | None = None,
+    n_ranks: int | None = None,
+    gene_medians: np.ndarray | None = None,
 ) -> tuple[sparse.csr_matrix, float | None]:
     """The arithmetic of :func:`bin` on one matrix, without its checks of arguments and counts.
+
+    ``method="rank"`` gives the rank tokens of :func:`bioformers.pp.rank` (with ``n_ranks``,
+    ``target_sum`` and ``gene_medians``), so that one call bins a query however the training data was.
 
     Every row is binned on its own, given ``target_sum``, so binning a matrix in chunks of rows
     gives exactly the bins of binning it whole (with ``target_sum=None`` only if each chunk is the
@@ -206,6 +214,12 @@ def bin_matrix(
     The bins, an ``int16`` CSR matrix of the shape of ``X``, and the total every row was scaled to
     (`None` when nothing was scaled).
     """
+    if method == "rank":
+        from ._rank import DEFAULT_N_RANKS, DEFAULT_TARGET_SUM, rank_matrix  # _rank builds on this module's helpers
+
+        target_sum = DEFAULT_TARGET_SUM if target_sum is None else target_sum
+        ranked, _ = rank_matrix(X, n_ranks=n_ranks or DEFAULT_N_RANKS, target_sum=target_sum, gene_medians=gene_medians)
+        return ranked, float(target_sum)
     counts = _canonical_csr(X)
     if method == "value":
         scale = normalize and counts.shape[0] > 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
+import pandas as pd
 import scvi
 from scanpy import logging as logg
 
@@ -22,8 +23,10 @@ from .._validation import (
 from ..model import BioFormer
 from ..module import check_module_arguments
 from ..pp import bin as bin_values
+from ..pp import rank as rank_values
 from ..pp._binning import BINNING_ARGS
 from ..pp._genes import DEFAULT_MIN_GENE_COVERAGE
+from ..pp._rank import DEFAULT_N_RANKS, bin_as_recorded
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -39,13 +42,15 @@ def pretrain(
     layer: str | None = None,
     batch_key: str | None = None,
     labels_key: str | None = None,
-    binning: Literal["value", "segment"] = "value",
+    binning: Literal["value", "segment", "rank"] = "value",
     n_bins: int | None = None,
     n_layers: int = 4,
     n_heads: int = 2,
     n_hidden: int = 64,
     max_seq_len: int = 256,
     value_encoder: Literal["linear", "embedding"] = "embedding",
+    architecture: Literal["encoder", "decoder"] = "encoder",
+    batch_adversarial_weight: float = 1.0,
     max_epochs: int | None = None,
     batch_size: int = 64,
     lr: float = 1e-3,
@@ -75,15 +80,27 @@ def pretrain(
     layer
         Layer with the raw counts; ``None`` uses ``adata.X``.
     batch_key
-        Column of ``adata.obs`` with batches (registered for later use).
+        Column of ``adata.obs`` with batches (e.g. technologies). Each batch gets a learned token: the
+        encoder's output heads read it, so batch effects are explained by the token rather than the
+        cell embedding (batches of one cell type mix); the decoder is conditioned on it.
     labels_key
-        Column of ``adata.obs`` with cell labels (registered for later use).
+        Column of ``adata.obs`` with cell labels. The decoder is conditioned on them (so
+        :func:`bioformers.tl.generate` can ask for a cell type); the encoder does not read them.
     binning
-        Binning method of :func:`bioformers.pp.bin`.
+        Binning method of :func:`bioformers.pp.bin`, or ``"rank"`` for the Geneformer-style rank
+        tokens of :func:`bioformers.pp.rank`.
     n_bins
-        Passed to :func:`bioformers.pp.bin`.
+        Passed to :func:`bioformers.pp.bin`; for ``"rank"``, the ``n_ranks`` of
+        :func:`bioformers.pp.rank` (`None`: 255).
     n_layers, n_heads, n_hidden, max_seq_len, value_encoder
         Size and value embedding of the transformer (see :class:`bioformers.BioFormer`).
+    architecture
+        ``"encoder"`` (masked gene modelling, CLS embedding) or ``"decoder"`` (causal, next-gene
+        objective over genes in descending order of value; generates cells with
+        :func:`bioformers.tl.generate`). See :class:`bioformers.BioFormer`.
+    batch_adversarial_weight
+        Encoder with ``batch_key``: weight of an adversarial batch classifier on the embedding (0: off;
+        see :class:`bioformers.BioFormer`).
     max_epochs
         Passes over the data; ``None`` picks 5 to 30 by data size.
     batch_size
@@ -126,10 +143,14 @@ def pretrain(
     check_obs_key(adata, labels_key, argument="labels_key")
     must_bin = keys.binned not in adata.layers
     if must_bin:
-        if binning not in ("value", "segment"):
-            raise ValueError(f"`binning` must be 'value' or 'segment', not {binning!r}.")
+        if binning not in ("value", "segment", "rank"):
+            raise ValueError(f"`binning` must be 'value', 'segment' or 'rank', not {binning!r}.")
         check_counts(get_matrix(adata, layer), where=matrix_name(layer), require_integer=binning == "value")
-    architecture = {
+    if architecture not in ("encoder", "decoder"):
+        raise ValueError(f"`architecture` must be 'encoder' or 'decoder', not {architecture!r}.")
+    if batch_adversarial_weight < 0:
+        raise ValueError(f"`batch_adversarial_weight` must be >= 0, not {batch_adversarial_weight}.")
+    sizes = {
         "n_hidden": n_hidden,
         "n_layers": n_layers,
         "n_heads": n_heads,
@@ -138,7 +159,7 @@ def pretrain(
         "mask_ratio": mask_ratio,
         "nonzero_ratio": nonzero_ratio,
     }
-    check_module_arguments(**architecture)
+    check_module_arguments(**sizes)
     if adata.n_obs < batch_size:
         raise ValueError(
             f"The AnnData has {adata.n_obs} cells, fewer than one batch (batch_size={batch_size}). "
@@ -147,11 +168,15 @@ def pretrain(
 
     scvi.settings.seed = seed
     work = private_anndata(adata, obs=[batch_key, labels_key], layers=[keys.binned, layer], uns=[keys.binned])
-    if must_bin:
+    if must_bin and binning == "rank":
+        rank_values(work, n_ranks=DEFAULT_N_RANKS if n_bins is None else n_bins, layer=layer, key_added=key_added)
+    elif must_bin:
         bin_values(work, method=binning, n_bins=n_bins, layer=layer, key_added=key_added)
     warn_genes_without_counts(work.layers[keys.binned], where=matrix_name(layer if must_bin else keys.binned))
     BioFormer.setup_anndata(work, layer=keys.binned, batch_key=batch_key, labels_key=labels_key)
-    model = BioFormer(work, **architecture)
+    model = BioFormer(
+        work, **sizes, architecture=architecture, batch_adversarial_weight=batch_adversarial_weight
+    )
     model.train(max_epochs=max_epochs, batch_size=batch_size, lr=lr, **train_kwargs)
     binned = (work.layers[keys.binned], work.uns[keys.binned]) if must_bin else None
     if not model.is_global_zero:
@@ -167,7 +192,9 @@ def pretrain(
             labels_key=labels_key,
             binning=binning,
             n_bins=n_bins,
-            **architecture,
+            **sizes,
+            architecture=architecture,
+            batch_adversarial_weight=batch_adversarial_weight,
             max_epochs=len(model.loss_history()["train_loss"]),
             batch_size=batch_size,
             lr=lr,
@@ -236,7 +263,7 @@ def query_binning(
         where=f"adata.layers[{layer!r}]" if layer else "adata.X",
         require_integer=bool(normalize),
     )
-    return lambda adata: bin_values(adata, layer=layer, key_added=binned_layer.removesuffix("_binned"), **binning)
+    return lambda adata: bin_as_recorded(adata, binning, layer=layer, key_added=binned_layer.removesuffix("_binned"))
 
 
 def query_anndata(adata: AnnData, model: BioFormer, layer: str | None) -> AnnData:
@@ -244,11 +271,22 @@ def query_anndata(adata: AnnData, model: BioFormer, layer: str | None) -> AnnDat
 
     scvi-tools' registration and the binned layer land in it, not in ``adata``; a backed ``adata`` is
     itself returned, as the model streams it without registering or writing anything.
+
+    Cell embeddings and predictions never read the batch or label of a cell, but scvi-tools'
+    registration wants the columns the model was set up with, with known values. So a query without
+    them, or from a batch the model never saw, gets a placeholder (the first known value) in the
+    private AnnData.
     """
     if adata.isbacked:
         return adata
     binned_layer = model.registry_["setup_args"]["layer"]
-    return private_anndata(adata, obs=registered_columns(model), layers=[binned_layer, layer], uns=[binned_layer])
+    work = private_anndata(adata, obs=registered_columns(model), layers=[binned_layer, layer], uns=[binned_layer])
+    for kind in ("batch", "labels"):
+        key = model.registry_["setup_args"].get(f"{kind}_key")
+        known = model.condition_categories(kind)
+        if key is not None and (key not in work.obs or not work.obs[key].astype(str).isin(known).all()):
+            work.obs[key] = pd.Categorical([known[0]] * work.n_obs, categories=known)
+    return work
 
 
 def write_query_binning(adata: AnnData, work: AnnData, model: BioFormer) -> None:
