@@ -279,6 +279,12 @@ ENTRIES = {
         },
         kwargs={"n_neighbors": 5},
     ),
+    "tl.in_silico_perturb": Entry(
+        lambda adata, models, **kw: bf.tl.in_silico_perturb(adata, models["pretrained"], "gene_1", **kw),
+        "counts",
+        _reads_counts(_obs_errors("groupby", "cell_type", "cell_typ")),
+        kwargs={"n_random": 2},
+    ),
     "tl.train_perturbation": Entry(
         lambda adata, models, **kw: bf.tl.train_perturbation(adata, **kw),
         "screen",
@@ -369,6 +375,10 @@ PLOTS = {  # (call, bad inputs): read keys that bf.tl wrote
                 r"bioformers_predicted_bins.*bf\.tl\.predict\(adata, model\)",
             )
         },
+    ),
+    "pl.in_silico": (
+        lambda adata, **kw: bf.pl.in_silico(adata, show=False, **kw),
+        {"missing results": Bad(_unchanged, KeyError, r"Run `bf\.tl\.in_silico_perturb\(adata, model, genes\)` first")},
     ),
     "pl.history": (
         lambda adata, **kw: bf.pl.history(adata, show=False, **kw),

@@ -3,6 +3,7 @@
 from ._embedding import embedding
 from ._genes import attention, binning, gene_programs, grn, predicted_vs_observed
 from ._history import history
+from ._in_silico import in_silico
 from ._perturbation import perturbation, perturbation_scores
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "gene_programs",
     "grn",
     "history",
+    "in_silico",
     "perturbation",
     "perturbation_scores",
     "predicted_vs_observed",

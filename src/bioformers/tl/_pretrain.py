@@ -174,9 +174,7 @@ def pretrain(
         bin_values(work, method=binning, n_bins=n_bins, layer=layer, key_added=key_added)
     warn_genes_without_counts(work.layers[keys.binned], where=matrix_name(layer if must_bin else keys.binned))
     BioFormer.setup_anndata(work, layer=keys.binned, batch_key=batch_key, labels_key=labels_key)
-    model = BioFormer(
-        work, **sizes, architecture=architecture, batch_adversarial_weight=batch_adversarial_weight
-    )
+    model = BioFormer(work, **sizes, architecture=architecture, batch_adversarial_weight=batch_adversarial_weight)
     model.train(max_epochs=max_epochs, batch_size=batch_size, lr=lr, **train_kwargs)
     binned = (work.layers[keys.binned], work.uns[keys.binned]) if must_bin else None
     if not model.is_global_zero:
