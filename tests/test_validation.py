@@ -279,6 +279,23 @@ ENTRIES = {
         },
         kwargs={"n_neighbors": 5},
     ),
+    "pp.rank": Entry(
+        lambda adata, models, **kw: bf.pp.rank(adata, **kw),
+        "counts",
+        # ranks do not change when a cell is scaled, so normalised (non-integer) values are allowed
+        {k: v for k, v in _reads_counts().items() if k != "non-integer"},
+    ),
+    "tl.annotate": Entry(
+        lambda adata, models, **kw: bf.tl.annotate(adata, models["pretrained"], **{"labels_key": "cell_type"} | kw),
+        "counts",
+        # cells with a missing label are annotated, not trained on, so only a misspelled labels_key is bad
+        _reads_counts(
+            QUERY,
+            {k: v for k, v in _obs_errors("labels_key", "cell_type", "cell_typ").items() if "NaN" not in k},
+            backed=None,
+        ),
+        kwargs={"max_epochs": 1},
+    ),
     "tl.in_silico_perturb": Entry(
         lambda adata, models, **kw: bf.tl.in_silico_perturb(adata, models["pretrained"], "gene_1", **kw),
         "counts",
@@ -497,7 +514,8 @@ def test_bad_plot_input_raises_before_anything_is_written(
 
 
 def test_every_public_entry_point_is_in_the_battery():
-    tools = {f"tl.{name}" for name in bf.tl.__all__} | {f"pp.{name}" for name in bf.pp.__all__}
+    # tl.generate reads no AnnData (a model in, a new AnnData out); its bad inputs are in test_decoder.py
+    tools = {f"tl.{name}" for name in bf.tl.__all__ if name != "generate"} | {f"pp.{name}" for name in bf.pp.__all__}
     assert tools | {"BioFormer.setup_anndata"} == set(ENTRIES)
     # pl.perturbation_scores reads a table of scores, not an AnnData
     assert {f"pl.{name}" for name in bf.pl.__all__} - {"pl.perturbation_scores"} == set(PLOTS)
