@@ -138,7 +138,7 @@ BAD_INPUTS = [
     pytest.param(None, {"batch_key": "no_such_column"}, KeyError, "no_such_column", id="missing batch_key"),
     pytest.param(None, {"labels_key": "no_such_column"}, KeyError, "no_such_column", id="missing labels_key"),
     pytest.param(None, {"batch_size": 500}, ValueError, "batch_size=", id="fewer cells than a batch"),
-    pytest.param(None, {"binning": "rank"}, ValueError, "binning", id="unknown binning"),
+    pytest.param(None, {"binning": "ranks"}, ValueError, "binning", id="unknown binning"),
 ]
 
 
