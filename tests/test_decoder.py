@@ -75,7 +75,7 @@ def test_loss_is_next_gene_and_next_bin_cross_entropy_without_repeats():
 def test_generated_cells_follow_their_condition(decoder_data):
     adata, model = decoder_data
     types = adata.obs["cell_type"].cat.categories.tolist()
-    generated = bf.tl.generate(model, 60, condition=types, seed=0)
+    generated = bf.tl.generate(model, types, n_per_condition=60, seed=0)
     assert generated.shape == (180, adata.n_vars)
     assert (generated.var_names == adata.var_names).all()
     assert generated.obs["cell_type"].value_counts().to_dict() == dict.fromkeys(types, 60)
@@ -97,16 +97,16 @@ def test_generated_cells_follow_their_condition(decoder_data):
 
 def test_generation_is_seeded(decoder_data):
     _, model = decoder_data
-    first = bf.tl.generate(model, 20, condition="type_0", seed=5).layers["bioformers_binned"]
-    again = bf.tl.generate(model, 20, condition="type_0", seed=5).layers["bioformers_binned"]
-    other = bf.tl.generate(model, 20, condition="type_0", seed=6).layers["bioformers_binned"]
+    first = bf.tl.generate(model, "type_0", n_per_condition=20, seed=5).layers["bioformers_binned"]
+    again = bf.tl.generate(model, "type_0", n_per_condition=20, seed=5).layers["bioformers_binned"]
+    other = bf.tl.generate(model, "type_0", n_per_condition=20, seed=6).layers["bioformers_binned"]
     assert (first != again).nnz == 0
     assert (first != other).nnz > 0
 
 
 def test_unconditional_generation_and_embedding(decoder_data):
     adata, model = decoder_data
-    generated = bf.tl.generate(model, 30, seed=1)
+    generated = bf.tl.generate(model, n_per_condition=30, seed=1)
     assert "cell_type" not in generated.obs
     assert generated.layers["bioformers_binned"].nnz > 0
     # the embedding is condition-free and separates the planted types
@@ -121,7 +121,7 @@ def test_generated_anndata_survives_h5ad(decoder_data, tmp_path):
     import anndata as ad
 
     _, model = decoder_data
-    generated = bf.tl.generate(model, 5, condition=["type_1", "type_2"], seed=0)
+    generated = bf.tl.generate(model, ["type_1", "type_2"], n_per_condition=5, seed=0)
     generated.write_h5ad(tmp_path / "generated.h5ad")
     back = ad.read_h5ad(tmp_path / "generated.h5ad")
     assert (back.layers["bioformers_binned"] != generated.layers["bioformers_binned"]).nnz == 0
@@ -134,23 +134,25 @@ def test_saved_decoder_generates_the_same_cells(decoder_data, tmp_path):
     model.save(str(tmp_path / "decoder"), save_anndata=True)
     loaded = bf.BioFormer.load(str(tmp_path / "decoder"))
     assert loaded.architecture == "decoder"
-    before = bf.tl.generate(model, 10, condition="type_2", seed=3).layers["bioformers_binned"]
-    after = bf.tl.generate(loaded, 10, condition="type_2", seed=3).layers["bioformers_binned"]
+    before = bf.tl.generate(model, "type_2", n_per_condition=10, seed=3).layers["bioformers_binned"]
+    after = bf.tl.generate(loaded, "type_2", n_per_condition=10, seed=3).layers["bioformers_binned"]
     assert (before != after).nnz == 0
 
 
 def test_bad_requests_name_what_to_do(decoder_data):
     adata, model = decoder_data
     with pytest.raises(ValueError, match=r"Unknown labels_key value\(s\) \['type_9'\].*type_0"):
-        bf.tl.generate(model, 5, condition="type_9")
-    with pytest.raises(ValueError, match="trained without `batch_key`"):
-        bf.tl.generate(model, 5, batch="batch_0")
+        bf.tl.generate(model, "type_9", n_per_condition=5)
+    with pytest.raises(ValueError, match=r"\['batch'\] are not conditions of this model; it conditions on \['cell_type'\]"):
+        bf.tl.generate(model, {"batch": "batch_0"})
+    with pytest.raises(ValueError, match=r"\['guidance'\] apply to a CellDiffusion only"):
+        bf.tl.generate(model, "type_0", guidance=2.0)
     with pytest.raises(ValueError, match="positive integer"):
-        bf.tl.generate(model, 0)
-    with pytest.raises(ValueError, match="empty list"):
-        bf.tl.generate(model, 3, condition=[])
+        bf.tl.generate(model, n_per_condition=0)
+    with pytest.raises(ValueError, match="holds no condition"):
+        bf.tl.generate(model, [])
     with pytest.raises(ValueError, match="temperature"):
-        bf.tl.generate(model, 3, temperature=0)
+        bf.tl.generate(model, n_per_condition=3, temperature=0)
     snapshot = adata.copy()
     with pytest.raises(ValueError, match="needs the encoder"):
         bf.tl.predict(adata, model)
@@ -161,7 +163,7 @@ def test_encoder_refuses_to_generate():
     adata = bf.datasets.synthetic(n_obs=64, n_vars=20)
     model = bf.tl.pretrain(adata, n_layers=1, n_hidden=16, max_epochs=1, batch_size=32, enable_progress_bar=False)
     with pytest.raises(ValueError, match="needs the decoder"):
-        bf.tl.generate(model, 5)
+        bf.tl.generate(model)
 
 
 def test_architecture_must_be_known():
@@ -205,7 +207,7 @@ def test_decoder_reads_rank_tokens():
         enable_progress_bar=False,
     )
     assert adata.uns["bioformers_binned"]["params"]["method"] == "rank"
-    cells = bf.tl.generate(model, 8, seed=0)
+    cells = bf.tl.generate(model, n_per_condition=8, seed=0)
     bins = cells.layers["bioformers_binned"]
     assert bins.shape == (8, 30) and bins.data.max() < model.module.n_bins
     assert (bins.getnnz(axis=1) >= 1).all() or bins.nnz > 0

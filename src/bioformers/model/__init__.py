@@ -1,5 +1,6 @@
-"""The user-facing scvi-tools model."""
+"""The user-facing scvi-tools models."""
 
 from ._bioformer import BioFormer
+from ._diffusion import CellDiffusion
 
-__all__ = ["BioFormer"]
+__all__ = ["BioFormer", "CellDiffusion"]

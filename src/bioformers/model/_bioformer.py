@@ -29,7 +29,7 @@ from ..data import PerturbationPairs, binned_batches, perturbation_targets, pred
 from ..module import BioFormerDecoderModule, BioFormerModule
 from ..pp._genes import DEFAULT_MIN_GENE_COVERAGE, GeneAlignment, align_genes, match_genes
 from ..train import BioFormerTrainingPlan, PerturbationTrainingPlan, TrainingSession, default_precision
-from ._serialization import check_state_dict, check_version, read_model, write_model
+from ._serialization import check_model_class, check_state_dict, check_version, read_model, write_model
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -1032,6 +1032,7 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         os.makedirs(dir_path, exist_ok=True)
         attributes = {
             "version": package_version(),
+            "model_class": type(self).__name__,
             "n_bins": int(self.module.n_bins),
             "init_params": self.init_params_,
             "registry": self.registry_,
@@ -1070,6 +1071,7 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
             ``"cpu"`` or ``"cuda"``.
         """
         state_dict, attributes = read_model(dir_path)
+        check_model_class(attributes, cls.__name__, dir_path)
         check_version(attributes.get("version"), package_version(), dir_path)
         if adata is None:
             adata = _saved_anndata(dir_path)

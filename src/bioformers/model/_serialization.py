@@ -140,6 +140,16 @@ def _read_attributes(path: str) -> dict[str, Any]:
     return attributes
 
 
+def check_model_class(attributes: Mapping[str, Any], expected: str, dir_path: str) -> None:
+    """Raise unless the model files were written by ``expected`` (files without a record are BioFormers)."""
+    found = attributes.get("model_class", "BioFormer")
+    if found != expected:
+        raise ValueError(
+            f"{str(dir_path)!r} holds a {found}, not a {expected}. Load it with "
+            f"`bf.{found}.load({str(dir_path)!r}, adata)`."
+        )
+
+
 def check_state_dict(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], dir_path: str) -> None:
     """Raise unless ``found`` has exactly the parameters of ``expected``, each with the same shape.
 

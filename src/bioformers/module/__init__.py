@@ -2,5 +2,6 @@
 
 from ._bioformer import BioFormerModule, check_module_arguments
 from ._decoder import BioFormerDecoderModule
+from ._diffusion import CellDiffusionModule
 
-__all__ = ["BioFormerDecoderModule", "BioFormerModule", "check_module_arguments"]
+__all__ = ["BioFormerDecoderModule", "BioFormerModule", "CellDiffusionModule", "check_module_arguments"]

@@ -1,4 +1,4 @@
-"""``bf.tl.generate``: sample new cells from a decoder-only BioFormer."""
+"""``bf.tl.generate``: sample new cells from a CellDiffusion or a decoder-only BioFormer."""
 
 from __future__ import annotations
 
@@ -10,52 +10,76 @@ import pandas as pd
 from scanpy import logging as logg
 from scipy import sparse
 
+from .._conditions import Conditions, condition_table
 from .._keys import DEFAULT_KEY, Keys
 from .._record import params_record
 from ..pp._binning import bin_centers
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
-    from ..model import BioFormer
+    from ..model import BioFormer, CellDiffusion
 
 
 def generate(
-    model: BioFormer,
-    n_cells: int,
+    model: BioFormer | CellDiffusion,
+    conditions: Conditions = None,
     *,
-    condition: str | Sequence[str] | None = None,
-    batch: str | None = None,
-    temperature: float = 1.0,
+    n_per_condition: int = 100,
     seed: int = 0,
+    n_steps: int | None = None,
+    guidance: float | None = None,
+    eta: float | None = None,
+    allow_unseen: bool = False,
+    temperature: float | None = None,
     batch_size: int = 256,
     key_added: str = DEFAULT_KEY,
 ) -> ad.AnnData:
-    """Generate cells with a decoder-only BioFormer.
+    """Generate cells of given conditions with a :class:`~bioformers.CellDiffusion` or a decoder-only BioFormer.
 
-    Each cell is drawn token by token: the next gene among those not yet drawn (or the end of the
-    cell), then its bin, no larger than the previous one (:meth:`bioformers.BioFormer.generate`).
-    Cells have at most ``max_seq_len`` minus the start and condition tokens expressed genes: a
-    decoder trained on cells with more genes learned only their highest ones.
+    * :class:`~bioformers.CellDiffusion`: latent tokens are drawn by DDIM from noise, guided by the
+      conditions, and decoded into expression; each gene is detected with the probability the
+      decoder gives it.
+    * :class:`~bioformers.BioFormer` with ``architecture="decoder"``: each cell is drawn token by
+      token, the next gene among those not yet drawn (or the end of the cell) then its bin, no
+      larger than the previous one (:meth:`bioformers.BioFormer.generate`). Cells have at most
+      ``max_seq_len`` minus the start and condition tokens expressed genes.
 
     Parameters
     ----------
     model
-        A trained :class:`bioformers.BioFormer` with ``architecture="decoder"``
-        (``bf.tl.pretrain(adata, architecture="decoder", labels_key="cell_type")``).
-    n_cells
-        Cells to generate per condition (in total when ``condition`` is ``None``).
-    condition
-        A label of the ``labels_key`` the decoder was trained with (e.g. a cell type), or a list of
-        labels (``n_cells`` each); ``None`` generates unconditionally (the decoder learned that by
-        seeing labels dropped at random).
-    batch
-        A batch of the ``batch_key`` the decoder was trained with (e.g. a technology) for every cell;
-        ``None``: unknown.
-    temperature
-        Softmax temperature of every draw; below 1 sharpens towards the most likely genes and bins.
+        A trained :class:`~bioformers.CellDiffusion`, or a trained :class:`~bioformers.BioFormer`
+        with ``architecture="decoder"``.
+    conditions
+        The conditions to generate, each ``n_per_condition`` times, under the names of the
+        training data's ``obs`` columns:
+
+        * a dict mapping each condition key to a value or to a list of values (lists of one length,
+          zipped into one condition per position; single values repeated), e.g.
+          ``{"cell_type": ["B cells", "NK cells"], "donor": "d1"}``;
+        * a DataFrame with one row per condition and one column per key;
+        * when the model has a single condition, a value or list of values of it;
+        * ``None``: unconditional cells.
+
+        ``None`` as a value leaves that condition out. A :class:`~bioformers.CellDiffusion` needs
+        every key it was set up with (:attr:`~bioformers.CellDiffusion.condition_keys`); a
+        decoder conditions on its ``labels_key`` and ``batch_key``, and treats absent keys as unknown.
+    n_per_condition
+        Cells generated per condition.
     seed
         Seed of the draws: the same seed gives the same cells on one machine.
+    n_steps
+        CellDiffusion only: DDIM steps (default 50); fewer is faster and coarser.
+    guidance
+        CellDiffusion only: classifier-free guidance scale (default 1: conditional model alone; above
+        1 pushes cells further towards their condition, at some cost in diversity).
+    eta
+        CellDiffusion only: DDIM noise (default 0: deterministic given the starting noise; 1: DDPM-like).
+    allow_unseen
+        CellDiffusion only: generate conditions no training cell had (a new combination of
+        categories or perturbed genes, or a continuous value outside the training range), which
+        are refused by default.
+    temperature
+        Decoder only: softmax temperature of every draw (default 1); below 1 sharpens towards the
+        most likely genes and bins.
     batch_size
         Cells generated at once.
     key_added
@@ -63,17 +87,27 @@ def generate(
 
     Returns
     -------
-    A new AnnData of the generated cells over the model's genes (``var_names``), ready for Scanpy:
+    A new AnnData of the generated cells over the model's genes (``var_names``), ready for Scanpy,
+    ``n_per_condition`` cells per condition, in the order of the conditions:
+
+    * ``obs[<key>]`` : each cell's condition under the training column's name (categorical, or float
+      for continuous conditions); no column for a condition left out everywhere;
+    * ``uns['<key_added>_generated']['params']`` : the arguments.
+
+    From a :class:`~bioformers.CellDiffusion`:
+
+    * ``X`` : CSR ``float32``, ``log1p`` of counts per 10,000 (as ``sc.pp.normalize_total(target_sum=1e4)``
+      then ``sc.pp.log1p`` give for real cells);
+    * ``uns['log1p']`` : ``{'base': None}``, as ``sc.pp.log1p`` records.
+
+    From a decoder-only BioFormer:
 
     * ``X`` : CSR ``float32``, for value binning with normalisation the value each bin stands for
       (:func:`bioformers.pp._binning.bin_centers`: counts scaled to the training data's total), otherwise
       the bins themselves;
     * ``layers['<key_added>_binned']`` : CSR ``int16``, the generated bins, the model's input format
       (so :func:`bioformers.tl.embed` embeds the cells as they are);
-    * ``uns['<key_added>_binned']`` : the training data's binning record;
-    * ``obs[<labels_key>]`` / ``obs[<batch_key>]`` : each cell's condition (categorical), under the names
-      of the training columns; absent when generated without that condition;
-    * ``uns['<key_added>_generated']['params']`` : the arguments.
+    * ``uns['<key_added>_binned']`` : the training data's binning record.
 
     Examples
     --------
@@ -82,50 +116,135 @@ def generate(
     >>> model = bf.tl.pretrain(
     ...     adata, architecture="decoder", labels_key="cell_type", n_layers=1, n_hidden=16, max_epochs=1, batch_size=32
     ... )
-    >>> cells = bf.tl.generate(model, 5, condition=["type_0", "type_1"])
+    >>> cells = bf.tl.generate(model, ["type_0", "type_1"], n_per_condition=5)
     >>> cells.shape, cells.obs["cell_type"].value_counts().tolist()
     ((10, 50), [5, 5])
     """
+    from ..model import CellDiffusion
+
     keys = Keys(key_added)
+    if isinstance(n_per_condition, bool) or not isinstance(n_per_condition, int | np.integer) or n_per_condition < 1:
+        raise ValueError(f"`n_per_condition` must be a positive integer, not {n_per_condition!r}.")
+    if isinstance(model, CellDiffusion):
+        return _generate_diffusion(
+            model,
+            conditions,
+            n_per_condition=int(n_per_condition),
+            seed=seed,
+            n_steps=n_steps,
+            guidance=guidance,
+            eta=eta,
+            allow_unseen=allow_unseen,
+            temperature=temperature,
+            batch_size=batch_size,
+            keys=keys,
+        )
     model.require_decoder("`bf.tl.generate`")
-    if isinstance(n_cells, bool) or not isinstance(n_cells, int | np.integer) or n_cells < 1:
-        raise ValueError(f"`n_cells` must be a positive integer, not {n_cells!r}.")
-    conditions = [condition] if condition is None or isinstance(condition, str) else list(condition)
-    if not conditions:
-        raise ValueError("`condition` is an empty list. Pass labels to generate, or `None` for unconditional cells.")
-    labels = [c for c in conditions for _ in range(n_cells)]
-    batches = [batch] * len(labels)
+    diffusion_only = {"n_steps": n_steps, "guidance": guidance, "eta": eta, "allow_unseen": allow_unseen or None}
+    _refuse_other_model_arguments(diffusion_only, "a CellDiffusion")
+    args = model.registry_["setup_args"]
+    condition_keys = {kind: args.get(f"{kind}_key") for kind in ("labels", "batch")}
+    known = [key for key in condition_keys.values() if key is not None]
+    if conditions is not None and not known:
+        raise ValueError(
+            "The decoder was trained without `labels_key` or `batch_key`, so it cannot condition on anything. Train "
+            "it with `bf.tl.pretrain(adata, architecture='decoder', labels_key=...)`, or pass `conditions=None`."
+        )
+    table = condition_table(conditions, known, missing="none")
+    rows = table.loc[table.index.repeat(n_per_condition)].reset_index(drop=True)
+    values = {kind: list(rows[key]) if key is not None else [None] * len(rows) for kind, key in condition_keys.items()}
     # checks the values (naming the known ones) before any work
-    model.condition_codes("labels", labels)
-    model.condition_codes("batch", batches)
-    start = logg.info(f"generating {len(labels)} cells")
+    model.condition_codes("labels", values["labels"])
+    model.condition_codes("batch", values["batch"])
+    start = logg.info(f"generating {len(rows)} cells")
     bins = model.generate(
-        len(labels),
-        labels=labels,
-        batch=batches,
-        temperature=temperature,
+        len(rows),
+        labels=values["labels"],
+        batch=values["batch"],
+        temperature=1.0 if temperature is None else temperature,
         seed=seed,
         batch_size=batch_size,
     )
     generated = ad.AnnData(
         X=_expression(bins, model),
         var=pd.DataFrame(index=pd.Index(model.genes_, name=None)),
-        obs=_conditions(model, labels, batches),
+        obs=_decoder_conditions(model, values["labels"], values["batch"]),
     )
-    binned_layer = model.registry_["setup_args"]["layer"]
+    binned_layer = args["layer"]
     generated.layers[binned_layer] = bins
     generated.uns[binned_layer] = {"params": dict(model.binning_), "n_tokens": int(model.module.n_bins)}
     generated.uns[keys.generated] = {
         "params": params_record(
-            n_cells=int(n_cells),
-            condition=None if condition is None else np.asarray(conditions, dtype=str),
-            batch=batch,
-            temperature=float(temperature),
+            conditions=_record(table),
+            n_per_condition=int(n_per_condition),
+            temperature=1.0 if temperature is None else float(temperature),
             seed=int(seed),
         )
     }
     logg.info("    finished", time=start)
     return generated
+
+
+def _generate_diffusion(
+    model: CellDiffusion,
+    conditions: Conditions,
+    *,
+    n_per_condition: int,
+    seed: int,
+    n_steps,
+    guidance,
+    eta,
+    allow_unseen: bool,
+    temperature,
+    batch_size: int,
+    keys: Keys,
+) -> ad.AnnData:
+    _refuse_other_model_arguments({"temperature": temperature}, "a decoder-only BioFormer")
+    n_steps = 50 if n_steps is None else n_steps
+    guidance = 1.0 if guidance is None else guidance
+    eta = 0.0 if eta is None else eta
+    table = model.check_conditions(conditions, allow_unseen=allow_unseen)
+    rows = table.loc[table.index.repeat(n_per_condition)].reset_index(drop=True)
+    start = logg.info(f"generating {len(rows)} cells")
+    X = model.generate(rows, n_steps=n_steps, guidance=guidance, eta=eta, seed=seed, batch_size=batch_size)
+    obs = pd.DataFrame(index=pd.Index([f"generated_{i}" for i in range(len(rows))]))
+    for condition in model.conditions_:
+        key = condition["key"]
+        column = rows[key]
+        if column.isna().all():
+            continue
+        if condition["kind"] == "continuous":
+            obs[key] = column.astype(float).to_numpy()
+        else:
+            given = [str(v) for v in column if v is not None]
+            categories = [*condition["values"], *sorted(set(given) - set(condition["values"]))]
+            obs[key] = pd.Categorical([None if v is None else str(v) for v in column], categories=categories)
+    generated = ad.AnnData(X=X, var=pd.DataFrame(index=pd.Index(model.genes_, name=None)), obs=obs)
+    generated.uns["log1p"] = {"base": None}
+    generated.uns[keys.generated] = {
+        "params": params_record(
+            conditions=_record(table),
+            n_per_condition=int(n_per_condition),
+            n_steps=int(n_steps),
+            guidance=float(guidance),
+            eta=float(eta),
+            allow_unseen=bool(allow_unseen),
+            seed=int(seed),
+        )
+    }
+    logg.info("    finished", time=start)
+    return generated
+
+
+def _refuse_other_model_arguments(arguments: dict, model_kind: str) -> None:
+    given = [name for name, value in arguments.items() if value is not None]
+    if given:
+        raise ValueError(f"{given} apply to {model_kind} only; leave them out for this model.")
+
+
+def _record(table: pd.DataFrame) -> dict:
+    """The condition table as an ``uns``-writable dict of string arrays (None as "")."""
+    return {str(k): np.asarray(["" if v is None else str(v) for v in table[k]], dtype=str) for k in table.columns}
 
 
 def _expression(bins: sparse.csr_matrix, model: BioFormer) -> sparse.csr_matrix:
@@ -135,7 +254,7 @@ def _expression(bins: sparse.csr_matrix, model: BioFormer) -> sparse.csr_matrix:
     return sparse.csr_matrix((values.astype(np.float32), bins.indices, bins.indptr), shape=bins.shape)
 
 
-def _conditions(model: BioFormer, labels: list, batches: list) -> pd.DataFrame:
+def _decoder_conditions(model: BioFormer, labels: list, batches: list) -> pd.DataFrame:
     """``obs`` of the generated cells: the condition columns under the training data's names."""
     obs = pd.DataFrame(index=pd.Index([f"generated_{i}" for i in range(len(labels))]))
     args = model.registry_["setup_args"]

@@ -1,0 +1,668 @@
+"""``CellDiffusion``: a conditional latent-token diffusion model of expression (scvi-tools model)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from numbers import Integral, Real
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pandas as pd
+import scvi
+import torch
+from scipy import sparse
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
+from scvi.data.fields import CategoricalJointObsField, CategoricalObsField, LayerField, NumericalJointObsField
+from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
+
+from .._conditions import Conditions, condition_table
+from .._record import package_version
+from .._validation import check_anndata, check_counts, check_obs_key, did_you_mean, get_matrix, shown
+from ..data._perturbation import LOG_TARGET_SUM, perturbation_targets
+from ..module._diffusion import PERTURBATION_KEY, CellDiffusionModule
+from ..train import BioFormerTrainingPlan, TrainingSession, default_precision
+from ._bioformer import SAVED_ANNDATA_FILE, _saved_anndata, check_control, check_training_genes
+from ._serialization import check_model_class, check_state_dict, check_version, read_model, write_model
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+logger = logging.getLogger(__name__)
+
+ConditionKind = Literal["categorical", "continuous", "set"]
+
+
+def default_epochs(n_obs: int) -> tuple[int, int]:
+    """Autoencoder and diffusion epochs: about 1,500 and 4,000 optimiser steps of 128 cells (bounded)."""
+    n_obs = max(n_obs, 1)
+    autoencoder = int(np.clip(round(1_500 * 128 / n_obs), 5, 200))
+    diffusion = int(np.clip(round(4_000 * 128 / n_obs), 10, 500))
+    return autoencoder, diffusion
+
+
+class CellDiffusion(UnsupervisedTrainingMixin, BaseModelClass):
+    """Conditional diffusion over latent tokens: simulates cells of a cell type, perturbation, donor or dose.
+
+    Each cell's expression (all genes, ``log1p`` of counts per 10,000) is encoded into a short
+    sequence of latent tokens, ``(n_tokens, token_dim)``; a transformer learns to remove noise from
+    those tokens given the diffusion timestep and the cell's conditions (adaptive LayerNorm), and a
+    decoder maps tokens back to expression. Generating a cell runs the denoiser from pure noise
+    (DDIM) and decodes the result: :func:`bioformers.tl.generate`. See
+    :class:`~bioformers.module.CellDiffusionModule`.
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata`.
+    n_tokens, token_dim
+        Shape of each cell's latent tokens.
+    n_hidden, n_layers, n_heads
+        Width, depth and attention heads of the denoiser.
+    n_encoder_hidden
+        Width of the autoencoder's hidden layers.
+    dropout
+        Dropout in the denoiser.
+    condition_dropout
+        Probability that a training cell's conditions are all replaced by "none", and, separately,
+        that each one is. It teaches the model to generate with any condition left out (pass
+        ``None`` for it) and is what classifier-free guidance (``guidance`` in
+        :func:`bioformers.tl.generate`) needs; 0 turns both off.
+    n_timesteps
+        Steps of the diffusion (noising) process.
+
+    Examples
+    --------
+    >>> import bioformers as bf
+    >>> adata = bf.datasets.synthetic(n_obs=200, n_vars=50)
+    >>> bf.CellDiffusion.setup_anndata(adata, categorical_covariate_keys=["cell_type"])
+    >>> model = bf.CellDiffusion(adata, n_tokens=4, token_dim=8, n_hidden=32, n_layers=1, n_encoder_hidden=64)
+    >>> model.train(max_epochs=2, autoencoder_epochs=2, batch_size=50)
+    >>> cells = bf.tl.generate(model, {"cell_type": ["type_0", "type_1"]}, n_per_condition=5, n_steps=10)
+    >>> cells.shape
+    (10, 50)
+    """
+
+    _module_cls = CellDiffusionModule
+    _training_plan_cls = BioFormerTrainingPlan
+
+    def __init__(
+        self,
+        adata: AnnData | None = None,
+        n_tokens: int = 16,
+        token_dim: int = 32,
+        n_hidden: int = 128,
+        n_layers: int = 4,
+        n_heads: int = 4,
+        n_encoder_hidden: int = 512,
+        dropout: float = 0.0,
+        condition_dropout: float = 0.1,
+        n_timesteps: int = 1000,
+    ):
+        super().__init__(adata)
+        _check_sizes(
+            n_tokens=n_tokens,
+            token_dim=token_dim,
+            n_hidden=n_hidden,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            n_encoder_hidden=n_encoder_hidden,
+            n_timesteps=n_timesteps,
+        )
+        if n_hidden % n_heads:
+            raise ValueError(f"`n_hidden` ({n_hidden}) must be divisible by `n_heads` ({n_heads}).")
+        for name, value in (("dropout", dropout), ("condition_dropout", condition_dropout)):
+            if not 0 <= value < 1:
+                raise ValueError(f"`{name}` must be in [0, 1), not {value}.")
+        self.genes_ = np.asarray(adata.var_names).astype(str)
+        #: the registered conditions: one dict per condition (key, kind and its known values)
+        self.conditions_ = self._registered_conditions()
+        continuous = self._condition_frame(kinds=("continuous",))
+        set_condition = self._condition("set")
+        self.module = self._module_cls(
+            n_genes=adata.n_vars,
+            n_tokens=n_tokens,
+            token_dim=token_dim,
+            n_hidden=n_hidden,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            n_encoder_hidden=n_encoder_hidden,
+            dropout=dropout,
+            categorical_sizes=[len(c["values"]) for c in self.conditions_ if c["kind"] == "categorical"],
+            n_continuous=continuous.shape[1],
+            n_set_items=len(set_condition["items"]) if set_condition else 0,
+            set_table=torch.from_numpy(self._set_items(set_condition["values"])) if set_condition else None,
+            condition_dropout=condition_dropout,
+            n_timesteps=n_timesteps,
+            target_sum=LOG_TARGET_SUM,
+        )
+        if continuous.shape[1]:
+            values = torch.tensor(continuous.to_numpy(dtype=np.float64), dtype=torch.float32)
+            self.module.conditions.set_continuous_scale(values.mean(dim=0), values.std(dim=0, unbiased=False))
+        #: condition combinations seen in training (see :meth:`check_conditions`)
+        self.seen_ = self._seen_conditions()
+        self.training_stages_: dict[str, int] = {}
+        self._model_summary_string = (
+            f"CellDiffusion: {adata.n_vars} genes, {n_tokens} latent tokens x {token_dim}, "
+            f"denoiser n_hidden={n_hidden}, n_layers={n_layers}, conditions: {[c['key'] for c in self.conditions_] or 'none'}"
+        )
+        self.init_params_ = self._get_init_params(locals())
+
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        layer: str | None = None,
+        categorical_covariate_keys: Sequence[str] | None = None,
+        continuous_covariate_keys: Sequence[str] | None = None,
+        perturbation_key: str | None = None,
+        control: str = "control",
+        **kwargs,
+    ) -> None:
+        """Register the raw counts and the conditions with scvi-tools.
+
+        scvi-tools writes its bookkeeping into ``adata`` (``uns['_scvi_uuid']``, ...), so a view is
+        refused: call ``.copy()`` on it first. Every check runs before that.
+
+        Parameters
+        ----------
+        adata
+            AnnData with raw counts (non-negative whole numbers, no empty cell). The model works on
+            ``log1p`` of counts per 10,000 (``sc.pp.normalize_total(target_sum=1e4)`` then
+            ``sc.pp.log1p``), computed inside.
+        layer
+            Layer with the counts; ``None``: ``X``.
+        categorical_covariate_keys
+            Columns of ``adata.obs`` with categorical conditions (cell type, batch, donor), each
+            embedded by its own table.
+        continuous_covariate_keys
+            Columns of ``adata.obs`` with numeric conditions (dose, time), each mapped by its own small MLP.
+        perturbation_key
+            Column of ``adata.obs`` naming each cell's perturbation: ``control`` or the perturbed
+            gene(s), several joined by ``+`` (``"STAT1+JAK2"``). It is a set condition: each gene is
+            embedded and the set is mean-pooled, so combinations of seen genes can be asked for.
+        control
+            The label of unperturbed cells in ``perturbation_key`` (the empty set).
+        """
+        check_anndata(adata)
+        counts = get_matrix(adata, layer)
+        check_counts(counts, where="adata.X" if layer is None else f"adata.layers[{layer!r}]")
+        categorical = _key_list(categorical_covariate_keys, "categorical_covariate_keys")
+        continuous = _key_list(continuous_covariate_keys, "continuous_covariate_keys")
+        keys = [*categorical, *continuous, *([perturbation_key] if perturbation_key is not None else [])]
+        repeated = sorted({k for k in keys if keys.count(k) > 1})
+        if repeated:
+            raise ValueError(f"{repeated} named as more than one condition. Give each `obs` column one kind.")
+        for key in categorical:
+            check_obs_key(adata, key, argument="categorical_covariate_keys")
+        for key in continuous:
+            check_obs_key(adata, key, argument="continuous_covariate_keys")
+            values = adata.obs[key]
+            if not pd.api.types.is_numeric_dtype(values) or not np.isfinite(values.to_numpy(dtype=float)).all():
+                raise ValueError(
+                    f"`adata.obs[{key!r}]` (`continuous_covariate_keys=`) must hold finite numbers (it is "
+                    f"{values.dtype}). Convert it, e.g. `adata.obs[{key!r}] = adata.obs[{key!r}].astype(float)`, or "
+                    "register a column of labels with `categorical_covariate_keys=`."
+                )
+        check_obs_key(adata, perturbation_key, argument="perturbation_key")
+        if perturbation_key is not None:
+            check_control(adata.obs[perturbation_key], control, perturbation_key)
+        setup_method_args = cls._get_setup_method_args(**locals())
+        fields = [
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
+            CategoricalJointObsField(REGISTRY_KEYS.CAT_COVS_KEY, categorical or None),
+            NumericalJointObsField(REGISTRY_KEYS.CONT_COVS_KEY, continuous or None),
+        ]
+        if perturbation_key is not None:
+            fields.append(CategoricalObsField(PERTURBATION_KEY, perturbation_key))
+        adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(adata, **kwargs)
+        cls.register_manager(adata_manager)
+
+    # --- conditions ------------------------------------------------------------------------------
+    def _registered_conditions(self) -> list[dict]:
+        """One dict per condition, in the module's order: categorical, continuous, set."""
+        args = self.registry_["setup_args"]
+        conditions: list[dict] = []
+        categorical = args.get("categorical_covariate_keys") or []
+        if categorical:
+            mappings = self.adata_manager.get_state_registry(REGISTRY_KEYS.CAT_COVS_KEY).mappings
+            conditions += [
+                {"key": k, "kind": "categorical", "values": [str(v) for v in mappings[k]]} for k in categorical
+            ]
+        conditions += [{"key": k, "kind": "continuous"} for k in args.get("continuous_covariate_keys") or []]
+        if args.get("perturbation_key") is not None:
+            labels = [str(v) for v in self.adata_manager.get_state_registry(PERTURBATION_KEY).categorical_mapping]
+            control = args["control"]
+            items = list(dict.fromkeys(t for label in labels for t in perturbation_targets(label, control)))
+            conditions.append(
+                {"key": args["perturbation_key"], "kind": "set", "values": labels, "items": items, "control": control}
+            )
+        return conditions
+
+    def _condition(self, kind: ConditionKind) -> dict | None:
+        return next((c for c in self.conditions_ if c["kind"] == kind), None)
+
+    @property
+    def condition_keys(self) -> list[str]:
+        """The ``obs`` columns the model conditions on, in registration order (categorical, continuous, set)."""
+        return [c["key"] for c in self.conditions_]
+
+    def _condition_frame(self, kinds: Sequence[ConditionKind] = ("categorical", "continuous", "set")) -> pd.DataFrame:
+        """The registered AnnData's conditions of the given kinds, as a DataFrame."""
+        keys = [c["key"] for c in self.conditions_ if c["kind"] in kinds]
+        return self.adata.obs[keys].copy() if keys else pd.DataFrame(index=self.adata.obs_names)
+
+    def _set_label(self, value: str) -> str:
+        """A set condition's canonical label: its genes sorted and joined by ``+`` (``control``: itself)."""
+        control = self._condition("set")["control"]
+        targets = perturbation_targets(str(value), control)
+        return control if not targets else "+".join(sorted(targets))
+
+    def _set_items(self, labels: Sequence[str]) -> np.ndarray:
+        """Item indices of set labels, ``(labels, slots)``, -1 padding; raises naming unknown genes."""
+        condition = self._condition("set")
+        index = {item: i for i, item in enumerate(condition["items"])}
+        parsed = [perturbation_targets(str(label), condition["control"]) for label in labels]
+        unknown = sorted({t for targets in parsed for t in targets if t not in index})
+        if unknown:
+            raise ValueError(
+                f"Unknown perturbation(s) {unknown} in `{condition['key']}`: the model has embeddings only for the "
+                f"genes perturbed in training, {shown(condition['items'])} (or {condition['control']!r} for control cells)."
+                f"{did_you_mean(unknown[0], condition['items'])}"
+            )
+        table = np.full((len(labels), max(1, max(map(len, parsed), default=1))), -1, dtype=np.int64)
+        for row, targets in enumerate(parsed):
+            table[row, : len(targets)] = [index[t] for t in targets]
+        return table
+
+    def _seen_conditions(self) -> dict:
+        """Combinations of categorical and set conditions seen in training, and each continuous range."""
+        discrete = [c["key"] for c in self.conditions_ if c["kind"] != "continuous"]
+        frame = self._condition_frame(kinds=("categorical", "set")).astype(str)
+        if self._condition("set"):
+            key = self._condition("set")["key"]
+            frame[key] = [self._set_label(v) for v in frame[key]]
+        combinations = frame.drop_duplicates().to_numpy().tolist() if discrete else []
+        ranges = {
+            c["key"]: [float(self.adata.obs[c["key"]].min()), float(self.adata.obs[c["key"]].max())]
+            for c in self.conditions_
+            if c["kind"] == "continuous"
+        }
+        return {"keys": discrete, "combinations": combinations, "ranges": ranges}
+
+    def check_conditions(self, conditions: Conditions, *, allow_unseen: bool = False) -> pd.DataFrame:
+        """Check conditions for :meth:`generate`; return them as a table, one row per condition.
+
+        Parameters
+        ----------
+        conditions
+            * a dict mapping every condition key (:attr:`condition_keys`) to a value, or to a list of
+              values (all lists of one length; single values are repeated), one condition per position;
+            * a DataFrame with one column per condition key and one row per condition;
+            * for a model with a single condition, a value or a list of values of it;
+            * ``None``: one unconditional condition.
+
+            ``None`` (or NaN) as a value leaves that condition out: the model's "none" embedding stands
+            in for it, which needs ``condition_dropout > 0`` in training.
+        allow_unseen
+            Allow conditions never seen in training: a combination of categories (and perturbations)
+            that no training cell had, or a continuous value outside the training range. The model
+            then extrapolates; by default they are refused.
+
+        Raises
+        ------
+        ValueError
+            A condition key is missing or unknown, a value is unknown (the message lists the known
+            ones), or a condition was never seen in training and ``allow_unseen`` is ``False``.
+        """
+        table = condition_table(conditions, self.condition_keys, missing="raise")
+        for condition in self.conditions_:
+            key, column = condition["key"], table[condition["key"]]
+            given = column[column.notna()]
+            if len(given) < len(column) and not self.module.condition_dropout:
+                raise ValueError(
+                    f"Condition {key!r} is left out (None) for some cells, but the model was trained with "
+                    "`condition_dropout=0`, so it never learned to generate without it. Give a value of "
+                    f"{key!r} for every condition, or train with `condition_dropout > 0`."
+                )
+            if condition["kind"] == "categorical":
+                unknown = sorted({str(v) for v in given if str(v) not in set(condition["values"])})
+                if unknown:
+                    raise ValueError(
+                        f"Unknown value(s) {unknown} of condition {key!r}; the model knows "
+                        f"{shown(condition['values'], limit=30)}.{did_you_mean(unknown[0], condition['values'])} "
+                        f"Pass `None` for {key!r} to generate without it."
+                    )
+            elif condition["kind"] == "continuous":
+                bad = [v for v in given if isinstance(v, bool) or not isinstance(v, Real) or not np.isfinite(v)]
+                if bad:
+                    raise ValueError(
+                        f"Condition {key!r} is continuous: its values must be finite numbers, not {bad[:5]}."
+                    )
+            else:
+                self._set_items([str(v) for v in given])
+        if not allow_unseen:
+            self._refuse_unseen(table)
+        return table
+
+    def _refuse_unseen(self, table: pd.DataFrame) -> None:
+        seen = self.seen_
+        for key, (low, high) in seen["ranges"].items():
+            outside = sorted({float(v) for v in table[key] if v is not None and not low <= float(v) <= high})
+            if outside:
+                raise ValueError(
+                    f"Condition {key!r} = {outside[:5]} lies outside the training range [{low:g}, {high:g}]: the model "
+                    "would extrapolate. Pass `allow_unseen=True` to generate anyway."
+                )
+        if not seen["keys"]:
+            return
+        observed = pd.DataFrame(seen["combinations"], columns=seen["keys"])
+        set_key = self._condition("set")["key"] if self._condition("set") else None
+        for _, row in table.iterrows():
+            given = {
+                k: (self._set_label(row[k]) if k == set_key else str(row[k]))
+                for k in seen["keys"]
+                if row[k] is not None
+            }
+            if not given:
+                continue
+            match = np.logical_and.reduce([observed[k].to_numpy() == v for k, v in given.items()])
+            if not match.any():
+                described = ", ".join(f"{k}={v!r}" for k, v in given.items())
+                raise ValueError(
+                    f"No training cell had {described}: the model would generate a condition it never saw, "
+                    "extrapolating from the separate embeddings. Pass `allow_unseen=True` to do that on purpose, or "
+                    "`None` for a condition to leave it out."
+                )
+
+    def _encode_conditions(self, table: pd.DataFrame) -> dict[str, torch.Tensor | None]:
+        """Module inputs for a checked condition table (one row per cell)."""
+        n = len(table)
+        categorical = [c for c in self.conditions_ if c["kind"] == "categorical"]
+        codes = np.zeros((n, len(categorical)), dtype=np.int64)
+        for i, c in enumerate(categorical):
+            index = {v: j for j, v in enumerate(c["values"])}
+            codes[:, i] = [len(c["values"]) if v is None else index[str(v)] for v in table[c["key"]]]
+        continuous = [c["key"] for c in self.conditions_ if c["kind"] == "continuous"]
+        values = np.array(
+            [[np.nan if v is None else float(v) for v in table[k]] for k in continuous], dtype=np.float32
+        ).T.reshape(n, len(continuous))
+        set_condition = self._condition("set")
+        items = set_none = None
+        if set_condition:
+            column = table[set_condition["key"]]
+            labels = [set_condition["control"] if v is None else str(v) for v in column]
+            items = torch.from_numpy(self._set_items(labels))
+            set_none = torch.tensor([v is None for v in column])
+        return {
+            "categorical": torch.from_numpy(codes),
+            "continuous": torch.from_numpy(values),
+            "set_items": items,
+            "set_none": set_none,
+        }
+
+    def _condition_vector(self, encoded: dict, rows: slice | None = None, *, none: bool = False) -> torch.Tensor:
+        part = {k: (v[rows] if v is not None and rows is not None else v) for k, v in encoded.items()}
+        n = len(part["categorical"])
+        device = self.device
+        part = {k: (v.to(device) if v is not None else None) for k, v in part.items()}
+        drop = torch.ones(n, self.module.conditions.n_keys, dtype=torch.bool, device=device) if none else None
+        return self.module.conditions(
+            n, part["categorical"], part["continuous"], part["set_items"], part["set_none"], drop
+        )
+
+    # --- training --------------------------------------------------------------------------------
+    def train(
+        self,
+        max_epochs: int | None = None,
+        *,
+        autoencoder_epochs: int | None = None,
+        schedule: Literal["pretrain", "joint"] = "pretrain",
+        batch_size: int = 128,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        warmup_fraction: float = 0.05,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        precision: str | None = None,
+        gradient_clip_val: float = 1.0,
+        plan_kwargs: dict | None = None,
+        **trainer_kwargs,
+    ) -> None:
+        """Train the autoencoder, then the denoiser on its frozen latent tokens (or both at once).
+
+        Parameters
+        ----------
+        max_epochs
+            Epochs of the denoiser; ``None``: about 4,000 optimiser steps of 128 cells (10 to 500 epochs).
+        autoencoder_epochs
+            Epochs of the autoencoder alone, first (``schedule="pretrain"``); ``None``: about 1,500 steps
+            of 128 cells (5 to 200 epochs).
+        schedule
+            ``"pretrain"``: the autoencoder first, then the denoiser on its frozen tokens (latent
+            diffusion's usual recipe). ``"joint"``: both from the start for ``max_epochs``; the
+            diffusion loss never reaches the encoder (its tokens are detached), so the denoiser
+            chases latents that still move. ``benchmarks/diffusion_generate.py`` compares them.
+        batch_size
+            Cells per minibatch.
+        lr, weight_decay, warmup_fraction
+            AdamW's peak learning rate and weight decay, and the warm-up fraction of each stage's
+            steps (then cosine decay), as in :class:`~bioformers.train.BioFormerTrainingPlan`.
+        accelerator, devices, precision, gradient_clip_val
+            As in :meth:`bioformers.BioFormer.train`; ``precision=None`` uses bf16 autocast on CUDA and
+            on CPUs with AMX/AVX512-BF16.
+        plan_kwargs
+            More arguments for the training plan.
+        **trainer_kwargs
+            Passed to scvi-tools' ``train`` and Lightning's ``Trainer``.
+
+        Raises
+        ------
+        bioformers.train.NonFiniteLossError
+            The loss or the gradients became NaN or infinite; training stops before that step.
+            Ctrl-C stops training, keeping the last step's weights, with a warning (as in
+            :meth:`bioformers.BioFormer.train`).
+        """
+        if schedule not in ("pretrain", "joint"):
+            raise ValueError(f"`schedule` must be 'pretrain' or 'joint', not {schedule!r}.")
+        n_obs = self.adata.n_obs
+        if n_obs < batch_size:
+            raise ValueError(
+                f"The AnnData has {n_obs} cells, fewer than one batch (batch_size={batch_size}). "
+                f"Pass `batch_size={max(n_obs // 2, 1)}` or smaller."
+            )
+        default_autoencoder, default_diffusion = default_epochs(n_obs)
+        max_epochs = max_epochs or default_diffusion
+        autoencoder_epochs = (autoencoder_epochs or default_autoencoder) if schedule == "pretrain" else 0
+        for name, value in (("max_epochs", max_epochs), ("autoencoder_epochs", autoencoder_epochs)):
+            if isinstance(value, bool) or not isinstance(value, Integral) or value < 0:
+                raise ValueError(f"`{name}` must be a whole number of epochs, not {value!r}.")
+        plan_kwargs = {"lr": lr, "weight_decay": weight_decay, "warmup_fraction": warmup_fraction} | (plan_kwargs or {})
+        precision = precision or default_precision(accelerator)
+        stages = (
+            [("autoencoder", autoencoder_epochs), ("diffusion", max_epochs)]
+            if schedule == "pretrain"
+            else [("joint", max_epochs)]
+        )
+        autoencoder = [self.module.encoder, self.module.decoder, self.module.detection_head, self.module.value_head]
+        try:
+            for stage, epochs in stages:
+                if not epochs:
+                    continue
+                self.module.stage = stage
+                for part in autoencoder:
+                    part.requires_grad_(stage != "diffusion")
+                for part in (self.module.denoiser, self.module.conditions):
+                    part.requires_grad_(stage != "autoencoder")
+                session = TrainingSession(
+                    self.module, run={"stage": stage, "max_epochs": epochs, "seed": scvi.settings.seed}
+                )
+                self.module.train()
+                with session.guard(self):
+                    super().train(
+                        max_epochs=epochs,
+                        batch_size=batch_size,
+                        accelerator=accelerator,
+                        devices=devices,
+                        plan_kwargs=plan_kwargs,
+                        precision=precision,
+                        gradient_clip_val=gradient_clip_val,
+                        **session.trainer_kwargs(dict(trainer_kwargs)),
+                    )
+                self.training_stages_[stage] = self.training_stages_.get(stage, 0) + int(self.trainer.current_epoch)
+                if self.trainer.interrupted:
+                    break
+        finally:
+            self.module.requires_grad_(True)
+            self.module.stage = "diffusion"
+            self.module.eval()
+
+    # --- using the model -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def get_latent_representation(
+        self, adata: AnnData | None = None, indices: Sequence[int] | None = None, batch_size: int = 512
+    ) -> np.ndarray:
+        """Each cell's latent tokens, flattened: ``(cells, n_tokens * token_dim)``.
+
+        ``adata`` needs the model's genes in the model's order and is registered like the training data.
+        """
+        self._check_if_trained(warn=False)
+        adata = self._validate_anndata(adata)
+        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size, shuffle=False)
+        self.module.eval()
+        out = [
+            self.module.encode(self.module.normalize(tensors[REGISTRY_KEYS.X_KEY].to(self.device)))
+            .flatten(1)
+            .float()
+            .cpu()
+            for tensors in loader
+        ]
+        return torch.cat(out).numpy()
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        table: pd.DataFrame,
+        *,
+        n_steps: int = 50,
+        guidance: float = 1.0,
+        eta: float = 0.0,
+        seed: int = 0,
+        batch_size: int = 512,
+    ) -> sparse.csr_matrix:
+        """Sample one cell per row of a checked condition table (:meth:`check_conditions`).
+
+        Returns ``log1p`` of counts per 10,000, ``(cells, n_genes)`` CSR ``float32``; each gene is detected
+        with the probability the decoder gives it. :func:`bioformers.tl.generate` wraps this into an
+        AnnData. Same seed, same cells (on one machine).
+        """
+        self._check_if_trained(warn=False)
+        if (
+            isinstance(n_steps, bool)
+            or not isinstance(n_steps, Integral)
+            or not 1 <= n_steps <= self.module.n_timesteps
+        ):
+            raise ValueError(f"`n_steps` must be a whole number in [1, {self.module.n_timesteps}], not {n_steps!r}.")
+        if not isinstance(guidance, Real) or not np.isfinite(guidance) or guidance < 0:
+            raise ValueError(f"`guidance` must be a finite number >= 0 (1: no guidance), not {guidance!r}.")
+        if guidance != 1 and not self.module.condition_dropout:
+            raise ValueError(
+                "Classifier-free guidance needs the unconditional model, which a model trained with "
+                "`condition_dropout=0` never learned. Use `guidance=1`."
+            )
+        if not 0 <= eta <= 1:
+            raise ValueError(f"`eta` must be in [0, 1], not {eta!r}.")
+        encoded = self._encode_conditions(table)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.module.eval()
+        parts = []
+        for start in range(0, len(table), batch_size):
+            rows = slice(start, min(start + batch_size, len(table)))
+            condition = self._condition_vector(encoded, rows)
+            free = self._condition_vector(encoded, rows, none=True) if guidance != 1 else None
+            z = self.module.sample(
+                condition, free, n_steps=n_steps, guidance=float(guidance), eta=eta, generator=generator
+            )
+            parts.append(sparse.csr_matrix(self.module.decode_sample(z, generator).cpu().numpy()))
+        return sparse.vstack(parts, format="csr").astype(np.float32)
+
+    # --- files -----------------------------------------------------------------------------------
+    def save(self, dir_path: str, *, overwrite: bool = False, save_anndata: bool = False) -> None:
+        """Save weights (safetensors) and settings (JSON) into ``dir_path``; nothing is pickled.
+
+        Parameters
+        ----------
+        dir_path
+            Directory to create.
+        overwrite
+            Replace an existing directory's model files.
+        save_anndata
+            Also write the training AnnData as ``adata.h5ad`` (then :meth:`load` needs no AnnData).
+        """
+        if os.path.exists(dir_path) and not overwrite:
+            raise FileExistsError(f"{dir_path!r} already exists. Pass `overwrite=True` or choose another directory.")
+        os.makedirs(dir_path, exist_ok=True)
+        history = {name: [float(v) for v in frame.iloc[:, 0].dropna()] for name, frame in (self.history_ or {}).items()}
+        attributes = {
+            "version": package_version(),
+            "model_class": type(self).__name__,
+            "init_params": self.init_params_,
+            "registry": self.registry_,
+            "genes": self.genes_,
+            "binning": {},
+            "history": history,
+            "training_stages": self.training_stages_,
+        }
+        write_model(dir_path, self.module.state_dict(), attributes)
+        if save_anndata:
+            self.adata.write_h5ad(os.path.join(dir_path, SAVED_ANNDATA_FILE))
+
+    @classmethod
+    def load(cls, dir_path: str, adata: AnnData | None = None, *, accelerator: str = "cpu") -> CellDiffusion:
+        """Load a model written by :meth:`save`, with ``adata`` (the training data) registered as its AnnData.
+
+        Only ``model.safetensors`` and ``model.json`` are read, by parsers that cannot run code.
+        ``adata`` needs exactly the model's genes, in order; ``None`` reads ``adata.h5ad`` written by
+        ``save(..., save_anndata=True)``.
+        """
+        state_dict, attributes = read_model(dir_path)
+        check_model_class(attributes, cls.__name__, dir_path)
+        check_version(attributes.get("version"), package_version(), dir_path)
+        if adata is None:
+            adata = _saved_anndata(dir_path)
+        genes = np.asarray(attributes["genes"]).astype(str)
+        check_training_genes(adata, genes, dir_path)
+        registry = attributes["registry"]
+        cls.setup_anndata(adata, source_registry=registry, **registry["setup_args"])
+        init = attributes["init_params"]
+        kwargs = {k: v for group in init.get("kwargs", {}).values() for k, v in group.items()}
+        model = cls(adata, **dict(init["non_kwargs"]), **kwargs)
+        check_state_dict(model.module.state_dict(), state_dict, dir_path)
+        model.module.load_state_dict(state_dict)
+        model.history_ = {
+            name: pd.DataFrame({name: values}, index=pd.RangeIndex(len(values), name="epoch"))
+            for name, values in attributes["history"].items()
+        }
+        model.training_stages_ = dict(attributes.get("training_stages", {}))
+        model.module.stage = "diffusion"
+        model.is_trained_ = True
+        model.to_device("cuda" if accelerator in ("cuda", "gpu") else "cpu")
+        model.module.eval()
+        return model
+
+
+def _key_list(keys: Sequence[str] | None, argument: str) -> list[str]:
+    if keys is None:
+        return []
+    if isinstance(keys, str):
+        raise TypeError(f"`{argument}` takes a list of `obs` columns: pass `[{keys!r}]`.")
+    return [str(k) for k in keys]
+
+
+def _check_sizes(**sizes: int) -> None:
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+            raise ValueError(f"`{name}` must be a positive whole number, not {value!r}.")

@@ -1,0 +1,419 @@
+"""The latent-token diffusion network behind :class:`bioformers.CellDiffusion`.
+
+Three parts:
+
+* an autoencoder: the cell's log-normalised expression -> ``(n_tokens, token_dim)`` latent tokens
+  (an MLP, then a LayerNorm without parameters on each token, so every token has mean 0 and
+  variance 1: the scale diffusion expects, without a fitted scale factor) -> expression again,
+  through a hurdle decoder (the probability that each gene is detected, and its value if it is);
+* a denoiser: a transformer over the tokens of one cell whose LayerNorms take their scale, shift
+  and residual gates from the timestep and the conditions (adaptive LayerNorm, DiT's adaLN-Zero);
+* the conditions, each kind embedded its own way and summed: categorical (an embedding),
+  continuous (a small MLP on the standardised value) and a set of perturbed genes (embedded,
+  mean-pooled with a padding mask). Every condition has a learned "none" embedding, used when it
+  is not given and, during training, at random (``condition_dropout``), so the denoiser also
+  learns the unconditional distribution that classifier-free guidance needs.
+
+Diffusion is DDPM (cosine noise schedule, noise prediction, MSE); sampling is DDIM.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from scvi import REGISTRY_KEYS
+from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
+from torch import nn
+
+from ..nn import SelfAttention
+
+#: Registry key of the set-valued condition (perturbations) of a :class:`~bioformers.CellDiffusion`.
+PERTURBATION_KEY = "perturbation"
+Stage = Literal["autoencoder", "diffusion", "joint"]
+
+
+def cosine_alphas_cumprod(n_timesteps: int, offset: float = 0.008) -> torch.Tensor:
+    """Cumulative signal fraction ``ᾱ_t`` of the cosine schedule (Nichol & Dhariwal, 2021), ``t = 1..T``."""
+    steps = torch.arange(n_timesteps + 1, dtype=torch.float64) / n_timesteps
+    f = torch.cos((steps + offset) / (1 + offset) * math.pi / 2) ** 2
+    betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
+    return torch.cumprod(1 - betas, dim=0).float()
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Sinusoidal embedding of integer timesteps, ``(batch, dim)``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    angles = t.float()[:, None] * freqs[None]
+    embedding = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+    return F.pad(embedding, (0, dim % 2))
+
+
+class AdaLNBlock(nn.Module):
+    """A pre-LayerNorm transformer block whose norms and residual gates are set by a condition vector.
+
+    ``scale``, ``shift`` and ``gate`` of both sub-layers come from a linear map of the condition,
+    initialised at zero, so every block starts as the identity (adaLN-Zero, Peebles & Xie, 2023).
+    """
+
+    def __init__(self, n_hidden: int, n_heads: int, dropout: float = 0.0, ffn_ratio: int = 4):
+        super().__init__()
+        self.norm_attn = nn.LayerNorm(n_hidden, elementwise_affine=False)
+        self.attn = SelfAttention(n_hidden, n_heads)
+        self.norm_ffn = nn.LayerNorm(n_hidden, elementwise_affine=False)
+        self.ffn = nn.Sequential(
+            nn.Linear(n_hidden, ffn_ratio * n_hidden), nn.GELU(), nn.Linear(ffn_ratio * n_hidden, n_hidden)
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(n_hidden, 6 * n_hidden))
+        nn.init.zeros_(self.modulation[-1].weight)
+        nn.init.zeros_(self.modulation[-1].bias)
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(condition)[:, None].chunk(6, dim=-1)
+        attended, _ = self.attn(self.norm_attn(x) * (1 + scale1) + shift1)
+        x = x + gate1 * self.dropout(attended)
+        return x + gate2 * self.dropout(self.ffn(self.norm_ffn(x) * (1 + scale2) + shift2))
+
+
+class Denoiser(nn.Module):
+    """Predicts the noise in latent tokens from the noisy tokens, the timestep and the condition vector."""
+
+    def __init__(self, n_tokens: int, token_dim: int, n_hidden: int, n_layers: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.n_hidden = n_hidden
+        self.input = nn.Linear(token_dim, n_hidden)
+        self.position = nn.Parameter(torch.randn(n_tokens, n_hidden) * 0.02)
+        self.time = nn.Sequential(nn.Linear(n_hidden, n_hidden), nn.SiLU(), nn.Linear(n_hidden, n_hidden))
+        self.blocks = nn.ModuleList(AdaLNBlock(n_hidden, n_heads, dropout) for _ in range(n_layers))
+        self.norm = nn.LayerNorm(n_hidden, elementwise_affine=False)
+        self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(n_hidden, 2 * n_hidden))
+        self.output = nn.Linear(n_hidden, token_dim)
+        for layer in (self.final_modulation[-1], self.output):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        c = self.time(timestep_embedding(t, self.n_hidden)) + condition
+        x = self.input(z) + self.position
+        for block in self.blocks:
+            x = block(x, c)
+        shift, scale = self.final_modulation(c)[:, None].chunk(2, dim=-1)
+        return self.output(self.norm(x) * (1 + scale) + shift)
+
+
+class ConditionEmbedding(nn.Module):
+    """Embeds every condition of a cell into one ``n_hidden`` vector (their sum).
+
+    Parameters
+    ----------
+    n_hidden
+        Width of the condition vector.
+    categorical_sizes
+        Number of categories of each categorical condition; code ``size`` means "none".
+    n_continuous
+        Number of continuous conditions (NaN means "none"); each is standardised with the training
+        mean and standard deviation (:meth:`set_continuous_scale`) and mapped by its own MLP.
+    n_set_items
+        Size of the vocabulary of the set condition (perturbed genes); 0: no set condition.
+    """
+
+    def __init__(self, n_hidden: int, categorical_sizes: list[int], n_continuous: int, n_set_items: int):
+        super().__init__()
+        self.categorical = nn.ModuleList(nn.Embedding(size + 1, n_hidden) for size in categorical_sizes)
+        self.continuous = nn.ModuleList(
+            nn.Sequential(nn.Linear(1, n_hidden), nn.SiLU(), nn.Linear(n_hidden, n_hidden)) for _ in range(n_continuous)
+        )
+        self.continuous_none = nn.Parameter(torch.zeros(n_continuous, n_hidden))
+        self.register_buffer("continuous_mean", torch.zeros(n_continuous))
+        self.register_buffer("continuous_std", torch.ones(n_continuous))
+        self.n_set_items = n_set_items
+        if n_set_items:
+            self.set_items = nn.Embedding(n_set_items, n_hidden)
+            self.set_projection = nn.Sequential(nn.Linear(n_hidden, n_hidden), nn.SiLU(), nn.Linear(n_hidden, n_hidden))
+            # the empty set (control cells) and the unknown set (not given) are two learned vectors
+            self.set_empty = nn.Parameter(torch.zeros(n_hidden))
+            self.set_none = nn.Parameter(torch.zeros(n_hidden))
+        for embedding in self.categorical:
+            nn.init.normal_(embedding.weight, std=0.02)
+
+    @property
+    def n_keys(self) -> int:
+        """Number of conditions (categorical + continuous + set)."""
+        return len(self.categorical) + len(self.continuous) + int(self.n_set_items > 0)
+
+    def set_continuous_scale(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Record the training mean and standard deviation of the continuous conditions."""
+        self.continuous_mean.copy_(mean)
+        self.continuous_std.copy_(std.clamp(min=1e-6))
+
+    def forward(
+        self,
+        n_cells: int,
+        categorical: torch.Tensor | None,
+        continuous: torch.Tensor | None,
+        set_items: torch.Tensor | None,
+        set_none: torch.Tensor | None,
+        drop: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The condition vector, ``(n_cells, n_hidden)``.
+
+        ``categorical``: codes ``(n_cells, n_categorical)``; ``continuous``: values ``(n_cells,
+        n_continuous)``, NaN for none; ``set_items``: item indices ``(n_cells, slots)``, -1 padding (a
+        row of -1 is the empty set); ``set_none``: cells whose set is not given; ``drop``: ``(n_cells,
+        n_keys)`` booleans replacing conditions by "none" (classifier-free guidance training).
+        """
+        device = self.continuous_none.device
+        out = torch.zeros(n_cells, self.continuous_none.shape[1], device=device)
+        key = 0
+        for i, embedding in enumerate(self.categorical):
+            codes = categorical[:, i].long()
+            if drop is not None:
+                codes = torch.where(drop[:, key], embedding.num_embeddings - 1, codes)
+            out = out + embedding(codes)
+            key += 1
+        for i, mlp in enumerate(self.continuous):
+            value = continuous[:, i].float()
+            none = torch.isnan(value)
+            if drop is not None:
+                none = none | drop[:, key]
+            scaled = ((value - self.continuous_mean[i]) / self.continuous_std[i]).nan_to_num(0.0)
+            out = out + torch.where(none[:, None], self.continuous_none[i], mlp(scaled[:, None]))
+            key += 1
+        if self.n_set_items:
+            present = set_items >= 0
+            items = self.set_items(set_items.clamp(min=0)) * present[..., None]
+            count = present.sum(dim=1, keepdim=True)
+            pooled = self.set_projection(items.sum(dim=1) / count.clamp(min=1))
+            pooled = torch.where(count > 0, pooled, self.set_empty)
+            none = set_none.bool() if set_none is not None else torch.zeros(n_cells, dtype=torch.bool, device=device)
+            if drop is not None:
+                none = none | drop[:, key]
+            out = out + torch.where(none[:, None], self.set_none, pooled)
+        return out
+
+
+class CellDiffusionModule(BaseModuleClass):
+    """Autoencoder to latent tokens, conditional denoiser over the tokens, DDPM loss and DDIM sampler.
+
+    Parameters
+    ----------
+    n_genes
+        Number of genes.
+    n_tokens, token_dim
+        Shape of each cell's latent tokens.
+    n_hidden, n_layers, n_heads
+        Width, depth and attention heads of the denoiser.
+    n_encoder_hidden
+        Width of the autoencoder's hidden layers.
+    dropout
+        Dropout in the denoiser.
+    categorical_sizes, n_continuous, n_set_items
+        The conditions (see :class:`ConditionEmbedding`).
+    set_table
+        Item indices of each registered set label, ``(n_labels, slots)``, -1 padding; turns the
+        registered perturbation codes into sets during training.
+    condition_dropout
+        Probability, per training cell, of replacing all conditions by "none", and separately of
+        replacing each one.
+    n_timesteps
+        Steps of the DDPM forward process.
+    target_sum
+        Counts per cell after normalisation (the input is ``log1p(counts / total * target_sum)``).
+    """
+
+    def __init__(
+        self,
+        n_genes: int,
+        *,
+        n_tokens: int = 16,
+        token_dim: int = 32,
+        n_hidden: int = 128,
+        n_layers: int = 4,
+        n_heads: int = 4,
+        n_encoder_hidden: int = 512,
+        dropout: float = 0.0,
+        categorical_sizes: list[int] | None = None,
+        n_continuous: int = 0,
+        n_set_items: int = 0,
+        set_table: torch.Tensor | None = None,
+        condition_dropout: float = 0.1,
+        n_timesteps: int = 1000,
+        target_sum: float = 1e4,
+    ):
+        super().__init__()
+        self.n_genes, self.n_tokens, self.token_dim = n_genes, n_tokens, token_dim
+        self.condition_dropout = condition_dropout
+        self.target_sum = target_sum
+        self.n_timesteps = n_timesteps
+        #: what :meth:`loss` trains: the autoencoder, the denoiser (autoencoder frozen) or both
+        self.stage: Stage = "autoencoder"
+        latent = n_tokens * token_dim
+        self.encoder = nn.Sequential(
+            nn.Linear(n_genes, n_encoder_hidden),
+            nn.LayerNorm(n_encoder_hidden),
+            nn.GELU(),
+            nn.Linear(n_encoder_hidden, n_encoder_hidden),
+            nn.LayerNorm(n_encoder_hidden),
+            nn.GELU(),
+            nn.Linear(n_encoder_hidden, latent),
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(latent, n_encoder_hidden),
+            nn.LayerNorm(n_encoder_hidden),
+            nn.GELU(),
+            nn.Linear(n_encoder_hidden, n_encoder_hidden),
+            nn.LayerNorm(n_encoder_hidden),
+            nn.GELU(),
+        )
+        self.detection_head = nn.Linear(n_encoder_hidden, n_genes)
+        self.value_head = nn.Linear(n_encoder_hidden, n_genes)
+        self.conditions = ConditionEmbedding(n_hidden, list(categorical_sizes or []), n_continuous, n_set_items)
+        self.denoiser = Denoiser(n_tokens, token_dim, n_hidden, n_layers, n_heads, dropout)
+        self.register_buffer("alphas_cumprod", cosine_alphas_cumprod(n_timesteps))
+        self.register_buffer(
+            "set_table", set_table if set_table is not None else torch.full((1, 1), -1, dtype=torch.long)
+        )
+
+    # --- autoencoder ------------------------------------------------------------------------------
+    def normalize(self, counts: torch.Tensor) -> torch.Tensor:
+        """``log1p(counts / total * target_sum)``, per cell."""
+        counts = counts.float()
+        return torch.log1p(counts / counts.sum(dim=1, keepdim=True).clamp(min=1) * self.target_sum)
+
+    def encode(self, expression: torch.Tensor) -> torch.Tensor:
+        """Latent tokens of log-normalised expression, ``(cells, n_tokens, token_dim)``, each token standardised."""
+        z = self.encoder(expression).view(-1, self.n_tokens, self.token_dim)
+        return F.layer_norm(z, (self.token_dim,))
+
+    def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Detection logits and expression-if-detected (log-normalised, positive) of every gene."""
+        hidden = self.decoder(z.flatten(1))
+        return self.detection_head(hidden), F.softplus(self.value_head(hidden))
+
+    def reconstruction_loss(self, expression: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Per cell: binary cross-entropy of detection plus the squared error of detected values."""
+        logits, value = self.decode(z)
+        detected = expression > 0
+        detection = F.binary_cross_entropy_with_logits(logits.float(), detected.float(), reduction="none").mean(dim=1)
+        squared = ((value.float() - expression) ** 2 * detected).sum(dim=1) / detected.sum(dim=1).clamp(min=1)
+        return detection + squared
+
+    # --- diffusion --------------------------------------------------------------------------------
+    def noise(self, z0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """``z_t = sqrt(ᾱ_t) z_0 + sqrt(1 - ᾱ_t) ε``."""
+        alpha = self.alphas_cumprod[t].view(-1, 1, 1)
+        return alpha.sqrt() * z0 + (1 - alpha).sqrt() * noise
+
+    def condition_drop(self, n_cells: int, device: torch.device) -> torch.Tensor | None:
+        """Random "none" replacements for training: all conditions with probability p, each one with p."""
+        n_keys = self.conditions.n_keys
+        if not n_keys or not self.condition_dropout:
+            return None
+        every = torch.rand(n_cells, 1, device=device) < self.condition_dropout
+        each = torch.rand(n_cells, n_keys, device=device) < self.condition_dropout
+        return every | each
+
+    def predict_noise(self, z_t: torch.Tensor, t: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """The denoiser's noise estimate."""
+        return self.denoiser(z_t, t, condition)
+
+    # --- scvi-tools module protocol ----------------------------------------------------------------
+    def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict[str, torch.Tensor]:
+        return {"counts": tensors[REGISTRY_KEYS.X_KEY]}
+
+    @auto_move_data
+    def inference(self, counts: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Normalise and encode; the encoder is not trained in the diffusion stage."""
+        expression = self.normalize(counts)
+        if self.stage == "diffusion":
+            with torch.no_grad():
+                z = self.encode(expression)
+        else:
+            z = self.encode(expression)
+        return {"expression": expression, "z": z}
+
+    def _get_generative_input(self, tensors, inference_outputs, **kwargs) -> dict[str, torch.Tensor | None]:
+        n_cells = inference_outputs["z"].shape[0]
+        cat = tensors.get(REGISTRY_KEYS.CAT_COVS_KEY)
+        cont = tensors.get(REGISTRY_KEYS.CONT_COVS_KEY)
+        codes = tensors.get(PERTURBATION_KEY)
+        items = self.set_table[codes.long().view(-1)] if codes is not None else None
+        condition = self.conditions(
+            n_cells, cat, cont, items, None, drop=self.condition_drop(n_cells, inference_outputs["z"].device)
+        )
+        return {"z": inference_outputs["z"], "condition": condition}
+
+    @auto_move_data
+    def generative(self, z: torch.Tensor, condition: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Noise the tokens at a random timestep and predict the noise (not in the autoencoder stage)."""
+        if self.stage == "autoencoder":
+            return {}
+        z0 = z.detach()  # the diffusion loss never shapes the latent space (no collapse towards easy latents)
+        t = torch.randint(0, self.n_timesteps, (z0.shape[0],), device=z0.device)
+        noise = torch.randn_like(z0)
+        return {"noise": noise, "predicted": self.predict_noise(self.noise(z0, t, noise), t, condition)}
+
+    def loss(self, tensors, inference_outputs, generative_outputs) -> LossOutput:
+        """Reconstruction loss (autoencoder, joint) plus noise-prediction MSE (diffusion, joint)."""
+        z = inference_outputs["z"]
+        zero = torch.zeros(z.shape[0], device=z.device)
+        reconstruction = zero
+        if self.stage != "diffusion":
+            reconstruction = self.reconstruction_loss(inference_outputs["expression"], z)
+        diffusion = zero
+        if self.stage != "autoencoder":
+            error = generative_outputs["predicted"].float() - generative_outputs["noise"]
+            diffusion = error.pow(2).mean(dim=(1, 2))
+        per_cell = reconstruction + diffusion
+        extra = {"reconstruction": reconstruction.mean().detach(), "diffusion": diffusion.mean().detach()}
+        return LossOutput(loss=per_cell.mean(), reconstruction_loss=per_cell, extra_metrics=extra)
+
+    # --- sampling ----------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def sample(
+        self,
+        condition: torch.Tensor,
+        unconditional: torch.Tensor | None,
+        *,
+        n_steps: int = 50,
+        guidance: float = 1.0,
+        eta: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """DDIM sampling of latent tokens (Song et al., 2021), ``(cells, n_tokens, token_dim)``.
+
+        ``condition`` / ``unconditional``: condition vectors ``(cells, n_hidden)``; the noise
+        estimate is ``ε_u + guidance (ε_c - ε_u)`` (classifier-free guidance; ``guidance=1`` uses the
+        conditional estimate alone, and ``unconditional`` may be ``None``). ``eta=0`` is deterministic
+        given the starting noise; ``eta=1`` adds DDPM's noise at every step.
+        """
+        n_cells, device = condition.shape[0], condition.device
+        shape = (n_cells, self.n_tokens, self.token_dim)
+        z = torch.randn(shape, generator=generator, device=device)
+        timesteps = torch.linspace(self.n_timesteps - 1, 0, n_steps, device=device).round().long().unique_consecutive()
+        for i, t in enumerate(timesteps):
+            t_batch = t.expand(n_cells)
+            noise = self.predict_noise(z, t_batch, condition).float()
+            if unconditional is not None and guidance != 1.0:
+                free = self.predict_noise(z, t_batch, unconditional).float()
+                noise = free + guidance * (noise - free)
+            alpha = self.alphas_cumprod[t]
+            alpha_prev = self.alphas_cumprod[timesteps[i + 1]] if i + 1 < len(timesteps) else z.new_tensor(1.0)
+            z0 = (z - (1 - alpha).sqrt() * noise) / alpha.sqrt()
+            sigma = eta * ((1 - alpha_prev) / (1 - alpha) * (1 - alpha / alpha_prev)).sqrt()
+            z = alpha_prev.sqrt() * z0 + (1 - alpha_prev - sigma**2).clamp(min=0).sqrt() * noise
+            if eta > 0 and i + 1 < len(timesteps):
+                z = z + sigma * torch.randn(shape, generator=generator, device=device)
+        # back onto the standardised-token surface the decoder was trained on
+        return F.layer_norm(z, (self.token_dim,))
+
+    @torch.inference_mode()
+    def decode_sample(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Log-normalised expression of latent tokens: each gene detected with its decoded probability."""
+        logits, value = self.decode(z)
+        detected = torch.rand(logits.shape, generator=generator, device=logits.device) < torch.sigmoid(logits.float())
+        return value.float() * detected
