@@ -393,6 +393,12 @@ PLOTS = {  # (call, bad inputs): read keys that bf.tl wrote
             )
         },
     ),
+    "pl.generated_vs_real": (  # reads values, not keys: the AnnData stands for both sides
+        lambda adata, **kw: bf.pl.generated_vs_real(adata, adata.copy(), show=False, **kw),
+        {"NaN": COUNTS_ERRORS["NaN"], "inf": COUNTS_ERRORS["inf"], "misspelled layer": MISSPELLED_LAYER}
+        | STRUCTURE_ERRORS
+        | _obs_errors("groupby", "cell_type", "cell_typ"),
+    ),
     "pl.in_silico": (
         lambda adata, **kw: bf.pl.in_silico(adata, show=False, **kw),
         {"missing results": Bad(_unchanged, KeyError, r"Run `bf\.tl\.in_silico_perturb\(adata, model, genes\)` first")},

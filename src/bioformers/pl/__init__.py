@@ -1,6 +1,7 @@
 """Plots that read what `bf.tl` wrote."""
 
 from ._embedding import embedding
+from ._generated import generated_vs_real
 from ._genes import attention, binning, gene_programs, grn, predicted_vs_observed
 from ._history import history
 from ._in_silico import in_silico
@@ -11,6 +12,7 @@ __all__ = [
     "binning",
     "embedding",
     "gene_programs",
+    "generated_vs_real",
     "grn",
     "history",
     "in_silico",
