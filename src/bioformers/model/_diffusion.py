@@ -186,6 +186,7 @@ class CellDiffusion(UnsupervisedTrainingMixin, BaseModelClass):
         control
             The label of unperturbed cells in ``perturbation_key`` (the empty set).
         """
+        setup_method_args = cls._get_setup_method_args(**locals())  # first: it records every local variable
         check_anndata(adata)
         counts = get_matrix(adata, layer)
         check_counts(counts, where="adata.X" if layer is None else f"adata.layers[{layer!r}]")
@@ -209,7 +210,6 @@ class CellDiffusion(UnsupervisedTrainingMixin, BaseModelClass):
         check_obs_key(adata, perturbation_key, argument="perturbation_key")
         if perturbation_key is not None:
             check_control(adata.obs[perturbation_key], control, perturbation_key)
-        setup_method_args = cls._get_setup_method_args(**locals())
         fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
             CategoricalJointObsField(REGISTRY_KEYS.CAT_COVS_KEY, categorical or None),
@@ -513,12 +513,25 @@ class CellDiffusion(UnsupervisedTrainingMixin, BaseModelClass):
                         **session.trainer_kwargs(dict(trainer_kwargs)),
                     )
                 self.training_stages_[stage] = self.training_stages_.get(stage, 0) + int(self.trainer.current_epoch)
+                if stage == "autoencoder":
+                    self._fit_latent_scale(batch_size)
                 if self.trainer.interrupted:
                     break
         finally:
             self.module.requires_grad_(True)
             self.module.stage = "diffusion"
             self.module.eval()
+
+    @torch.inference_mode()
+    def _fit_latent_scale(self, batch_size: int) -> None:
+        """Standardise diffusion's tokens with the mean and sd of the training cells' tokens."""
+        self.module.eval()
+        loader = self._make_data_loader(adata=self.adata, batch_size=max(batch_size, 512), shuffle=False)
+        z = torch.cat(
+            [self.module.encode(self.module.normalize(t[REGISTRY_KEYS.X_KEY].to(self.device))) for t in loader]
+        )
+        mean, std = z.mean(dim=0).float(), z.std(dim=0).float().clamp(min=1e-4)
+        self.module.set_latent_scale(mean, std, bound=max(float(((z - mean) / std).abs().max()), 3.0))
 
     # --- using the model -------------------------------------------------------------------------
     @torch.inference_mode()
