@@ -283,8 +283,8 @@ def test_perturbation_sets_reproduce_the_planted_effects(perturbed):
 
 
 def test_unseen_perturbation_combinations_need_permission(perturbed):
-    adata, model = perturbed
-    targets = [t for t in model.conditions_[0]["items"]]
+    _, model = perturbed
+    targets = model.conditions_[0]["items"]
     combination = f"{targets[0]}+{targets[1]}"
     with pytest.raises(ValueError, match=r"No training cell had perturbation=.*allow_unseen=True"):
         bf.tl.generate(model, {"perturbation": combination}, n_per_condition=3)

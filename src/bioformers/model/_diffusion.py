@@ -146,7 +146,8 @@ class CellDiffusion(UnsupervisedTrainingMixin, BaseModelClass):
         self.training_stages_: dict[str, int] = {}
         self._model_summary_string = (
             f"CellDiffusion: {adata.n_vars} genes, {n_tokens} latent tokens x {token_dim}, "
-            f"denoiser n_hidden={n_hidden}, n_layers={n_layers}, conditions: {[c['key'] for c in self.conditions_] or 'none'}"
+            f"denoiser n_hidden={n_hidden}, n_layers={n_layers}, "
+            f"conditions: {[c['key'] for c in self.conditions_] or 'none'}"
         )
         self.init_params_ = self._get_init_params(locals())
 
@@ -270,7 +271,8 @@ class CellDiffusion(UnsupervisedTrainingMixin, BaseModelClass):
         if unknown:
             raise ValueError(
                 f"Unknown perturbation(s) {unknown} in `{condition['key']}`: the model has embeddings only for the "
-                f"genes perturbed in training, {shown(condition['items'])} (or {condition['control']!r} for control cells)."
+                f"genes perturbed in training, {shown(condition['items'])} (or {condition['control']!r} for control "
+                "cells)."
                 f"{did_you_mean(unknown[0], condition['items'])}"
             )
         table = np.full((len(labels), max(1, max(map(len, parsed), default=1))), -1, dtype=np.int64)
