@@ -459,7 +459,8 @@ class CellDiffusion(UnsupervisedTrainingMixin, BaseModelClass):
         plan_kwargs
             More arguments for the training plan.
         **trainer_kwargs
-            Passed to scvi-tools' ``train`` and Lightning's ``Trainer``.
+            Passed to scvi-tools' ``train`` and Lightning's ``Trainer``. Every cell is trained on unless
+            ``train_size`` (e.g. 0.9) is given, which also gives a validation loss per epoch.
 
         Raises
         ------
@@ -484,6 +485,8 @@ class CellDiffusion(UnsupervisedTrainingMixin, BaseModelClass):
                 raise ValueError(f"`{name}` must be a whole number of epochs, not {value!r}.")
         plan_kwargs = {"lr": lr, "weight_decay": weight_decay, "warmup_fraction": warmup_fraction} | (plan_kwargs or {})
         precision = precision or default_precision(accelerator)
+        # a generator learns from every cell; pass `train_size=0.9` for a validation loss
+        trainer_kwargs.setdefault("train_size", 1.0)
         stages = (
             [("autoencoder", autoencoder_epochs), ("diffusion", max_epochs)]
             if schedule == "pretrain"
