@@ -94,8 +94,8 @@ def generated_vs_real(
         Log-normalise both sides here, each cell to ``1e4`` over the compared genes then
         ``log1p``, as Scanpy does (`real` and `generated` must then hold counts, e.g. raw counts
         and the `X` a decoder-only BioFormer's `bf.tl.generate` returns; a `CellDiffusion`'s is
-        already ``log1p`` CP10k, to compare with log-normalised real cells). Normalising over the same genes on both sides keeps the
-        scales comparable when one side has genes the other lacks.
+        already ``log1p`` CP10k, to compare with log-normalised real cells). Normalising over the
+        same genes on both sides keeps the scales comparable when one side has genes the other lacks.
     n_pcs
         Principal components the neighbour graph is built on (fewer if there are fewer genes or
         cells).
@@ -124,7 +124,7 @@ def generated_vs_real(
     >>> import bioformers as bf
     >>> adata = bf.datasets.synthetic(n_obs=300, n_vars=50)
     >>> real, train = adata[::2].copy(), adata[1::2].copy()
-    >>> # stands in for bf.tl.generate(model, {"cell_type": ["type_0", "type_1", "type_2"]}, n_per_condition=50):
+    >>> # stands in for bf.tl.generate(model, {"cell_type": ["type_0", "type_1"]}, n_per_condition=50):
     >>> baselines = bf.metrics.generation_baselines(train, groupby="cell_type", methods="independent_genes")
     >>> generated = baselines["independent_genes"]
     >>> axes = bf.pl.generated_vs_real(real, generated, groupby="cell_type", normalize=True, show=False)
