@@ -70,7 +70,9 @@ def main() -> None:
     candidates, generate_seconds = {}, {}
     for temperature in args.temperatures:
         start = time.perf_counter()
-        generated = bf.tl.generate(model, types, n_per_condition=int(counts.max()), seed=args.seed, temperature=temperature)
+        generated = bf.tl.generate(
+            model, types, n_per_condition=int(counts.max()), seed=args.seed, temperature=temperature
+        )
         # as many cells per type as were held out
         keep = np.concatenate([np.flatnonzero(generated.obs["cell_type"] == t)[: counts[t]] for t in types])
         candidates[f"bioformers decoder, T={temperature}"] = generated[keep].copy()
