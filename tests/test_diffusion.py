@@ -54,7 +54,7 @@ def typed():
 def perturbed():
     """A model conditioned on a set of knocked-out genes (planted program effects)."""
     scvi.settings.seed = 0
-    adata = bf.datasets.synthetic_perturbation(n_obs=900, n_vars=40, n_programs=2, targets_per_program=1, seed=2)
+    adata = bf.datasets.synthetic_perturbation(n_obs=600, n_vars=40, n_programs=2, targets_per_program=1, seed=2)
     bf.CellDiffusion.setup_anndata(adata, perturbation_key="perturbation", control="control")
     model = bf.CellDiffusion(adata, n_tokens=4, token_dim=8, n_hidden=32, n_layers=2, n_heads=2, n_encoder_hidden=128)
     with warnings.catch_warnings():
