@@ -1070,22 +1070,11 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         accelerator
             ``"cpu"`` or ``"cuda"``.
         """
-        state_dict, attributes = read_model(dir_path)
-        check_model_class(attributes, cls.__name__, dir_path)
-        check_version(attributes.get("version"), package_version(), dir_path)
-        if adata is None:
-            adata = _saved_anndata(dir_path)
-        genes = np.asarray(attributes["genes"]).astype(str)
-        check_training_genes(adata, genes, dir_path)
-        registry = attributes["registry"]
-        cls.setup_anndata(adata, source_registry=registry, **registry["setup_args"])
-        init = attributes["init_params"]
-        kwargs = {k: v for group in init.get("kwargs", {}).values() for k, v in group.items()}
-        non_kwargs = dict(init["non_kwargs"])
-        if non_kwargs.get("n_bins") is None and "n_bins" in attributes:
+        state_dict, attributes, adata, init = read_registered(cls, dir_path, adata)
+        if init.get("n_bins") is None and "n_bins" in attributes:
             # the bin vocabulary of the training data, not the largest bin of the AnnData given here
-            non_kwargs["n_bins"] = attributes["n_bins"]
-        model = cls(adata, **non_kwargs, **kwargs)
+            init["n_bins"] = attributes["n_bins"]
+        model = cls(adata, **init)
         check_state_dict(model.module.state_dict(), state_dict, dir_path)
         model.module.load_state_dict(state_dict)
         model.binning_ = attributes["binning"]
@@ -1101,6 +1090,25 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         model.to_device("cuda" if accelerator in ("cuda", "gpu") else "cpu")
         model.module.eval()
         return model
+
+
+def read_registered(cls, dir_path: str, adata: AnnData | None) -> tuple[dict, dict, AnnData, dict]:
+    """What every model's ``load`` does first: read and check the files, register ``adata`` as at training.
+
+    Returns the weights, the attributes, the registered AnnData (``adata``, or the saved one for
+    ``None``) and the arguments to construct the model with.
+    """
+    state_dict, attributes = read_model(dir_path)
+    check_model_class(attributes, cls.__name__, dir_path)
+    check_version(attributes.get("version"), package_version(), dir_path)
+    if adata is None:
+        adata = _saved_anndata(dir_path)
+    check_training_genes(adata, np.asarray(attributes["genes"]).astype(str), dir_path)
+    registry = attributes["registry"]
+    cls.setup_anndata(adata, source_registry=registry, **registry["setup_args"])
+    init = attributes["init_params"]
+    kwargs = {k: v for group in init.get("kwargs", {}).values() for k, v in group.items()}
+    return state_dict, attributes, adata, dict(init["non_kwargs"]) | kwargs
 
 
 def _saved_anndata(dir_path: str) -> AnnData:

@@ -24,8 +24,8 @@ from .._validation import check_anndata, check_counts, check_obs_key, did_you_me
 from ..data._perturbation import LOG_TARGET_SUM, perturbation_targets
 from ..module._diffusion import PERTURBATION_KEY, CellDiffusionModule
 from ..train import BioFormerTrainingPlan, TrainingSession, default_precision
-from ._bioformer import SAVED_ANNDATA_FILE, _saved_anndata, check_control, check_training_genes
-from ._serialization import check_model_class, check_state_dict, check_version, read_model, write_model
+from ._bioformer import SAVED_ANNDATA_FILE, check_control, read_registered
+from ._serialization import check_state_dict, write_model
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -646,18 +646,8 @@ class CellDiffusion(UnsupervisedTrainingMixin, BaseModelClass):
         ``adata`` needs exactly the model's genes, in order; ``None`` reads ``adata.h5ad`` written by
         ``save(..., save_anndata=True)``.
         """
-        state_dict, attributes = read_model(dir_path)
-        check_model_class(attributes, cls.__name__, dir_path)
-        check_version(attributes.get("version"), package_version(), dir_path)
-        if adata is None:
-            adata = _saved_anndata(dir_path)
-        genes = np.asarray(attributes["genes"]).astype(str)
-        check_training_genes(adata, genes, dir_path)
-        registry = attributes["registry"]
-        cls.setup_anndata(adata, source_registry=registry, **registry["setup_args"])
-        init = attributes["init_params"]
-        kwargs = {k: v for group in init.get("kwargs", {}).values() for k, v in group.items()}
-        model = cls(adata, **dict(init["non_kwargs"]), **kwargs)
+        state_dict, attributes, adata, init = read_registered(cls, dir_path, adata)
+        model = cls(adata, **init)
         check_state_dict(model.module.state_dict(), state_dict, dir_path)
         model.module.load_state_dict(state_dict)
         model.history_ = {
