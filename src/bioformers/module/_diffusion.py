@@ -196,6 +196,18 @@ class ConditionEmbedding(nn.Module):
         return out
 
 
+def _hidden_layers(n_in: int, n_hidden: int) -> list[nn.Module]:
+    """Two ``Linear -> LayerNorm -> GELU`` layers, the body of the autoencoder's encoder and decoder."""
+    return [
+        nn.Linear(n_in, n_hidden),
+        nn.LayerNorm(n_hidden),
+        nn.GELU(),
+        nn.Linear(n_hidden, n_hidden),
+        nn.LayerNorm(n_hidden),
+        nn.GELU(),
+    ]
+
+
 class CellDiffusionModule(BaseModuleClass):
     """Autoencoder to latent tokens, conditional denoiser over the tokens, DDPM loss and DDIM sampler.
 
@@ -256,23 +268,8 @@ class CellDiffusionModule(BaseModuleClass):
         #: what :meth:`loss` trains: the autoencoder, the denoiser (autoencoder frozen) or both
         self.stage: Stage = "autoencoder"
         latent = n_tokens * token_dim
-        self.encoder = nn.Sequential(
-            nn.Linear(n_genes, n_encoder_hidden),
-            nn.LayerNorm(n_encoder_hidden),
-            nn.GELU(),
-            nn.Linear(n_encoder_hidden, n_encoder_hidden),
-            nn.LayerNorm(n_encoder_hidden),
-            nn.GELU(),
-            nn.Linear(n_encoder_hidden, latent),
-        )
-        self.decoder = nn.Sequential(
-            nn.Linear(latent, n_encoder_hidden),
-            nn.LayerNorm(n_encoder_hidden),
-            nn.GELU(),
-            nn.Linear(n_encoder_hidden, n_encoder_hidden),
-            nn.LayerNorm(n_encoder_hidden),
-            nn.GELU(),
-        )
+        self.encoder = nn.Sequential(*_hidden_layers(n_genes, n_encoder_hidden), nn.Linear(n_encoder_hidden, latent))
+        self.decoder = nn.Sequential(*_hidden_layers(latent, n_encoder_hidden))
         self.detection_head = nn.Linear(n_encoder_hidden, n_genes)
         self.value_head = nn.Linear(n_encoder_hidden, n_genes)
         self.conditions = ConditionEmbedding(n_hidden, list(categorical_sizes or []), n_continuous, n_set_items)
