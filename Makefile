@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint benchmark perf
+.PHONY: venv demo test lint benchmark perf docs tutorials
 
 venv: $(STAMP)
 
@@ -14,6 +14,12 @@ $(STAMP): pyproject.toml
 	$(PIP) install --upgrade pip
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e ".[test]"
+	touch $@
+
+# Sphinx, myst-nb and a Jupyter kernel, on top of the test environment.
+DOC_STAMP := $(VENV)/.installed-doc
+$(DOC_STAMP): $(STAMP)
+	$(PIP) install -e ".[test,doc]"
 	touch $@
 
 demo: venv
@@ -32,3 +38,14 @@ benchmark: venv
 # speed, FLOP utilisation and memory (see benchmarks/perf.py; `--quick` for a few-minute check)
 perf: venv
 	$(PY) benchmarks/perf.py
+
+# The documentation site, warnings as errors and every cross-reference checked (-n); opens at docs/_build/html/index.html.
+docs: $(DOC_STAMP)
+	rm -rf docs/_build docs/generated
+	$(VENV)/bin/sphinx-build -W --keep-going -n -b html docs docs/_build/html
+
+# Re-execute every tutorial notebook in place, so the outputs the docs show are current (each takes a few minutes).
+tutorials: $(DOC_STAMP)
+	cd tutorials && for nb in *.ipynb; do \
+		../$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1200 "$$nb" || exit 1; \
+	done
