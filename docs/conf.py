@@ -1,27 +1,125 @@
-"""Sphinx configuration: MyST Markdown pages, API pages generated from numpydoc docstrings."""
+"""Sphinx configuration: MyST pages, notebooks shown with their stored outputs, API pages from numpydoc docstrings."""
 
+import shutil
 from importlib.metadata import version as _version
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+# The notebooks live in the top-level `tutorials/` folder, where they run; the site renders copies of them.
+_TUTORIALS = HERE / "tutorials"
+shutil.rmtree(_TUTORIALS, ignore_errors=True)
+_TUTORIALS.mkdir()
+for _notebook in sorted((HERE.parent / "tutorials").glob("*.ipynb")):
+    shutil.copy2(_notebook, _TUTORIALS / _notebook.name)
 
 project = "bioformers"
 author = "bioformers developers"
 copyright = "2026, bioformers developers"
 release = _version("bioformers")
+version = release
 
 extensions = [
-    "myst_parser",
+    "myst_nb",
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
+    "sphinx.ext.intersphinx",
+    "sphinx.ext.mathjax",
+    "sphinx_copybutton",
 ]
 
-source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "**.ipynb_checkpoints", "_inventories"]
+# .rst first: autosummary writes its generated pages with the first suffix, and they are reStructuredText.
+source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
+templates_path = ["_templates"]
+html_static_path = ["_static"]
+
+# The tutorials' outputs are committed and re-run by `make tutorials`; the docs build never executes them.
+nb_execution_mode = "off"
+nb_merge_streams = True
+myst_enable_extensions = ["colon_fence", "deflist", "dollarmath", "amsmath"]
+myst_heading_anchors = 3
 
 autosummary_generate = True
+autodoc_member_order = "groupwise"
 autodoc_typehints = "description"
+autodoc_typehints_description_target = "documented_params"
+autodoc_default_options = {"members": True, "inherited-members": False, "show-inheritance": False}
 napoleon_google_docstring = False
 napoleon_numpy_docstring = True
 napoleon_use_rtype = True
+napoleon_use_param = True
+napoleon_custom_sections = [("Writes", "returns_style")]
 
-html_theme = "alabaster"
-html_title = project
+# Every cross-reference must resolve (`sphinx-build -n`). The build machines have no network, so the
+# inventories of the projects we link to are stored in `_inventories/` (see its README for how they are made).
+nitpicky = True
+_INVENTORIES = HERE / "_inventories"
+intersphinx_mapping = {
+    name: (url, str(_INVENTORIES / f"{name}.inv"))
+    for name, url in {
+        "python": "https://docs.python.org/3/",
+        "numpy": "https://numpy.org/doc/stable/",
+        "scipy": "https://docs.scipy.org/doc/scipy/",
+        "pandas": "https://pandas.pydata.org/docs/",
+        "matplotlib": "https://matplotlib.org/stable/",
+        "anndata": "https://anndata.readthedocs.io/en/stable/",
+        "scanpy": "https://scanpy.readthedocs.io/en/stable/",
+        "scvi": "https://docs.scvi-tools.org/en/stable/",
+        "torch": "https://docs.pytorch.org/docs/stable/",
+        "lightning": "https://lightning.ai/docs/pytorch/stable/",
+        "sklearn": "https://scikit-learn.org/stable/",
+    }.items()
+}
+
+html_theme = "sphinx_book_theme"
+html_title = "bioformers"
+html_theme_options = {"navigation_with_keys": False, "show_toc_level": 2}
+pygments_style = "default"
+
+# Type hints resolve to where a class is defined (``anndata._core.anndata.AnnData``) and docstrings use the
+# import aliases of the code (``ad.AnnData``, ``np.ndarray``); both point to the documented public name.
+PUBLIC_NAMES = {
+    "AnnData": "anndata.AnnData",
+    "ad.AnnData": "anndata.AnnData",
+    "anndata._core.anndata.AnnData": "anndata.AnnData",
+    "np.ndarray": "numpy.ndarray",
+    "pd.DataFrame": "pandas.DataFrame",
+    "pandas.core.frame.DataFrame": "pandas.DataFrame",
+    "pd.Series": "pandas.Series",
+    "pandas.core.series.Series": "pandas.Series",
+    "Axes": "matplotlib.axes.Axes",
+    "matplotlib.axes._axes.Axes": "matplotlib.axes.Axes",
+    "Figure": "matplotlib.figure.Figure",
+    "sparse.csr_matrix": "scipy.sparse.csr_matrix",
+    "scipy.sparse._csr.csr_matrix": "scipy.sparse.csr_matrix",
+    "scipy.sparse._matrix.spmatrix": "scipy.sparse.spmatrix",
+    "scipy.sparse._base.sparray": "scipy.sparse.sparray",
+    "scvi.model.base._base_model.BaseModelClass": "scvi.model.base.BaseModelClass",
+    "scvi.model.base._training_mixin.UnsupervisedTrainingMixin": "scvi.model.base.UnsupervisedTrainingMixin",
+    "GeneAlignment": "bioformers.pp._genes.GeneAlignment",
+    "torch.utils.data.dataloader.DataLoader": "torch.utils.data.DataLoader",
+    "lightning.pytorch.core.datamodule.LightningDataModule": "lightning.pytorch.LightningDataModule",
+}
+
+
+def _public_name(app, env, node, contnode):
+    """Point a reference at the public name before intersphinx (priority 500) looks it up.
+
+    Names listed above are replaced; otherwise private modules are dropped from the path
+    (``scvi.train._trainingplans.TrainingPlan`` -> ``scvi.train.TrainingPlan``), as packages re-export.
+    """
+    target = node.get("reftarget", "")
+    if node.get("refdomain") != "py":
+        return None
+    if target in PUBLIC_NAMES:
+        node["reftarget"] = PUBLIC_NAMES[target]
+    elif "._" in target and not target.startswith("bioformers."):
+        node["reftarget"] = ".".join(part for part in target.split(".") if not part.startswith("_"))
+    return None
+
+
+def setup(app):
+    """Register the reference rewriting."""
+    app.connect("missing-reference", _public_name, priority=400)
