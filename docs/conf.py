@@ -50,7 +50,8 @@ napoleon_google_docstring = False
 napoleon_numpy_docstring = True
 napoleon_use_rtype = True
 napoleon_use_param = True
-napoleon_custom_sections = [("Writes", "returns_style")]
+# Our Returns sections are prose and lists of the fields written (as Scanpy's are), not `name : type` pairs.
+napoleon_custom_sections = ["Returns"]
 
 # Every cross-reference must resolve (`sphinx-build -n`). The build machines have no network, so the
 # inventories of the projects we link to are stored in `_inventories/` (see its README for how they are made).
