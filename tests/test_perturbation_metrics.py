@@ -424,3 +424,18 @@ def test_raw_counts_are_flagged():
     counts = _anndata(np.array([[3.0, 0.0], [5.0, 2.0], [1.0, 7.0]]), ["control", "A", "A"])
     with pytest.warns(UserWarning, match=r"raw counts.*sc.pp.log1p"):
         bf.metrics.perturbation_baselines(counts, ["A"], methods=["train_mean"])
+
+
+def test_top_de_genes_with_many_perturbations_warns_nothing():
+    # 30 perturbations: Scanpy's per-group result columns used to trigger pandas' fragmentation warning.
+    rng = np.random.default_rng(0)
+    labels = np.array(["control"] * 60 + [f"KO{i}" for i in range(30) for _ in range(4)])
+    adata = ad.AnnData(
+        X=sparse.csr_matrix(np.log1p(rng.poisson(2.0, size=(labels.size, 40)).astype(np.float32))),
+        obs=pd.DataFrame({"perturbation": labels}, index=[f"c{i}" for i in range(labels.size)]),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        top = bf.metrics.top_de_genes(adata, n_top_genes=5)
+    assert len(top) == 30
+    assert all(len(genes) == 5 for genes in top.values())
