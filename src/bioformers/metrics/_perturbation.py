@@ -73,8 +73,9 @@ def mean_profiles(
 
     Returns
     -------
-    One row per group with at least one cell (index ``perturbation_key``), in category order for
-    a categorical column, in sorted order otherwise; one column per gene of `adata.var_names`.
+    :class:`~pandas.DataFrame`
+        One row per group with at least one cell (index ``perturbation_key``), in category order for
+        a categorical column, in sorted order otherwise; one column per gene of `adata.var_names`.
 
     Examples
     --------
@@ -127,7 +128,8 @@ def top_de_genes(
 
     Returns
     -------
-    Perturbation -> its `n_top_genes` gene names, most significant first.
+    dict
+        Perturbation -> its `n_top_genes` gene names, most significant first.
 
     Examples
     --------
@@ -191,20 +193,21 @@ def perturbation_scores(
 
     Returns
     -------
-    One row per predicted perturbation (index ``"perturbation"``), columns
+    :class:`~pandas.DataFrame`
+        One row per predicted perturbation (index ``"perturbation"``), columns
 
-    ``pearson`` / ``pearson_top``
-        Pearson correlation of the predicted and observed mean profiles, on all genes / on the
-        top DE genes.
-    ``pearson_delta`` / ``pearson_delta_top``
-        Pearson correlation of the predicted and observed deltas, on all genes / on the top DE
-        genes; NaN when either delta is constant (the "no change" prediction, for instance).
-    ``mse_top``
-        Mean squared error of the predicted mean profile on the top DE genes.
-    ``l2_top``
-        Euclidean distance between the predicted and observed mean profiles on the top DE genes.
-    ``direction_top``
-        Share of the top DE genes whose predicted delta has the sign of the observed one.
+        ``pearson`` / ``pearson_top``
+            Pearson correlation of the predicted and observed mean profiles, on all genes / on the
+            top DE genes.
+        ``pearson_delta`` / ``pearson_delta_top``
+            Pearson correlation of the predicted and observed deltas, on all genes / on the top DE
+            genes; NaN when either delta is constant (the "no change" prediction, for instance).
+        ``mse_top``
+            Mean squared error of the predicted mean profile on the top DE genes.
+        ``l2_top``
+            Euclidean distance between the predicted and observed mean profiles on the top DE genes.
+        ``direction_top``
+            Share of the top DE genes whose predicted delta has the sign of the observed one.
 
     Examples
     --------
@@ -278,7 +281,8 @@ def mean_collapse(
 
     Returns
     -------
-    The mean correlation over all pairs of perturbations; NaN with fewer than 2 usable rows.
+    float
+        The mean correlation over all pairs of perturbations; NaN with fewer than 2 usable rows.
 
     Examples
     --------
@@ -387,8 +391,9 @@ def perturbation_baselines(
 
     Returns
     -------
-    Method -> predicted mean profiles, one row per requested perturbation (index
-    ``"perturbation"``), one column per gene of `train.var_names`.
+    dict
+        Method -> predicted mean profiles, one row per requested perturbation (index
+        ``"perturbation"``), one column per gene of `train.var_names`.
 
     Examples
     --------
@@ -480,16 +485,20 @@ def _rank_genes(
         ),
         var=pd.DataFrame(index=genes.copy()),
     )
-    sc.tl.rank_genes_groups(
-        subset,
-        "group",
-        groups=perturbations,
-        reference=control,
-        method="t-test",
-        rankby_abs=True,
-        n_genes=min(n_top_genes, len(genes)),
-        use_raw=False,
-    )
+    # Scanpy fills its result table one column per group, and pandas warns (harmlessly) that such a
+    # table is fragmented once there are a few dozen perturbations.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pd.errors.PerformanceWarning)
+        sc.tl.rank_genes_groups(
+            subset,
+            "group",
+            groups=perturbations,
+            reference=control,
+            method="t-test",
+            rankby_abs=True,
+            n_genes=min(n_top_genes, len(genes)),
+            use_raw=False,
+        )
     ranked = subset.uns["rank_genes_groups"]["names"]
     return {group: [str(gene) for gene in ranked[group]] for group in perturbations}
 
