@@ -77,6 +77,7 @@ intersphinx_mapping = {
 html_theme = "sphinx_book_theme"
 html_title = "bioformers"
 html_theme_options = {"navigation_with_keys": False, "show_toc_level": 2}
+html_css_files = ["custom.css"]
 pygments_style = "default"
 
 # Type hints resolve to where a class is defined (``anndata._core.anndata.AnnData``) and docstrings use the
