@@ -56,6 +56,8 @@ napoleon_custom_sections = ["Returns"]
 # Every cross-reference must resolve (`sphinx-build -n`). The build machines have no network, so the
 # inventories of the projects we link to are stored in `_inventories/` (see its README for how they are made).
 nitpicky = True
+# `Conditions`: the type alias of `bf.tl.generate`'s `conditions`, whose description says what it accepts.
+nitpick_ignore = [("py:class", "Conditions")]
 _INVENTORIES = HERE / "_inventories"
 intersphinx_mapping = {
     name: (url, str(_INVENTORIES / f"{name}.inv"))

@@ -58,6 +58,21 @@ class PerturbationPairs(LightningDataModule):
         Pairs per minibatch.
     seed
         Seeds the order of target cells and the choice of control cells.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scipy import sparse
+    >>> from bioformers.data import PerturbationPairs
+    >>> rng = np.random.default_rng(0)
+    >>> controls = sparse.csr_matrix(rng.integers(0, 5, (10, 6)))
+    >>> expression = sparse.csr_matrix(rng.random((20, 6)))
+    >>> pairs = PerturbationPairs(
+    ...     controls, expression, rng.integers(0, 2, 20), [[-1], [3]], np.ones((2, 6)), batch_size=8, seed=0
+    ... )
+    >>> batch = next(iter(pairs.train_dataloader()))
+    >>> {name: tuple(value.shape) for name, value in batch.items()}
+    {'bins': (8, 6), 'expression': (8, 6), 'targets': (8, 1), 'weight': (8, 6)}
     """
 
     def __init__(
@@ -96,16 +111,34 @@ class PerturbationPairs(LightningDataModule):
         """States of the cell-order and control-cell generators, saved in training checkpoints.
 
         With them a resumed run draws the same orders and pairs as an uninterrupted one.
+
+        Returns
+        -------
+        dict
+            ``order`` (torch generator state) and ``controls`` (numpy bit generator state).
         """
         return {"order": self._order.get_state(), "controls": self._controls.bit_generator.state}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Restore the generators from :meth:`state_dict`."""
+        """Restore the generators from :meth:`state_dict`.
+
+        Parameters
+        ----------
+        state_dict
+            What :meth:`state_dict` returned.
+        """
         self._order.set_state(state_dict["order"])
         self._controls.bit_generator.state = state_dict["controls"]
 
     def train_dataloader(self) -> DataLoader:
-        """Every target cell once per epoch, shuffled, each with a fresh random control cell."""
+        """Every target cell once per epoch, shuffled, each with a fresh random control cell.
+
+        Returns
+        -------
+        :class:`~torch.utils.data.DataLoader`
+            Minibatches of ``bins`` (control cells), ``expression`` (target cells), ``targets`` and
+            ``weight``, as :meth:`bioformers.module.BioFormerModule.response_loss` reads them.
+        """
         return DataLoader(
             range(self.expression.shape[0]),
             batch_size=self.batch_size,

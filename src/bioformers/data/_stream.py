@@ -77,10 +77,37 @@ def binned_batches(
         last has exactly ``batch_size`` cells, as from scvi-tools' loader.
     chunk_size
         Cells read and binned at a time, rounded down to whole minibatches (at least one);
-        `None` means :data:`DEFAULT_CHUNK_SIZE`.
+        `None` means ``DEFAULT_CHUNK_SIZE`` (4,096).
     genes
         How the AnnData's genes map to the model's (:meth:`bioformers.BioFormer.align_genes`); `None`:
         the AnnData has exactly the model's genes.
+
+    Returns
+    -------
+    :class:`~collections.abc.Iterator` of :class:`~numpy.ndarray`
+        ``float32`` minibatches ``(cells, n_model_genes)``, each ``batch_size`` cells but the last.
+        Nothing is written into ``adata``.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import anndata as ad
+    >>> import numpy as np
+    >>> import bioformers as bf
+    >>> path = os.path.join(tempfile.mkdtemp(), "cells.h5ad")
+    >>> bf.datasets.synthetic(n_obs=100, n_vars=30).write_h5ad(path)
+    >>> adata = ad.read_h5ad(path, backed="r")
+    >>> binning = {"method": "value", "target_sum": 1000.0}
+    >>> batches = list(bf.data.binned_batches(adata, binning=binning, binned_layer="bins", batch_size=32))
+    >>> [batch.shape for batch in batches]
+    [(32, 30), (32, 30), (32, 30), (4, 30)]
+
+    The same bins as binning the AnnData in memory:
+
+    >>> memory = ad.read_h5ad(path)
+    >>> bf.pp.bin(memory, target_sum=1000.0)
+    >>> bool(np.array_equal(np.concatenate(batches), memory.layers["bioformers_binned"].toarray()))
+    True
     """
     if binned_layer in adata.layers:
         source, where, binning = adata.layers[binned_layer], f"adata.layers[{binned_layer!r}]", None

@@ -86,7 +86,28 @@ def _choose(scores: torch.Tensor, eligible: torch.Tensor, count: torch.Tensor) -
 
 
 def n_masked(length: int, mask_ratio: float) -> int:
-    """Number of positions :func:`mask_positions` masks in every cell of a sequence length."""
+    """Number of positions masked for masked gene modelling in every cell of a sequence length.
+
+    A fraction ``mask_ratio`` of the positions, rounded, at least one and at most all.
+
+    Parameters
+    ----------
+    length
+        Sequence length (genes per cell, CLS not counted).
+    mask_ratio
+        Fraction of positions to mask.
+
+    Returns
+    -------
+    int
+        The number of masked positions.
+
+    Examples
+    --------
+    >>> from bioformers.data import n_masked
+    >>> n_masked(255, 0.1), n_masked(4, 0.1), n_masked(3, 1.5)
+    (26, 1, 3)
+    """
     return min(length, max(1, round(mask_ratio * length)))
 
 

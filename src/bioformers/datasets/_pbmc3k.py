@@ -28,20 +28,19 @@ def pbmc3k() -> ad.AnnData:
 
     Returns
     -------
-    AnnData with
-
-    `X` : CSR matrix (2638, 13656), float32
-        Raw UMI counts (integer values).
-    `obs['cell_type']` : categorical
-        The 8 cell types.
-    `obs['batch']` : categorical
-        One value, ``"pbmc3k"`` (a single sample).
-    `obs['total_counts']`, `obs['n_genes_by_counts']` : int
-        Counts and detected genes per cell, over the genes in the file.
-    `var['gene_ids']` : str
-        Ensembl gene IDs; `var_names` are gene symbols (unique).
-    `uns['dataset']` : dict
-        Provenance.
+    :class:`~anndata.AnnData`
+        `X` : CSR matrix (2638, 13656), float32
+            Raw UMI counts (integer values).
+        `obs['cell_type']` : categorical
+            The 8 cell types.
+        `obs['batch']` : categorical
+            One value, ``"pbmc3k"`` (a single sample).
+        `obs['total_counts']`, `obs['n_genes_by_counts']` : int
+            Counts and detected genes per cell, over the genes in the file.
+        `var['gene_ids']` : str
+            Ensembl gene IDs; `var_names` are gene symbols (unique).
+        `uns['dataset']` : dict
+            Provenance.
 
     Examples
     --------

@@ -52,16 +52,15 @@ def synthetic(
 
     Returns
     -------
-    AnnData with
+    :class:`~anndata.AnnData`
+        `X` : CSR matrix or ndarray (n_obs, n_vars), float32
+            Raw counts (integer values).
+        `obs['cell_type']` : categorical
+            ``"type_0"``, ``"type_1"``, …
+        `obs['batch']` : categorical
+            ``"batch_0"``, ``"batch_1"``, …
 
-    `X` : CSR matrix or ndarray (n_obs, n_vars), float32
-        Raw counts (integer values).
-    `obs['cell_type']` : categorical
-        ``"type_0"``, ``"type_1"``, …
-    `obs['batch']` : categorical
-        ``"batch_0"``, ``"batch_1"``, …
-
-    `obs_names` are ``"cell_0"``, …; `var_names` are ``"gene_0"``, ….
+        `obs_names` are ``"cell_0"``, …; `var_names` are ``"gene_0"``, ….
 
     Examples
     --------
@@ -152,21 +151,22 @@ def synthetic_perturbation(
 
     Returns
     -------
-    AnnData of raw counts (CSR, float32) with
+    :class:`~anndata.AnnData`
+        Raw counts (CSR, ``float32``), with
 
-    `obs['perturbation']` : categorical
-        ``"control"`` or the knocked-out target.
-    `var['program']` : int
-        Program of each gene.
-    `uns['planted_effect']` : DataFrame (targets, n_vars)
-        The planted log fold change of each gene's mean for each target.
+        `obs['perturbation']` : categorical
+            ``"control"`` or the knocked-out target.
+        `var['program']` : int
+            Program of each gene.
+        `uns['planted_effect']` : DataFrame (targets, n_vars)
+            The planted log fold change of each gene's mean for each target.
 
     Examples
     --------
     >>> import bioformers as bf
     >>> adata = bf.datasets.synthetic_perturbation(n_obs=400, seed=1)
-    >>> (adata.obs["perturbation"] == "control").mean().round(1)
-    np.float64(0.3)
+    >>> round(float((adata.obs["perturbation"] == "control").mean()), 1)
+    0.3
     """
     if n_vars < n_programs * (targets_per_program + 1):
         raise ValueError(

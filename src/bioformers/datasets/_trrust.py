@@ -32,16 +32,17 @@ def trrust() -> pd.DataFrame:
 
     Returns
     -------
-    DataFrame with one row per relation and columns
+    :class:`~pandas.DataFrame`
+        One row per relation, with the columns
 
-    `source` : str
-        The transcription factor.
-    `target` : str
-        The regulated gene.
-    `mode` : categorical
-        ``"Activation"`` (3,149 rows), ``"Repression"`` (1,922) or ``"Unknown"`` (4,325).
-    `pmids` : str
-        Supporting PubMed IDs, ``;``-separated.
+        `source` : str
+            The transcription factor.
+        `target` : str
+            The regulated gene.
+        `mode` : categorical
+            ``"Activation"`` (3,149 rows), ``"Repression"`` (1,922) or ``"Unknown"`` (4,325).
+        `pmids` : str
+            Supporting PubMed IDs, ``;``-separated.
 
     Examples
     --------

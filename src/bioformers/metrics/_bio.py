@@ -56,8 +56,9 @@ def avg_bio(
 
     Returns
     -------
-    Scores ``{"nmi", "ari", "asw", "avg_bio"}``, each in [0, 1] (ARI can be slightly negative
-    for random clusterings); with ``cluster="leiden"`` also ``"resolution"``, the chosen one.
+    dict
+        Scores ``{"nmi", "ari", "asw", "avg_bio"}``, each in [0, 1] (ARI can be slightly negative
+        for random clusterings); with ``cluster="leiden"`` also ``"resolution"``, the chosen one.
 
     Examples
     --------

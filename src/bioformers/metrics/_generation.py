@@ -97,32 +97,33 @@ def generation_scores(
 
     Returns
     -------
-    One row per group (index named `groupby`, or ``"group"``; in category order), columns
+    :class:`~pandas.DataFrame`
+        One row per group (index named `groupby`, or ``"group"``; in category order), columns
 
-    ``n_real`` / ``n_generated``
-        Number of real / generated cells of the group.
-    ``pearson_mean``
-        Pearson correlation of the per-gene means of real and generated cells (all cells).
-    ``r2_mean``
-        Coefficient of determination of the real per-gene means by the generated ones
-        (:func:`sklearn.metrics.r2_score`): 1 when equal; unlike ``pearson_mean``, shifts
-        and scalings count.
-    ``pearson_var``
-        Pearson correlation of the per-gene variances.
-    ``mmd``
-        Squared maximum mean discrepancy, unbiased estimator (Gretton et al., 2012), with the
-        Gaussian kernel ``exp(-d² / (2 σ²))`` on the shared PCA, σ the median distance between
-        the pooled cells (median heuristic). About 0 for samples of one distribution (slightly
-        negative values happen), larger the more they differ.
-    ``c2st_auc``
-        Classifier two-sample test: ROC AUC of `classifier` telling real from generated cells on
-        the shared PCA, averaged over stratified 5-fold cross-validation (fewer folds for fewer
-        than 5 cells per side). 0.5: indistinguishable (ideal); 1: fully separable.
-    ``de_overlap``
-        Share of the group's top `n_top_genes` marker genes in the real cells (Scanpy's
-        :func:`~scanpy.tl.rank_genes_groups`, t-test against the other scored groups, ranked by
-        the t statistic, so up-regulated genes) found among its top markers in the generated
-        cells. NaN without `groupby` or with fewer than 2 groups.
+        ``n_real`` / ``n_generated``
+            Number of real / generated cells of the group.
+        ``pearson_mean``
+            Pearson correlation of the per-gene means of real and generated cells (all cells).
+        ``r2_mean``
+            Coefficient of determination of the real per-gene means by the generated ones
+            (:func:`sklearn.metrics.r2_score`): 1 when equal; unlike ``pearson_mean``, shifts
+            and scalings count.
+        ``pearson_var``
+            Pearson correlation of the per-gene variances.
+        ``mmd``
+            Squared maximum mean discrepancy, unbiased estimator (Gretton et al., 2012), with the
+            Gaussian kernel ``exp(-d² / (2 σ²))`` on the shared PCA, σ the median distance between
+            the pooled cells (median heuristic). About 0 for samples of one distribution (slightly
+            negative values happen), larger the more they differ.
+        ``c2st_auc``
+            Classifier two-sample test: ROC AUC of `classifier` telling real from generated cells on
+            the shared PCA, averaged over stratified 5-fold cross-validation (fewer folds for fewer
+            than 5 cells per side). 0.5: indistinguishable (ideal); 1: fully separable.
+        ``de_overlap``
+            Share of the group's top `n_top_genes` marker genes in the real cells (Scanpy's
+            :func:`~scanpy.tl.rank_genes_groups`, t-test against the other scored groups, ranked by
+            the t statistic, so up-regulated genes) found among its top markers in the generated
+            cells. NaN without `groupby` or with fewer than 2 groups.
 
     Examples
     --------
@@ -245,15 +246,16 @@ def generation_baselines(
 
     Returns
     -------
-    Method -> AnnData of its cells, group after group, with
+    dict
+        Method -> AnnData of its cells, group after group, with
 
-    `X` : CSR matrix (if the training values are sparse) or ndarray (n_cells, n_genes)
-        The generated values (also in ``layers[layer]`` when `layer` is given, the same matrix,
-        so that :func:`generation_scores` reads both AnnData with one `layer`).
-    `obs[groupby]` : categorical
-        The group of each cell (with `groupby`).
+        `X` : CSR matrix (if the training values are sparse) or ndarray (n_cells, n_genes)
+            The generated values (also in ``layers[layer]`` when `layer` is given, the same matrix,
+            so that :func:`generation_scores` reads both AnnData with one `layer`).
+        `obs[groupby]` : categorical
+            The group of each cell (with `groupby`).
 
-    `obs_names` are ``"<method>_0"``, …; `var_names` are those of `train`.
+        `obs_names` are ``"<method>_0"``, …; `var_names` are those of `train`.
 
     Examples
     --------

@@ -49,9 +49,10 @@ def grn_edges(
 
     Returns
     -------
-    DataFrame with columns `source` (str), `target` (str) and `weight` (the matrix's float dtype),
-    one row per edge. Weights are ranked as given: for a signed GRN, such as a correlation
-    matrix, rank by strength with ``np.abs(matrix)``.
+    :class:`~pandas.DataFrame`
+        DataFrame with columns `source` (str), `target` (str) and `weight` (the matrix's float dtype),
+        one row per edge. Weights are ranked as given: for a signed GRN, such as a correlation
+        matrix, rank by strength with ``np.abs(matrix)``.
 
     Examples
     --------
@@ -183,9 +184,10 @@ def score_grn(
 
     Returns
     -------
-    ``{"epr", "early_precision", "auprc", "auprc_ratio", "density", "n_reference_edges",
-    "n_candidates", "n_tfs"}``: the scores above, the number of positives, of candidate pairs and of
-    reference TFs among `genes`.
+    dict
+        ``{"epr", "early_precision", "auprc", "auprc_ratio", "density", "n_reference_edges",
+        "n_candidates", "n_tfs"}``: the scores above, the number of positives, of candidate pairs and of
+        reference TFs among `genes`.
 
     Examples
     --------
@@ -310,8 +312,9 @@ def correlation_grn(
 
     Returns
     -------
-    ``float32`` array (n_genes, n_genes), symmetric, values in [-1, 1]. Signed: rank edges by
-    strength with ``np.abs(...)``.
+    :class:`~numpy.ndarray`
+        ``float32`` array (n_genes, n_genes), symmetric, values in [-1, 1]. Signed: rank edges by
+        strength with ``np.abs(...)``.
 
     Examples
     --------

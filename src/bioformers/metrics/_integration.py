@@ -97,8 +97,9 @@ def integration_scores(
 
     Returns
     -------
-    ``{"nmi", "ari", "asw_label", "batch_asw", "graph_connectivity", "ilisi", "bio_conservation",
-    "batch_correction", "overall", "resolution"}``; ``resolution`` is the chosen Leiden resolution.
+    dict
+        ``{"nmi", "ari", "asw_label", "batch_asw", "graph_connectivity", "ilisi", "bio_conservation",
+        "batch_correction", "overall", "resolution"}``; ``resolution`` is the chosen Leiden resolution.
 
     Examples
     --------
@@ -157,7 +158,8 @@ def batch_asw(adata: ad.AnnData, *, use_rep: str, batch_key: str, label_key: str
 
     Returns
     -------
-    The batch ASW, in [0, 1].
+    float
+        The batch ASW, in [0, 1].
 
     Examples
     --------
@@ -203,7 +205,8 @@ def graph_connectivity(
 
     Returns
     -------
-    The graph connectivity, in (0, 1].
+    float
+        The graph connectivity, in (0, 1].
 
     Examples
     --------
@@ -248,7 +251,8 @@ def ilisi(adata: ad.AnnData, *, use_rep: str, batch_key: str, perplexity: int = 
 
     Returns
     -------
-    The iLISI score.
+    float
+        The iLISI score.
 
     Examples
     --------

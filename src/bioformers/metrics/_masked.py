@@ -54,7 +54,8 @@ def sensitivity(true_bins, pred_bins, mask) -> float:
 
     Returns
     -------
-    ``#{masked, true > 0, pred == true} / #{masked, true > 0}``.
+    float
+        ``#{masked, true > 0, pred == true} / #{masked, true > 0}``.
 
     Examples
     --------
@@ -92,7 +93,8 @@ def hel_sensitivity(true_bins, pred_bins, mask, *, cutoff_bin: int) -> float:
 
     Returns
     -------
-    ``#{masked, true > cutoff_bin, |pred - true| <= 1} / #{masked, true > cutoff_bin}``.
+    float
+        ``#{masked, true > cutoff_bin, |pred - true| <= 1} / #{masked, true > cutoff_bin}``.
 
     Examples
     --------
@@ -131,9 +133,10 @@ def npv(true_bins, pred_bins, mask) -> float:
 
     Returns
     -------
-    ``#{masked, pred == 0, true == 0} / #{masked, pred == 0}``; NaN when no masked position is
-    predicted 0, since NPV is then undefined (a property of the predictor, not an input error, so
-    a comparison of several predictors still gets its table).
+    float
+        ``#{masked, pred == 0, true == 0} / #{masked, pred == 0}``; NaN when no masked position is
+        predicted 0, since NPV is then undefined (a property of the predictor, not an input error, so
+        a comparison of several predictors still gets its table).
 
     Examples
     --------
@@ -172,7 +175,8 @@ def balanced_mask(true_bins, n_per_cell: int, *, seed: int = 0) -> np.ndarray:
 
     Returns
     -------
-    Boolean array, ``(cells, genes)``, `True` at the masked positions.
+    :class:`~numpy.ndarray`
+        Boolean array, ``(cells, genes)``, `True` at the masked positions.
 
     Examples
     --------
@@ -231,9 +235,10 @@ def bin_confusion(true_bins, pred_bins, mask, *, true_bin: int = 1) -> pd.DataFr
 
     Returns
     -------
-    One row per predicted bin from 0 to the largest one predicted (bins never predicted get a
-    count of 0), index ``"predicted_bin"``, columns ``"count"`` (int) and ``"share"`` (of the
-    positions with true bin `true_bin`; the shares sum to 1).
+    :class:`~pandas.DataFrame`
+        One row per predicted bin from 0 to the largest one predicted (bins never predicted get a
+        count of 0), index ``"predicted_bin"``, columns ``"count"`` (int) and ``"share"`` (of the
+        positions with true bin `true_bin`; the shares sum to 1).
 
     Examples
     --------
@@ -285,8 +290,9 @@ def masked_prediction_scores(
 
     Returns
     -------
-    ``{"sensitivity", "hel_sensitivity"}``, plus ``"npv50"`` when the balanced pair is given
-    (NaN if the predictor predicts no zero there, see :func:`npv`).
+    dict
+        ``{"sensitivity", "hel_sensitivity"}``, plus ``"npv50"`` when the balanced pair is given
+        (NaN if the predictor predicts no zero there, see :func:`npv`).
 
     Examples
     --------
@@ -341,8 +347,9 @@ def compare_masked_prediction(
 
     Returns
     -------
-    Index ``"method"`` (the keys of `predictions`, in order), columns ``"sensitivity"``,
-    ``"hel_sensitivity"`` and, with the balanced pair, ``"npv50"``.
+    :class:`~pandas.DataFrame`
+        Index ``"method"`` (the keys of `predictions`, in order), columns ``"sensitivity"``,
+        ``"hel_sensitivity"`` and, with the balanced pair, ``"npv50"``.
 
     Examples
     --------
@@ -445,7 +452,8 @@ class LinearBaseline:
 
         Returns
         -------
-        The fitted baseline itself.
+        :class:`~bioformers.metrics.LinearBaseline`
+            The fitted baseline itself.
         """
         X = _dense_float(_check_bins(train_bins, "train_bins"), "train_bins")
         n_cells, n_genes = X.shape
@@ -494,7 +502,8 @@ class LinearBaseline:
 
         Returns
         -------
-        ``(cells, genes)`` float, the regression output for every position.
+        :class:`~numpy.ndarray`
+            ``(cells, genes)`` float, the regression output for every position.
         """
         if not hasattr(self, "coef_"):
             raise ValueError("This LinearBaseline is not fitted yet. Call `.fit(train_bins)` first.")
@@ -527,8 +536,9 @@ class LinearBaseline:
 
         Returns
         -------
-        ``(cells, genes)`` int64: :meth:`predict_values` rounded half up (as
-        :func:`bioformers.pp.bin` rounds) and clipped to ``[0, max_bin_]``.
+        :class:`~numpy.ndarray`
+            ``(cells, genes)`` int64: :meth:`predict_values` rounded half up (as
+            :func:`bioformers.pp.bin` rounds) and clipped to ``[0, max_bin_]``.
         """
         values = self.predict_values(bins, mask)
         return np.clip(np.floor(values + 0.5), 0, self.max_bin_).astype(np.int64)

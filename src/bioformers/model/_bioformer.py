@@ -58,6 +58,9 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
     (:func:`bioformers.pp.bin`); the model learns by masked gene modelling and by decoding each
     cell's expression from its CLS state, whose final hidden state is the cell embedding.
 
+    :func:`bioformers.tl.pretrain` bins, sets up, builds, trains and embeds in one call; this class
+    is the model it returns, for steps of your own (saving, loading, custom training).
+
     Parameters
     ----------
     adata
@@ -107,6 +110,10 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
     >>> model = bf.BioFormer(adata, n_hidden=16, n_layers=1, n_heads=2)
     >>> model.train(max_epochs=1, batch_size=32)
     >>> adata.obsm["X_bioformers"] = model.get_latent_representation()
+    >>> adata.obsm["X_bioformers"].shape
+    (200, 16)
+    >>> len(model.loss_history()["train_loss"])
+    1
     """
 
     _module_cls = BioFormerModule
@@ -135,13 +142,17 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         if n_bins is None:
             n_bins = int(binned.max()) + 1
         layer = self.registry_["setup_args"]["layer"]
+        #: How the training data was binned (its ``uns['bioformers_binned']['params']``); queries are binned alike.
         self.binning_ = dict(adata.uns.get(layer, {}).get("params", {}))
+        #: The model's genes, in order (the training data's ``var_names``).
         self.genes_ = np.asarray(adata.var_names).astype(str)
         # perturbation targets that are not measured genes still get a gene token
         extra = [t for t in self.registered_targets() if t not in set(self.genes_)]
+        #: Every gene token (the model's genes, then perturbation targets that are not measured genes).
         self.vocabulary_ = np.concatenate([self.genes_, np.asarray(extra, dtype=str)])
-        #: the perturbation split and training record (set by :func:`bioformers.tl.train_perturbation`)
+        #: The perturbation split and training record (set by :func:`bioformers.tl.train_perturbation`).
         self.perturbation_: dict = {}
+        #: ``"encoder"`` or ``"decoder"``.
         self.architecture = architecture
         args = self.registry_["setup_args"]
         n_batch = self.summary_stats.n_batch if args.get("batch_key") is not None else 0
@@ -221,6 +232,30 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
             a measured gene; see :func:`bioformers.tl.train_perturbation`.
         control
             The label of control cells in ``perturbation_key``.
+        **kwargs
+            Passed to scvi-tools' :meth:`~scvi.data.AnnDataManager.register_fields` (e.g.
+            ``source_registry``, which :meth:`load` uses to register data as at training).
+
+        Returns
+        -------
+        None
+            Registers ``adata`` with scvi-tools, which sets:
+
+            ``adata.obs['_scvi_batch']``, ``adata.obs['_scvi_labels']`` : ``int8``
+                Codes of ``batch_key`` and ``labels_key`` (all 0 when not given).
+            ``adata.obs['_scvi_perturbation']`` : ``int8``
+                Codes of ``perturbation_key``, when given.
+            ``adata.uns['_scvi_uuid']``, ``adata.uns['_scvi_manager_uuid']`` : :class:`str`
+                The identifiers that tie ``adata`` to its registration.
+
+        Examples
+        --------
+        >>> import bioformers as bf
+        >>> adata = bf.datasets.synthetic(n_obs=100, n_vars=30)
+        >>> bf.pp.bin(adata)
+        >>> bf.BioFormer.setup_anndata(adata, batch_key="batch")
+        >>> adata.obs["_scvi_batch"].value_counts().sort_index().tolist()
+        [50, 50]
         """
         check_anndata(adata, backed=True)
         layer = Keys().binned if layer is None else layer
@@ -313,24 +348,28 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
             Other arguments are allowed and named in a warning. The model must have the same size and
             genes as the one that wrote the checkpoint.
         plan_kwargs
-            More arguments for :class:`~bioformers.train.BioFormerTrainingPlan`.
+            More arguments for the training plan, :class:`~bioformers.train.BioFormerTrainingPlan`.
         **trainer_kwargs
-            Passed to scvi-tools' ``train`` and Lightning's ``Trainer`` (e.g. ``strategy``,
-            ``num_nodes``, ``train_size``, ``early_stopping``, ``callbacks``). Lightning's ``ckpt_path`` is
-            refused: use ``resume_from``.
+            Passed to scvi-tools' :meth:`~scvi.model.base.BaseModelClass.train` and Lightning's
+            :class:`~lightning.pytorch.Trainer` (e.g. ``strategy``, ``num_nodes``,
+            ``train_size``, ``early_stopping``, ``callbacks``). Lightning's ``ckpt_path`` is refused: use
+            ``resume_from``.
 
         Raises
         ------
         bioformers.train.NonFiniteLossError
-            The loss or the gradients became NaN or infinite. Training stops before that step changes
-            the weights; the message names likely causes (learning rate, reduced precision, input
-            values). The model stays usable: weights of the last good step, history of finished epochs.
+            The loss or the gradients became NaN or infinite (a :class:`FloatingPointError`). Training
+            stops before that step changes the weights; the message names likely causes (learning rate,
+            reduced precision, input values). The model stays usable: weights of the last good step,
+            history of finished epochs.
+        ValueError
+            ``adata`` has fewer cells than ``batch_size``.
 
         Notes
         -----
         **Interruptions.** Ctrl-C (``KeyboardInterrupt``) stops training and ``train`` returns
         normally with a warning saying how many epochs finished: the model keeps the weights of its
-        last optimiser step and the loss history of its finished epochs (:attr:`history_`,
+        last optimiser step and the loss history of its finished epochs (``model.history_``,
         :meth:`loss_history`), is marked trained and can embed, be saved or be trained further; a
         second Ctrl-C interrupts whatever runs next. An interrupt before the first optimiser step
         propagates. (Lightning itself would exit with ``SystemExit`` and leave Ctrl-C ignored.)
@@ -345,6 +384,17 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         Lightning starts the extra processes by running the script again, so every process continues
         past ``train``; all hold the same trained weights, only global rank 0 holds the loss history.
         Guard writes with :attr:`is_global_zero` (:meth:`save` already does). See ``docs/scaling.md``.
+
+        Examples
+        --------
+        >>> import bioformers as bf
+        >>> adata = bf.datasets.synthetic(n_obs=200, n_vars=50)
+        >>> bf.pp.bin(adata)
+        >>> bf.BioFormer.setup_anndata(adata)
+        >>> model = bf.BioFormer(adata, n_hidden=16, n_layers=1, n_heads=2)
+        >>> model.train(max_epochs=2, batch_size=32, train_size=0.9)
+        >>> {name: len(losses) for name, losses in model.loss_history().items()}
+        {'train_loss': 2, 'validation_loss': 2}
         """
         n_obs = self.adata.n_obs
         if n_obs < batch_size:
@@ -399,16 +449,37 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         return args.get("control") if args.get("perturbation_key") is not None else None
 
     def registered_targets(self) -> list[str]:
-        """Every gene named by a registered perturbation label, in order of first appearance."""
+        """Every gene named by a registered perturbation label, in order of first appearance.
+
+        Returns
+        -------
+        list of str
+            The target genes; empty for a model set up without ``perturbation_key``.
+        """
         if self.control_ is None:
             return []
         labels = self.adata_manager.get_state_registry(PERTURBATION_KEY).categorical_mapping
         return list(dict.fromkeys(t for label in labels for t in perturbation_targets(label, self.control_)))
 
     def target_indices(self, labels: Sequence[str]) -> np.ndarray:
-        """Vocabulary indices of the targets of each perturbation label, ``(labels, slots)``, -1 where empty.
+        """Vocabulary indices of the targets of each perturbation label.
 
-        Raises a ``ValueError`` naming the genes the model has no token for.
+        Parameters
+        ----------
+        labels
+            Perturbation labels: ``control``, a gene, or genes joined by ``+``.
+
+        Returns
+        -------
+        :class:`~numpy.ndarray`
+            ``int64`` ``(len(labels), slots)``: indices into ``model.vocabulary_``, -1 where a label
+            has fewer targets than the widest one.
+
+        Raises
+        ------
+        ValueError
+            The model was not set up for perturbations, or has no gene token for a target (the
+            message names them).
         """
         if self.control_ is None:
             raise ValueError("This model was not set up for perturbations. Train one with `bf.tl.train_perturbation`.")
@@ -470,7 +541,12 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
             cells and draw their control cells, so resuming with the original arguments reproduces
             the uninterrupted run exactly (on the CPU).
         **trainer_kwargs
-            Passed to Lightning's ``Trainer``.
+            Passed to Lightning's :class:`~lightning.pytorch.Trainer`.
+
+        Returns
+        -------
+        None
+            The model is trained in place; nothing is written into the AnnData.
 
         Raises
         ------
@@ -533,7 +609,18 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
             runner()
 
     def condition_categories(self, kind: Literal["labels", "batch"]) -> list[str]:
-        """The categories of the registered ``labels_key`` or ``batch_key`` column; empty when not registered."""
+        """The categories of the registered ``labels_key`` or ``batch_key`` column.
+
+        Parameters
+        ----------
+        kind
+            ``"labels"`` or ``"batch"``.
+
+        Returns
+        -------
+        list of str
+            The categories, in the order of their codes; empty when the column was not registered.
+        """
         key = {"labels": "labels_key", "batch": "batch_key"}[kind]
         if self.registry_["setup_args"].get(key) is None:
             return []
@@ -541,7 +628,26 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         return [str(c) for c in self.adata_manager.get_state_registry(registry_key).categorical_mapping]
 
     def condition_codes(self, kind: Literal["labels", "batch"], values: Sequence[str | None]) -> np.ndarray:
-        """Codes of condition values for the decoder (``None``: unknown); raises naming the known values."""
+        """Codes of condition values for the decoder.
+
+        Parameters
+        ----------
+        kind
+            ``"labels"`` or ``"batch"``.
+        values
+            One category of the registered column per cell, or ``None`` for an unknown condition.
+
+        Returns
+        -------
+        :class:`~numpy.ndarray`
+            ``int64`` codes, one per value; ``None`` gets the code after the last category (unknown).
+
+        Raises
+        ------
+        ValueError
+            A value is not a known category (the message names the known ones), or a value is given
+            for a column the model was not set up with.
+        """
         categories = self.condition_categories(kind)
         key = {"labels": "labels_key", "batch": "batch_key"}[kind]
         if not categories:
@@ -570,11 +676,41 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         seed: int = 0,
         batch_size: int = 256,
     ) -> sparse.csr_matrix:
-        """Sample binned cells from the decoder, ``(n_cells, n_genes)`` ``int16`` CSR.
+        """Sample binned cells from the decoder.
 
-        :func:`bioformers.tl.generate` wraps this into an AnnData. ``labels`` and ``batch`` give each
-        cell's condition (a value of the registered ``labels_key`` / ``batch_key`` column, or ``None``
-        for unconditional); ``None`` leaves all unknown. Same seed, same cells (on one machine).
+        :func:`bioformers.tl.generate` wraps this into an AnnData. Same seed, same cells (on one machine).
+
+        Parameters
+        ----------
+        n_cells
+            Number of cells to draw.
+        labels
+            Each cell's label: a value of the registered ``labels_key`` column, or ``None`` for
+            unconditional; ``None`` (instead of a list) leaves all unknown.
+        batch
+            Each cell's batch, the same way for the registered ``batch_key`` column.
+        temperature
+            Softmax temperature of every draw; below 1 sharpens towards the most likely genes and bins.
+        seed
+            Seed of the draws.
+        batch_size
+            Cells drawn at once.
+
+        Returns
+        -------
+        :class:`~scipy.sparse.csr_matrix`
+            ``int16`` ``(n_cells, n_genes)``, the bins of the model's genes (``model.genes_``).
+
+        Examples
+        --------
+        >>> import bioformers as bf
+        >>> adata = bf.datasets.synthetic(n_obs=200, n_vars=50)
+        >>> model = bf.tl.pretrain(
+        ...     adata, architecture="decoder", labels_key="cell_type", n_layers=1, n_hidden=16, max_epochs=1
+        ... )
+        >>> bins = model.generate(3, labels=["type_0", "type_1", None])
+        >>> bins.shape, bins.dtype
+        ((3, 50), dtype('int16'))
         """
         self._check_if_trained(warn=False)
         self.require_decoder("Generating cells")
@@ -610,7 +746,13 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         return matrix.tocsr()
 
     def require_decoder(self, what: str) -> None:
-        """Raise a ``ValueError`` saying that ``what`` needs the decoder, for an encoder-only model."""
+        """Raise a ``ValueError`` saying that ``what`` needs the decoder, for an encoder-only model.
+
+        Parameters
+        ----------
+        what
+            The step that needs it, as the message's subject (e.g. ``"Generating cells"``).
+        """
         if self.architecture != "decoder":
             raise ValueError(
                 f"{what} needs the decoder-only BioFormer; this model is an encoder. Train one with "
@@ -629,6 +771,11 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
             Vocabulary indices per cell, ``(cells, slots)``, -1 where empty (see :meth:`target_indices`).
         batch_size
             Cells per forward pass.
+
+        Returns
+        -------
+        :class:`~numpy.ndarray`
+            ``float32`` ``(cells, n_genes)``: ``log1p`` of counts per 10,000 of every model gene.
         """
         self.module.eval()
         bins = sparse.csr_matrix(bins)
@@ -674,8 +821,19 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
 
         Returns
         -------
-        The alignment: ``columns`` (the query column of each model gene, -1 where missing), ``coverage``,
-        ``missing``, and ``take`` / ``put`` to rearrange matrices between the two layouts.
+        :class:`~bioformers.pp._genes.GeneAlignment`
+            ``columns`` (the query column of each model gene, -1 where missing), ``coverage``,
+            ``missing``, and ``take`` / ``put`` to rearrange matrices between the two layouts.
+
+        Examples
+        --------
+        >>> import bioformers as bf
+        >>> adata = bf.datasets.synthetic(n_obs=200, n_vars=50)
+        >>> model = bf.tl.pretrain(adata, n_layers=1, n_hidden=16, n_heads=2, max_epochs=1, batch_size=32)
+        >>> query = bf.datasets.synthetic(n_obs=60, n_vars=50, seed=1)[:, 5:].copy()  # lacks 5 genes
+        >>> alignment = model.align_genes(query)
+        >>> float(alignment.coverage), alignment.missing.tolist()
+        (0.9, ['gene_0', 'gene_1', 'gene_2', 'gene_3', 'gene_4'])
         """
         alignment = align_genes(adata, self.genes_, gene_symbols=gene_symbols, min_gene_coverage=min_gene_coverage)
         alignment.report()
@@ -688,6 +846,17 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         Steps that write one result per gene of ``adata`` against the model's own genes (attention
         GRN, gene embeddings and programs, perturbation fine-tuning and prediction) need this;
         embedding and prediction align genes by name instead (:meth:`align_genes`).
+
+        Parameters
+        ----------
+        adata
+            The AnnData to check.
+
+        Raises
+        ------
+        ValueError
+            ``adata`` lacks some of the model's genes, has others, or has them in another order; the
+            message says how to fix it.
         """
         alignment = match_genes(adata, self.genes_)
         if alignment.is_identity:
@@ -751,6 +920,23 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
             Layer with raw counts to bin when ``adata`` lacks the binned layer; ``None`` uses ``adata.X``.
         chunk_size
             Cells read and binned at a time when streaming (whole batches, at least one); ``None``: 4,096.
+
+        Returns
+        -------
+        :class:`~numpy.ndarray`
+            ``float32`` ``(n_cells, n_hidden)``, in the order of ``adata``'s cells (or of ``indices``).
+            Nothing is written into ``adata``; :func:`bioformers.tl.embed` writes it into ``obsm``.
+
+        Examples
+        --------
+        >>> import bioformers as bf
+        >>> adata = bf.datasets.synthetic(n_obs=200, n_vars=50)
+        >>> model = bf.tl.pretrain(adata, n_layers=1, n_hidden=16, n_heads=2, max_epochs=1, batch_size=32)
+        >>> model.get_latent_representation().shape
+        (200, 16)
+        >>> query = bf.datasets.synthetic(n_obs=60, n_vars=50, seed=1)  # raw counts: binned on the fly
+        >>> model.get_latent_representation(query, indices=range(10)).shape
+        (10, 16)
         """
         if adata is not None and genes is None:
             genes = self.align_genes(adata, gene_symbols=gene_symbols, min_gene_coverage=min_gene_coverage)
@@ -765,7 +951,13 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         return torch.cat(chunks).numpy()
 
     def require_encoder(self, what: str) -> None:
-        """Raise a ``ValueError`` saying that ``what`` needs the encoder, for a decoder-only model."""
+        """Raise a ``ValueError`` saying that ``what`` needs the encoder, for a decoder-only model.
+
+        Parameters
+        ----------
+        what
+            The step that needs it, as the message's subject (e.g. ``"Masked prediction"``).
+        """
         if self.architecture != "encoder":
             raise ValueError(
                 f"{what} needs the encoder-only BioFormer (masked gene modelling, CLS expression decoder); this model "
@@ -773,7 +965,15 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
             )
 
     def check_prediction_args(self, *, mask_ratio: float | None = None, layer: int = -1) -> None:
-        """Raise a ``ValueError`` for a decoder, a ``mask_ratio`` outside (0, 1) or a ``layer`` the model lacks."""
+        """Raise a ``ValueError`` for a decoder, a ``mask_ratio`` outside (0, 1) or a ``layer`` the model lacks.
+
+        Parameters
+        ----------
+        mask_ratio
+            As in :meth:`get_predicted_bins`; ``None`` is always valid.
+        layer
+            As in :meth:`get_attention`: a transformer block, negative counting from the end.
+        """
         self.require_encoder("Predicting expression and reading attention")
         if mask_ratio is not None and not 0 < mask_ratio < 1:
             raise ValueError(f"`mask_ratio` must be None or lie in (0, 1), not {mask_ratio}.")
@@ -840,7 +1040,7 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         """Expected and most likely bin of every model gene of every cell, both ``(n_cells, n_model_genes)``.
 
         Deterministic, like :meth:`get_latent_representation`, and read in chunks the same way.
-        Columns follow the model's genes (:attr:`genes_`), whatever the layout of ``adata``; model
+        Columns follow the model's genes (``model.genes_``), whatever the layout of ``adata``; model
         genes ``adata`` lacks are predicted too, from cells in which they read as unexpressed.
 
         Parameters
@@ -862,6 +1062,23 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
             Cells per forward pass.
         gene_symbols, min_gene_coverage, genes, counts_layer, chunk_size
             As in :meth:`get_latent_representation`.
+
+        Returns
+        -------
+        expected : :class:`~numpy.ndarray`
+            ``float32`` ``(n_cells, n_model_genes)``, the expected bin.
+        best : :class:`~numpy.ndarray`
+            ``int64`` ``(n_cells, n_model_genes)``, the most likely bin. Nothing is written into
+            ``adata``; :func:`bioformers.tl.predict` writes both into ``layers``.
+
+        Examples
+        --------
+        >>> import bioformers as bf
+        >>> adata = bf.datasets.synthetic(n_obs=200, n_vars=50)
+        >>> model = bf.tl.pretrain(adata, n_layers=1, n_hidden=16, n_heads=2, max_epochs=1, batch_size=32)
+        >>> expected, best = model.get_predicted_bins(indices=range(5), mask_ratio=0.2)
+        >>> expected.shape, best.shape
+        ((5, 50), (5, 50))
         """
         self.check_prediction_args(mask_ratio=mask_ratio)
         if adata is not None and genes is None:
@@ -907,7 +1124,20 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
 
         Returns
         -------
-        Expected and most likely bin, ``(n_cells, n_genes)``; NaN and -1 where ``mask`` is False.
+        expected : :class:`~numpy.ndarray`
+            ``float32`` ``(n_cells, n_genes)``, the expected bin; NaN where ``mask`` is False.
+        best : :class:`~numpy.ndarray`
+            ``int64`` ``(n_cells, n_genes)``, the most likely bin; -1 where ``mask`` is False.
+
+        Examples
+        --------
+        >>> import bioformers as bf
+        >>> adata = bf.datasets.synthetic(n_obs=200, n_vars=50)
+        >>> model = bf.tl.pretrain(adata, n_layers=1, n_hidden=16, n_heads=2, max_epochs=1, batch_size=32)
+        >>> mask = bf.metrics.balanced_mask(adata.layers["bioformers_binned"][:20], n_per_cell=4)
+        >>> expected, best = model.get_masked_predictions(mask, indices=range(20))
+        >>> int((best >= 0).sum()) == int(mask.sum())  # predictions only where hidden
+        True
         """
         self.require_encoder("Masked prediction")
         mask = (mask.toarray() if hasattr(mask, "toarray") else np.asarray(mask)).astype(bool)
@@ -963,7 +1193,18 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
 
         Returns
         -------
-        ``float32`` array ``(n_genes, n_genes)`` (or with a trailing heads axis).
+        :class:`~numpy.ndarray`
+            ``float32`` ``(n_genes, n_genes)`` (query gene x key gene), or ``(n_genes, n_genes, n_heads)``
+            with ``keep_heads``. Nothing is written into ``adata``; :func:`bioformers.tl.attention_grn`
+            writes it into ``varp``.
+
+        Examples
+        --------
+        >>> import bioformers as bf
+        >>> adata = bf.datasets.synthetic(n_obs=200, n_vars=50)
+        >>> model = bf.tl.pretrain(adata, n_layers=1, n_hidden=16, n_heads=2, max_epochs=1, batch_size=32)
+        >>> model.get_attention(indices=range(50), keep_heads=True).shape
+        (50, 50, 2)
         """
         self.check_prediction_args(layer=layer)
         n = self.genes_.size
@@ -994,7 +1235,14 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         return rank_zero_only.rank == 0
 
     def loss_history(self) -> dict[str, list[float]]:
-        """Train and validation loss per epoch, as plain lists."""
+        """Train and validation loss per epoch, as plain lists.
+
+        Returns
+        -------
+        dict
+            ``{"train_loss": [...], "validation_loss": [...]}``, one float per finished epoch; the
+            validation list is empty without validation cells (``train_size=1``).
+        """
         history = self.history_ or {}
 
         def column(name: str) -> list[float]:
@@ -1012,6 +1260,9 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         under a temporary name and renamed when complete, so an interrupted save leaves no truncated
         model file.
 
+        In a distributed run only global rank 0 writes; on other processes this does nothing
+        (:attr:`is_global_zero`).
+
         Parameters
         ----------
         dir_path
@@ -1021,8 +1272,21 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         save_anndata
             Also write the training AnnData as ``adata.h5ad`` (then :meth:`load` needs no AnnData).
 
-        In a distributed run only global rank 0 writes; on other processes this does nothing
-        (:attr:`is_global_zero`).
+        Raises
+        ------
+        FileExistsError
+            ``dir_path`` exists and ``overwrite`` is False.
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> import bioformers as bf
+        >>> adata = bf.datasets.synthetic(n_obs=200, n_vars=50)
+        >>> model = bf.tl.pretrain(adata, n_layers=1, n_hidden=16, n_heads=2, max_epochs=1, batch_size=32)
+        >>> path = os.path.join(tempfile.mkdtemp(), "model")
+        >>> model.save(path, save_anndata=True)
+        >>> sorted(os.listdir(path))
+        ['adata.h5ad', 'model.json', 'model.safetensors']
         """
         if not self.is_global_zero:
             logger.debug("Not global rank 0 of a distributed run: `save` writes nothing here.")
@@ -1069,6 +1333,26 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
             to :func:`bioformers.tl.embed` / :func:`bioformers.tl.predict`, which match genes by name.
         accelerator
             ``"cpu"`` or ``"cuda"``.
+
+        Returns
+        -------
+        :class:`~bioformers.BioFormer`
+            The trained model. ``adata`` is registered with scvi-tools as in :meth:`setup_anndata`
+            (``obs['_scvi_batch']``, ``obs['_scvi_labels']``, ``uns['_scvi_uuid']``, ...); nothing else
+            is written into it.
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> import bioformers as bf
+        >>> adata = bf.datasets.synthetic(n_obs=200, n_vars=50)
+        >>> model = bf.tl.pretrain(adata, n_layers=1, n_hidden=16, n_heads=2, max_epochs=1, batch_size=32)
+        >>> path = os.path.join(tempfile.mkdtemp(), "model")
+        >>> model.save(path)
+        >>> loaded = bf.BioFormer.load(path, adata=adata.copy())
+        >>> bool(np.array_equal(loaded.get_latent_representation(), model.get_latent_representation()))
+        True
         """
         state_dict, attributes, adata, init = read_registered(cls, dir_path, adata)
         if init.get("n_bins") is None and "n_bins" in attributes:

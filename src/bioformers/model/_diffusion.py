@@ -80,6 +80,8 @@ class CellDiffusion(UnsupervisedTrainingMixin, BaseModelClass):
     >>> bf.CellDiffusion.setup_anndata(adata, categorical_covariate_keys=["cell_type"])
     >>> model = bf.CellDiffusion(adata, n_tokens=4, token_dim=8, n_hidden=32, n_layers=1, n_encoder_hidden=64)
     >>> model.train(max_epochs=2, autoencoder_epochs=2, batch_size=50)
+    >>> model.training_stages_
+    {'autoencoder': 2, 'diffusion': 2}
     >>> cells = bf.tl.generate(model, {"cell_type": ["type_0", "type_1"]}, n_per_condition=5, n_steps=10)
     >>> cells.shape
     (10, 50)
@@ -116,8 +118,9 @@ class CellDiffusion(UnsupervisedTrainingMixin, BaseModelClass):
         for name, value in (("dropout", dropout), ("condition_dropout", condition_dropout)):
             if not 0 <= value < 1:
                 raise ValueError(f"`{name}` must be in [0, 1), not {value}.")
+        #: The model's genes, in order (the training data's ``var_names``).
         self.genes_ = np.asarray(adata.var_names).astype(str)
-        #: the registered conditions: one dict per condition (key, kind and its known values)
+        #: One dict per registered condition, with its key, kind and known values.
         self.conditions_ = self._registered_conditions()
         continuous = self._condition_frame(kinds=("continuous",))
         set_condition = self._condition("set")
@@ -141,8 +144,9 @@ class CellDiffusion(UnsupervisedTrainingMixin, BaseModelClass):
         if continuous.shape[1]:
             values = torch.tensor(continuous.to_numpy(dtype=np.float64), dtype=torch.float32)
             self.module.conditions.set_continuous_scale(values.mean(dim=0), values.std(dim=0, unbiased=False))
-        #: condition combinations seen in training (see :meth:`check_conditions`)
+        #: Condition combinations seen in training, and each continuous range (see :meth:`check_conditions`).
         self.seen_ = self._seen_conditions()
+        #: Epochs trained per stage (``"autoencoder"``, ``"diffusion"``, ``"joint"``).
         self.training_stages_: dict[str, int] = {}
         self._model_summary_string = (
             f"CellDiffusion: {adata.n_vars} genes, {n_tokens} latent tokens x {token_dim}, "
@@ -186,6 +190,31 @@ class CellDiffusion(UnsupervisedTrainingMixin, BaseModelClass):
             embedded and the set is mean-pooled, so combinations of seen genes can be asked for.
         control
             The label of unperturbed cells in ``perturbation_key`` (the empty set).
+        **kwargs
+            Passed to scvi-tools' :meth:`~scvi.data.AnnDataManager.register_fields` (e.g.
+            ``source_registry``, which :meth:`load` uses to register data as at training).
+
+        Returns
+        -------
+        None
+            Registers ``adata`` with scvi-tools, which sets:
+
+            ``adata.obsm['_scvi_extra_categorical_covs']`` : :class:`~pandas.DataFrame`
+                Codes of the ``categorical_covariate_keys`` columns, when given.
+            ``adata.obsm['_scvi_extra_continuous_covs']`` : :class:`~pandas.DataFrame`
+                The ``continuous_covariate_keys`` columns, when given.
+            ``adata.obs['_scvi_perturbation']`` : ``int8``
+                Codes of ``perturbation_key``, when given.
+            ``adata.uns['_scvi_uuid']``, ``adata.uns['_scvi_manager_uuid']`` : :class:`str`
+                The identifiers that tie ``adata`` to its registration.
+
+        Examples
+        --------
+        >>> import bioformers as bf
+        >>> adata = bf.datasets.synthetic(n_obs=100, n_vars=30)
+        >>> bf.CellDiffusion.setup_anndata(adata, categorical_covariate_keys=["cell_type", "batch"])
+        >>> adata.obsm["_scvi_extra_categorical_covs"].columns.tolist()
+        ['cell_type', 'batch']
         """
         setup_method_args = cls._get_setup_method_args(**locals())  # first: it records every local variable
         check_anndata(adata)
@@ -313,6 +342,12 @@ class CellDiffusion(UnsupervisedTrainingMixin, BaseModelClass):
             Allow conditions never seen in training: a combination of categories (and perturbations)
             that no training cell had, or a continuous value outside the training range. The model
             then extrapolates; by default they are refused.
+
+        Returns
+        -------
+        :class:`~pandas.DataFrame`
+            One row per condition, one column per condition key (:attr:`condition_keys`); ``None``
+            where a condition is left out.
 
         Raises
         ------
@@ -459,8 +494,14 @@ class CellDiffusion(UnsupervisedTrainingMixin, BaseModelClass):
         plan_kwargs
             More arguments for the training plan.
         **trainer_kwargs
-            Passed to scvi-tools' ``train`` and Lightning's ``Trainer``. Every cell is trained on unless
-            ``train_size`` (e.g. 0.9) is given, which also gives a validation loss per epoch.
+            Passed to scvi-tools' :meth:`~scvi.model.base.BaseModelClass.train` and Lightning's
+            :class:`~lightning.pytorch.Trainer`. Every cell is trained on unless ``train_size`` (e.g.
+            0.9) is given, which also gives a validation loss per epoch.
+
+        Returns
+        -------
+        None
+            The model is trained in place; ``model.training_stages_`` counts the epochs of each stage.
 
         Raises
         ------
@@ -468,6 +509,16 @@ class CellDiffusion(UnsupervisedTrainingMixin, BaseModelClass):
             The loss or the gradients became NaN or infinite; training stops before that step.
             Ctrl-C stops training, keeping the last step's weights, with a warning (as in
             :meth:`bioformers.BioFormer.train`).
+
+        Examples
+        --------
+        >>> import bioformers as bf
+        >>> adata = bf.datasets.synthetic(n_obs=200, n_vars=50)
+        >>> bf.CellDiffusion.setup_anndata(adata)
+        >>> model = bf.CellDiffusion(adata, n_tokens=4, token_dim=8, n_hidden=32, n_layers=1, n_encoder_hidden=64)
+        >>> model.train(max_epochs=2, schedule="joint", batch_size=50)
+        >>> model.training_stages_
+        {'joint': 2}
         """
         if schedule not in ("pretrain", "joint"):
             raise ValueError(f"`schedule` must be 'pretrain' or 'joint', not {schedule!r}.")
@@ -543,9 +594,32 @@ class CellDiffusion(UnsupervisedTrainingMixin, BaseModelClass):
     def get_latent_representation(
         self, adata: AnnData | None = None, indices: Sequence[int] | None = None, batch_size: int = 512
     ) -> np.ndarray:
-        """Each cell's latent tokens, flattened: ``(cells, n_tokens * token_dim)``.
+        """Each cell's latent tokens from the autoencoder, flattened.
 
-        ``adata`` needs the model's genes in the model's order and is registered like the training data.
+        Parameters
+        ----------
+        adata
+            Raw counts with the model's genes in the model's order; registered like the training data.
+            ``None``: the training data.
+        indices
+            Cells to encode; ``None``: all.
+        batch_size
+            Cells per forward pass.
+
+        Returns
+        -------
+        :class:`~numpy.ndarray`
+            ``float32`` ``(n_cells, n_tokens * token_dim)``. Nothing is written into ``adata``.
+
+        Examples
+        --------
+        >>> import bioformers as bf
+        >>> adata = bf.datasets.synthetic(n_obs=200, n_vars=50)
+        >>> bf.CellDiffusion.setup_anndata(adata)
+        >>> model = bf.CellDiffusion(adata, n_tokens=4, token_dim=8, n_hidden=32, n_layers=1, n_encoder_hidden=64)
+        >>> model.train(max_epochs=1, autoencoder_epochs=1, batch_size=50)
+        >>> model.get_latent_representation().shape
+        (200, 32)
         """
         self._check_if_trained(warn=False)
         adata = self._validate_anndata(adata)
@@ -571,11 +645,30 @@ class CellDiffusion(UnsupervisedTrainingMixin, BaseModelClass):
         seed: int = 0,
         batch_size: int = 512,
     ) -> sparse.csr_matrix:
-        """Sample one cell per row of a checked condition table (:meth:`check_conditions`).
+        """Sample one cell per row of a checked condition table.
 
-        Returns ``log1p`` of counts per 10,000, ``(cells, n_genes)`` CSR ``float32``; each gene is detected
-        with the probability the decoder gives it. :func:`bioformers.tl.generate` wraps this into an
-        AnnData. Same seed, same cells (on one machine).
+        Each gene is detected with the probability the decoder gives it. :func:`bioformers.tl.generate`
+        wraps this into an AnnData. Same seed, same cells (on one machine).
+
+        Parameters
+        ----------
+        table
+            Conditions from :meth:`check_conditions`, one row per cell to generate.
+        n_steps
+            DDIM steps; fewer is faster and coarser.
+        guidance
+            Classifier-free guidance scale (1: the conditional model alone).
+        eta
+            DDIM noise (0: deterministic given the starting noise; 1: DDPM-like).
+        seed
+            Seed of the draws.
+        batch_size
+            Cells generated at once.
+
+        Returns
+        -------
+        :class:`~scipy.sparse.csr_matrix`
+            ``float32`` ``(len(table), n_genes)``: ``log1p`` of counts per 10,000.
         """
         self._check_if_trained(warn=False)
         if (
@@ -619,6 +712,11 @@ class CellDiffusion(UnsupervisedTrainingMixin, BaseModelClass):
             Replace an existing directory's model files.
         save_anndata
             Also write the training AnnData as ``adata.h5ad`` (then :meth:`load` needs no AnnData).
+
+        Raises
+        ------
+        FileExistsError
+            ``dir_path`` exists and ``overwrite`` is False.
         """
         if os.path.exists(dir_path) and not overwrite:
             raise FileExistsError(f"{dir_path!r} already exists. Pass `overwrite=True` or choose another directory.")
@@ -643,8 +741,36 @@ class CellDiffusion(UnsupervisedTrainingMixin, BaseModelClass):
         """Load a model written by :meth:`save`, with ``adata`` (the training data) registered as its AnnData.
 
         Only ``model.safetensors`` and ``model.json`` are read, by parsers that cannot run code.
-        ``adata`` needs exactly the model's genes, in order; ``None`` reads ``adata.h5ad`` written by
-        ``save(..., save_anndata=True)``.
+
+        Parameters
+        ----------
+        dir_path
+            Directory written by :meth:`save`.
+        adata
+            The training data, or any AnnData with exactly the model's genes, in order, and the
+            registered ``obs`` columns; ``None`` reads ``adata.h5ad`` written by
+            ``save(..., save_anndata=True)``.
+        accelerator
+            ``"cpu"`` or ``"cuda"``.
+
+        Returns
+        -------
+        :class:`~bioformers.CellDiffusion`
+            The trained model; ``adata`` is registered with scvi-tools as in :meth:`setup_anndata`.
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> import bioformers as bf
+        >>> adata = bf.datasets.synthetic(n_obs=200, n_vars=50)
+        >>> bf.CellDiffusion.setup_anndata(adata, categorical_covariate_keys=["cell_type"])
+        >>> model = bf.CellDiffusion(adata, n_tokens=4, token_dim=8, n_hidden=32, n_layers=1, n_encoder_hidden=64)
+        >>> model.train(max_epochs=1, autoencoder_epochs=1, batch_size=50)
+        >>> path = os.path.join(tempfile.mkdtemp(), "diffusion")
+        >>> model.save(path, save_anndata=True)
+        >>> loaded = bf.CellDiffusion.load(path)
+        >>> loaded.condition_keys, loaded.training_stages_
+        (['cell_type'], {'autoencoder': 1, 'diffusion': 1})
         """
         state_dict, attributes, adata, init = read_registered(cls, dir_path, adata)
         model = cls(adata, **init)

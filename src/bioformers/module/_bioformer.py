@@ -76,6 +76,17 @@ class BioFormerModule(BaseModuleClass):
     batch_adversarial_weight
         Weight of an adversarial batch classifier on CLS (gradient reversal, as scGPT's DAR); 0 turns
         it off. Pushes batch information out of the embedding.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from bioformers.module import BioFormerModule
+    >>> module = BioFormerModule(n_genes=30, n_bins=10, n_hidden=16, n_layers=1, n_heads=2, max_seq_len=16).eval()
+    >>> bins = torch.randint(0, 10, (4, 30))
+    >>> module.embed(bins).shape
+    torch.Size([4, 16])
+    >>> module.predict_expression(bins).shape
+    torch.Size([4, 30])
     """
 
     def __init__(
@@ -166,6 +177,19 @@ class BioFormerModule(BaseModuleClass):
 
         Outside training mode, gene selection and masking are fixed per cell (see
         :mod:`bioformers.data`), so validation loss and embeddings are reproducible.
+
+        Parameters
+        ----------
+        bins
+            Binned cells, ``(cells, n_genes)``.
+        masked
+            Mask positions for masked gene modelling; ``False`` encodes the whole sequence.
+
+        Returns
+        -------
+        dict
+            ``cls`` ``(cells, n_hidden)``, ``hidden`` ``(cells, length, n_hidden)``, ``values``
+            ``(cells, length)``, ``mask`` (``None`` unmasked) and ``bins``.
         """
         bins = bins.long()
         genes, values = select_genes(bins, self.max_seq_len - 1, random=self.training)
@@ -190,6 +214,19 @@ class BioFormerModule(BaseModuleClass):
         Every cell has the same number of masked positions (:func:`~bioformers.data.n_masked`), so they
         are gathered as a ``(cells, n_masked)`` block rather than by boolean indexing, whose
         data-dependent shape would make the GPU wait for the host at every step.
+
+        Parameters
+        ----------
+        cls, hidden, mask, bins
+            As :meth:`inference` returns them.
+        batch_index
+            Each cell's batch, ``(cells, 1)``; ``None`` without batch tokens.
+
+        Returns
+        -------
+        dict
+            ``expression`` ``(cells, n_genes)``; with a mask also ``masked_positions`` and
+            ``bin_logits`` ``(cells, n_masked, n_bins)``.
         """
         batch = self.batch_token(batch_index, len(cls), cls.dtype)
         out = {"expression": self.decode_expression(cls, cell_depth(bins), batch)}
@@ -201,7 +238,21 @@ class BioFormerModule(BaseModuleClass):
         return out
 
     def loss(self, tensors, inference_outputs, generative_outputs) -> LossOutput:
-        """Cross-entropy over bins at masked positions plus the weighted expression MSE."""
+        """Cross-entropy over bins at masked positions plus the weighted expression MSE.
+
+        Parameters
+        ----------
+        tensors
+            The minibatch (with the batch index when the network has batch tokens).
+        inference_outputs, generative_outputs
+            What :meth:`inference` and :meth:`generative` returned.
+
+        Returns
+        -------
+        :class:`~scvi.module.base.LossOutput`
+            The loss per cell and its mean; ``mlm_loss``, ``expression_loss`` (and ``batch_loss``) as
+            extra metrics.
+        """
         positions = generative_outputs["masked_positions"]
         target = inference_outputs["values"].gather(1, positions).clamp(max=self.n_bins - 1)
         logits = generative_outputs["bin_logits"].float()
@@ -221,7 +272,18 @@ class BioFormerModule(BaseModuleClass):
         return LossOutput(loss=per_cell.mean(), reconstruction_loss=per_cell, extra_metrics=extra)
 
     def sample(self, *args, **kwargs):
-        """Not available for the encoder-only model: generating cells needs the decoder-only variant."""
+        """Not available for the encoder-only model: generating cells needs the decoder-only variant.
+
+        Parameters
+        ----------
+        *args, **kwargs
+            Ignored.
+
+        Raises
+        ------
+        NotImplementedError
+            Always; use :class:`~bioformers.module.BioFormerDecoderModule`.
+        """
         raise NotImplementedError("The encoder-only BioFormer does not generate cells.")
 
     # --- building blocks used by the model class ---------------------------------------------------
@@ -248,8 +310,28 @@ class BioFormerModule(BaseModuleClass):
 
         The CLS input is a learned token plus a linear projection of the cell's visible profile
         over all genes, so the cell state starts from the whole cell, not only the sequence.
-        ``external`` holds each position's external-token category (like ``genes``);
-        ``padding_mask`` is True at positions that are padding (no attention to them).
+
+        Parameters
+        ----------
+        genes, values
+            Gene indices and their bins, ``(cells, length)``.
+        mask
+            True at masked positions (their value is hidden); ``None``: none.
+        profile
+            The cell's visible binned profile over all genes, scaled to [0, 1], ``(cells, n_genes)``.
+        external
+            Each position's external-token category, like ``genes``; ``None``: none.
+        padding_mask
+            True at positions that are padding (no attention to them); ``None``: none.
+        attention_layer
+            Also return the attention weights of this block.
+
+        Returns
+        -------
+        hidden : :class:`~torch.Tensor`
+            ``(cells, 1 + length, n_hidden)``, CLS first.
+        attention : :class:`~torch.Tensor` or None
+            ``(cells, heads, 1 + length, 1 + length)`` with ``attention_layer``.
         """
         tokens = self.gene_embedding(genes) + self.value_encoder(values, mask)
         if external is not None:
@@ -266,6 +348,20 @@ class BioFormerModule(BaseModuleClass):
 
         ``None`` for a network without batch tokens. The mean token gives batch-averaged predictions,
         e.g. for query cells from a batch the model never saw.
+
+        Parameters
+        ----------
+        batch_index
+            Each cell's batch code; ``None``: not given.
+        n_cells
+            Number of cells (for the mean token).
+        dtype
+            Floating-point type of the result.
+
+        Returns
+        -------
+        :class:`~torch.Tensor` or None
+            ``(cells, n_hidden)``.
         """
         if self.batch_embedding is None:
             return None
@@ -276,24 +372,74 @@ class BioFormerModule(BaseModuleClass):
     def decode_expression(
         self, cls: torch.Tensor, depth: torch.Tensor, batch: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Predicted bin of every gene, ``(cells, n_genes)``, from CLS, :func:`cell_depth` and the batch token."""
+        """Predicted bin of every gene, ``(cells, n_genes)``, from CLS, the cell's depth and the batch token.
+
+        Parameters
+        ----------
+        cls
+            CLS states, ``(cells, n_hidden)``.
+        depth
+            Log of the number of expressed genes of each cell, ``(cells,)``.
+        batch
+            Batch tokens from :meth:`batch_token`; ``None`` without batch tokens.
+
+        Returns
+        -------
+        :class:`~torch.Tensor`
+            ``(cells, n_genes)``.
+        """
         parts = [cls, depth.to(cls.dtype)[:, None]] + ([] if batch is None else [batch.to(cls.dtype)])
         return self.expression_head(torch.cat(parts, dim=1))
 
     def predict_bins(self, hidden: torch.Tensor, batch: torch.Tensor | None = None) -> torch.Tensor:
-        """Bin logits of the genes at ``hidden`` ``(cells, positions, n_hidden)``, given each cell's batch token."""
+        """Bin logits of the genes at ``hidden``, given each cell's batch token.
+
+        Parameters
+        ----------
+        hidden
+            Hidden states of gene positions, ``(cells, positions, n_hidden)``.
+        batch
+            Batch tokens from :meth:`batch_token`; ``None`` without batch tokens.
+
+        Returns
+        -------
+        :class:`~torch.Tensor`
+            ``(cells, positions, n_bins)``.
+        """
         if batch is not None:
             hidden = hidden + batch.to(hidden.dtype)[:, None]
         return self.bin_head(hidden)
 
     @auto_move_data
     def embed(self, bins: torch.Tensor) -> torch.Tensor:
-        """CLS embedding of unmasked cells, ``(cells, n_hidden)``."""
+        """CLS embedding of unmasked cells.
+
+        Parameters
+        ----------
+        bins
+            Binned cells, ``(cells, n_genes)``.
+
+        Returns
+        -------
+        :class:`~torch.Tensor`
+            ``(cells, n_hidden)``.
+        """
         return self.inference(bins, masked=False)["cls"]
 
     @auto_move_data
     def predict_expression(self, bins: torch.Tensor) -> torch.Tensor:
-        """Expected bin of every gene decoded from the unmasked cell's CLS state, ``(cells, n_genes)``."""
+        """Expected bin of every gene decoded from the unmasked cell's CLS state.
+
+        Parameters
+        ----------
+        bins
+            Binned cells, ``(cells, n_genes)``.
+
+        Returns
+        -------
+        :class:`~torch.Tensor`
+            ``float32`` ``(cells, n_genes)``, clipped to the bin range.
+        """
         cls = self.inference(bins, masked=False)["cls"]
         batch = self.batch_token(None, len(cls), cls.dtype)
         return self.decode_expression(cls, cell_depth(bins.long()), batch).float().clamp(0, self.n_bins - 1)
@@ -305,9 +451,19 @@ class BioFormerModule(BaseModuleClass):
         Masked genes always enter the sequence (the caller keeps them below ``max_seq_len`` per cell);
         the other positions are chosen as usual.
 
+        Parameters
+        ----------
+        bins
+            Binned cells, ``(cells, n_genes)``.
+        gene_mask
+            True at the genes to predict, ``(cells, n_genes)``.
+
         Returns
         -------
-        Expected bin and most likely bin, both ``(cells, n_genes)``; NaN and -1 where not masked.
+        expected : :class:`~torch.Tensor`
+            Expected bin, ``(cells, n_genes)``; NaN where not masked.
+        best : :class:`~torch.Tensor`
+            Most likely bin, ``(cells, n_genes)``; -1 where not masked.
         """
         bins, gene_mask = bins.long(), gene_mask.bool()
         genes, values = select_genes(bins, self.max_seq_len - 1, random=False, include=gene_mask)
@@ -328,15 +484,22 @@ class BioFormerModule(BaseModuleClass):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The sequence of control cells whose ``targets`` are perturbed.
 
-        ``targets`` holds vocabulary indices ``(cells, slots)``, -1 for an empty slot. A measured
-        target is always in the sequence (its position is never dropped) and carries external token 1
-        on top of its control value; an unmeasured target is an extra token at the end with no value
-        (MASK) and external token 1. Slots without an unmeasured target are padding.
+        A measured target is always in the sequence (its position is never dropped) and carries
+        external token 1 on top of its control value; an unmeasured target is an extra token at the
+        end with no value (MASK) and external token 1. Slots without an unmeasured target are padding.
+
+        Parameters
+        ----------
+        bins
+            Binned control cells, ``(cells, n_genes)``.
+        targets
+            Vocabulary indices ``(cells, slots)``, -1 for an empty slot.
 
         Returns
         -------
-        genes, values, value mask (True: no value), external tokens and padding mask, each
-        ``(cells, length)``.
+        tuple of :class:`~torch.Tensor`
+            Genes, values, value mask (True: no value), external tokens and padding mask, each
+            ``(cells, length)``.
         """
         n_genes = bins.shape[1]
         measured = (targets >= 0) & (targets < n_genes)
@@ -364,10 +527,22 @@ class BioFormerModule(BaseModuleClass):
     def predict_response(self, bins: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Log-normalised expression of each control cell after perturbing its ``targets``, ``(cells, n_genes)``.
 
-        See :meth:`perturbation_tokens` for ``targets``. The prediction is the control mean plus a
-        change decoded from CLS for every gene, plus, for measured genes in the sequence, a change
-        decoded from the gene's own token (which attends to the perturbed tokens) and a bilinear
-        interaction of that token with the mean state of the perturbed tokens.
+        The prediction is the control mean plus a change decoded from CLS for every gene, plus, for
+        measured genes in the sequence, a change decoded from the gene's own token (which attends to
+        the perturbed tokens) and a bilinear interaction of that token with the mean state of the
+        perturbed tokens.
+
+        Parameters
+        ----------
+        bins
+            Binned control cells, ``(cells, n_genes)``.
+        targets
+            Vocabulary indices ``(cells, slots)``, -1 for an empty slot (see :meth:`perturbation_tokens`).
+
+        Returns
+        -------
+        :class:`~torch.Tensor`
+            ``(cells, n_genes)``.
         """
         bins = bins.long()
         genes, values, no_value, external, padding = self.perturbation_tokens(bins, targets)
@@ -392,8 +567,16 @@ class BioFormerModule(BaseModuleClass):
     def response_loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
         """Weighted mean squared error of :meth:`predict_response` against the perturbed cells' expression.
 
-        ``batch`` holds ``bins`` (control cells), ``targets``, ``expression`` (the paired perturbed
-        cells, log-normalised) and ``weight`` (per gene; larger on each perturbation's responding genes).
+        Parameters
+        ----------
+        batch
+            ``bins`` (control cells), ``targets``, ``expression`` (the paired perturbed cells,
+            log-normalised) and ``weight`` (per gene; larger on each perturbation's responding genes).
+
+        Returns
+        -------
+        :class:`~scvi.module.base.LossOutput`
+            The loss per cell and its mean.
         """
         predicted = self.predict_response(batch["bins"], batch["targets"])
         weight = batch["weight"].float()
@@ -404,10 +587,20 @@ class BioFormerModule(BaseModuleClass):
     def attention(self, bins: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each unmasked cell's genes and the attention among them in ``layer``.
 
+        Parameters
+        ----------
+        bins
+            Binned cells, ``(cells, n_genes)``.
+        layer
+            Transformer block (negative counts from the end).
+
         Returns
         -------
-        Gene indices ``(cells, length)`` and attention ``(cells, heads, length, length)`` (query
-        gene x key gene, CLS left out: rows sum to 1 minus the attention paid to CLS).
+        genes : :class:`~torch.Tensor`
+            Gene indices ``(cells, length)``.
+        attention : :class:`~torch.Tensor`
+            ``(cells, heads, length, length)`` (query gene x key gene, CLS left out: rows sum to 1
+            minus the attention paid to CLS).
         """
         bins = bins.long()
         genes, values = select_genes(bins, self.max_seq_len - 1, random=False)

@@ -54,6 +54,15 @@ class BioFormerDecoderModule(BaseModuleClass):
         Probability that a training cell's label (and, independently, batch) is replaced by "unknown".
     expression_weight
         Weight of the expression decoded from the embedding state; 0 trains next-token prediction alone.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from bioformers.module import BioFormerDecoderModule
+    >>> module = BioFormerDecoderModule(n_genes=30, n_bins=10, n_hidden=16, n_layers=1, max_seq_len=16, n_labels=3)
+    >>> genes, bins = module.eval().sample(4, labels=torch.tensor([0, 1, 2, 3]))  # 3: unknown label
+    >>> genes.shape == bins.shape, bool((bins[:, 1:] <= bins[:, :-1]).all())  # bins never rise
+    (True, True)
     """
 
     def __init__(
@@ -125,7 +134,21 @@ class BioFormerDecoderModule(BaseModuleClass):
     def inference(
         self, bins: torch.Tensor, labels: torch.Tensor | None = None, batch_index: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
-        """Order each cell's expressed genes and run the causal transformer over them."""
+        """Order each cell's expressed genes and run the causal transformer over them.
+
+        Parameters
+        ----------
+        bins
+            Binned cells, ``(cells, n_genes)``.
+        labels, batch_index
+            Condition codes ``(cells, 1)``; ``None``: unknown (or a network without that condition).
+
+        Returns
+        -------
+        dict
+            ``hidden`` ``(cells, prefix + length, n_hidden)``, ``genes`` and ``values`` in descending
+            order of value ``(cells, length)``, ``n_expressed`` ``(cells,)`` and ``bins``.
+        """
         genes, values, n_expressed = order_by_value(bins, self.n_slots, random=self.training)
         labels = self._condition(labels, self.n_labels, len(bins), bins.device)
         batch_index = self._condition(batch_index, self.n_batch, len(bins), bins.device)
@@ -141,6 +164,17 @@ class BioFormerDecoderModule(BaseModuleClass):
         """Next-gene logits, bin logits given the gene, and the cell's expression decoded from its embedding state.
 
         Genes already in the sequence are excluded from the next-gene logits.
+
+        Parameters
+        ----------
+        hidden, genes, n_expressed, bins
+            As :meth:`inference` returns them.
+
+        Returns
+        -------
+        dict
+            ``gene_logits`` ``(cells, length + 1, n_genes + 1)`` (the last class is the end of the
+            cell), ``bin_logits`` ``(cells, length, n_bins)`` and ``expression`` ``(cells, n_genes)``.
         """
         # position n_prefix - 1 + j predicts gene j, for j = 0 .. n_slots (the last can only be the end)
         state = hidden[:, self.n_prefix - 1 :]
@@ -157,7 +191,20 @@ class BioFormerDecoderModule(BaseModuleClass):
         return {"gene_logits": gene_logits, "bin_logits": bin_logits, "expression": expression}
 
     def loss(self, tensors, inference_outputs, generative_outputs) -> LossOutput:
-        """Cross-entropy of the next gene (or end) plus cross-entropy of its bin, averaged per cell."""
+        """Cross-entropy of the next gene (or end) plus cross-entropy of its bin, averaged per cell.
+
+        Parameters
+        ----------
+        tensors
+            The minibatch.
+        inference_outputs, generative_outputs
+            What :meth:`inference` and :meth:`generative` returned.
+
+        Returns
+        -------
+        :class:`~scvi.module.base.LossOutput`
+            The loss per cell and its mean, with the parts of the loss as extra metrics.
+        """
         genes, values = inference_outputs["genes"], inference_outputs["values"]
         n_expressed = inference_outputs["n_expressed"]
         steps = torch.arange(self.n_slots + 1, device=genes.device)
@@ -213,6 +260,19 @@ class BioFormerDecoderModule(BaseModuleClass):
 
         Padding sits at the end of a sequence, where causal attention keeps it from every real
         position, so no padding mask is needed (and the fused causal kernel is used).
+
+        Parameters
+        ----------
+        genes, values
+            Gene indices and their bins in descending order of value, ``(cells, length)``.
+        labels, batch_index
+            Condition codes ``(cells,)``, the "unknown" code where not known; ``None`` for a network
+            without that condition.
+
+        Returns
+        -------
+        :class:`~torch.Tensor`
+            ``(cells, prefix + length, n_hidden)``.
         """
         x = torch.cat([self._prefix(labels, batch_index, len(genes)), self._gene_tokens(genes, values)], dim=1)
         x = x + self.position_embedding(torch.arange(x.shape[1], device=x.device)).to(x.dtype)
@@ -245,6 +305,16 @@ class BioFormerDecoderModule(BaseModuleClass):
         """Cell embedding ``(cells, n_hidden)``: the final hidden state of the cell's last gene.
 
         Conditions are "unknown", so a cell's embedding does not depend on its label or batch.
+
+        Parameters
+        ----------
+        bins
+            Binned cells, ``(cells, n_genes)``.
+
+        Returns
+        -------
+        :class:`~torch.Tensor`
+            ``(cells, n_hidden)``.
         """
         genes, values, n_expressed = order_by_value(bins, self.n_slots, random=False)
         hidden = self.forward_sequence(
@@ -268,13 +338,26 @@ class BioFormerDecoderModule(BaseModuleClass):
         """Generate cells token by token.
 
         Each step draws the next gene among those not yet drawn (or the end of the cell), then its bin
-        among ``1 .. previous bin``. ``labels`` / ``batch_index`` are condition codes ``(cells,)``
-        (``None``: unknown). Keys and values of earlier positions are cached, so each step runs the
-        transformer over one new token.
+        among ``1 .. previous bin``. Keys and values of earlier positions are cached, so each step runs
+        the transformer over one new token.
+
+        Parameters
+        ----------
+        n_cells
+            Number of cells to draw.
+        labels, batch_index
+            Condition codes ``(cells,)``; ``None``: unknown.
+        temperature
+            Softmax temperature of every draw.
+        generator
+            Random number generator of the draws; ``None``: torch's global one.
 
         Returns
         -------
-        Gene indices and bins ``(cells, steps)``; after a cell's end both are 0 (bin 0: not a gene).
+        genes : :class:`~torch.Tensor`
+            Gene indices ``(cells, steps)``; 0 after a cell's end.
+        bins : :class:`~torch.Tensor`
+            Their bins ``(cells, steps)``; 0 (not a gene) after a cell's end.
         """
         device = self.start_token.device
         labels = labels.to(device) if labels is not None else self._condition(None, self.n_labels, n_cells, device)

@@ -224,7 +224,8 @@ class CellDiffusionModule(BaseModuleClass):
     dropout
         Dropout in the denoiser.
     categorical_sizes, n_continuous, n_set_items
-        The conditions (see :class:`ConditionEmbedding`).
+        The conditions: the number of categories of each categorical condition, the number of
+        continuous conditions, and the number of genes a set condition (perturbation) can hold.
     set_table
         Item indices of each registered set label, ``(n_labels, slots)``, -1 padding; turns the
         registered perturbation codes into sets during training.
@@ -237,6 +238,19 @@ class CellDiffusionModule(BaseModuleClass):
         Timesteps and noises drawn per cell and training step.
     target_sum
         Counts per cell after normalisation (the input is ``log1p(counts / total * target_sum)``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from bioformers.module import CellDiffusionModule
+    >>> module = CellDiffusionModule(30, n_tokens=4, token_dim=8, n_hidden=32, n_layers=1, n_encoder_hidden=64).eval()
+    >>> counts = torch.poisson(torch.full((5, 30), 2.0))
+    >>> z = module.encode(module.normalize(counts))
+    >>> z.shape
+    torch.Size([5, 4, 8])
+    >>> unconditional = module.conditions(5, None, None, None, None)  # a model without conditions
+    >>> module.decode_sample(module.sample(unconditional, None, n_steps=5)).shape
+    torch.Size([5, 30])
     """
 
     def __init__(
@@ -265,7 +279,7 @@ class CellDiffusionModule(BaseModuleClass):
         self.target_sum = target_sum
         self.n_timesteps = n_timesteps
         self.n_noise_draws = n_noise_draws
-        #: what :meth:`loss` trains: the autoencoder, the denoiser (autoencoder frozen) or both
+        #: What :meth:`loss` trains (``"autoencoder"``, ``"diffusion"`` with the autoencoder frozen, or ``"joint"``).
         self.stage: Stage = "autoencoder"
         latent = n_tokens * token_dim
         self.encoder = nn.Sequential(*_hidden_layers(n_genes, n_encoder_hidden), nn.Linear(n_encoder_hidden, latent))
@@ -286,22 +300,70 @@ class CellDiffusionModule(BaseModuleClass):
 
     # --- autoencoder ------------------------------------------------------------------------------
     def normalize(self, counts: torch.Tensor) -> torch.Tensor:
-        """``log1p(counts / total * target_sum)``, per cell."""
+        """``log1p(counts / total * target_sum)``, per cell.
+
+        Parameters
+        ----------
+        counts
+            Raw counts, ``(cells, n_genes)``.
+
+        Returns
+        -------
+        :class:`~torch.Tensor`
+            ``float32`` ``(cells, n_genes)``.
+        """
         counts = counts.float()
         return torch.log1p(counts / counts.sum(dim=1, keepdim=True).clamp(min=1) * self.target_sum)
 
     def encode(self, expression: torch.Tensor) -> torch.Tensor:
-        """Latent tokens of log-normalised expression, ``(cells, n_tokens, token_dim)``, each token standardised."""
+        """Latent tokens of log-normalised expression, each token standardised.
+
+        Parameters
+        ----------
+        expression
+            Log-normalised expression from :meth:`normalize`, ``(cells, n_genes)``.
+
+        Returns
+        -------
+        :class:`~torch.Tensor`
+            ``(cells, n_tokens, token_dim)``.
+        """
         z = self.encoder(expression).view(-1, self.n_tokens, self.token_dim)
         return F.layer_norm(z, (self.token_dim,))
 
     def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Detection logits and expression-if-detected (log-normalised, positive) of every gene."""
+        """Detection logits and expression-if-detected (log-normalised, positive) of every gene.
+
+        Parameters
+        ----------
+        z
+            Latent tokens, ``(cells, n_tokens, token_dim)``.
+
+        Returns
+        -------
+        logits : :class:`~torch.Tensor`
+            Detection logits, ``(cells, n_genes)``.
+        value : :class:`~torch.Tensor`
+            Expression if detected, ``(cells, n_genes)``.
+        """
         hidden = self.decoder(z.flatten(1))
         return self.detection_head(hidden), F.softplus(self.value_head(hidden))
 
     def reconstruction_loss(self, expression: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """Per cell: binary cross-entropy of detection plus the squared error of detected values."""
+        """Per cell: binary cross-entropy of detection plus the squared error of detected values.
+
+        Parameters
+        ----------
+        expression
+            Log-normalised expression, ``(cells, n_genes)``.
+        z
+            The cells' latent tokens, ``(cells, n_tokens, token_dim)``.
+
+        Returns
+        -------
+        :class:`~torch.Tensor`
+            ``(cells,)``.
+        """
         logits, value = self.decode(z)
         detected = expression > 0
         detection = F.binary_cross_entropy_with_logits(logits.float(), detected.float(), reduction="none").mean(dim=1)
@@ -314,6 +376,13 @@ class CellDiffusionModule(BaseModuleClass):
         Each token is standardised across its own features by the encoder, but across cells its
         coordinates vary far less than unit noise (on synthetic data, sd 0.14): without this
         second standardisation the noise drowns the differences between cells at once.
+
+        Parameters
+        ----------
+        mean, std
+            Per coordinate, ``(n_tokens, token_dim)``.
+        bound
+            How many sds from the mean the sampler keeps its clean-token estimate; ``None``: unchanged.
         """
         self.latent_mean.copy_(mean)
         self.latent_std.copy_(std.clamp(min=1e-4))
@@ -321,21 +390,72 @@ class CellDiffusionModule(BaseModuleClass):
             self.latent_bound.fill_(bound)
 
     def standardize(self, z: torch.Tensor) -> torch.Tensor:
-        """Encoder tokens -> the standardised tokens diffusion works on."""
+        """Encoder tokens -> the standardised tokens diffusion works on.
+
+        Parameters
+        ----------
+        z
+            Encoder tokens, ``(cells, n_tokens, token_dim)``.
+
+        Returns
+        -------
+        :class:`~torch.Tensor`
+            The same shape.
+        """
         return (z - self.latent_mean) / self.latent_std
 
     def unstandardize(self, z: torch.Tensor) -> torch.Tensor:
-        """Standardised tokens -> encoder tokens (back on the per-token standardised surface the decoder knows)."""
+        """Standardised tokens -> encoder tokens (back on the per-token standardised surface the decoder knows).
+
+        Parameters
+        ----------
+        z
+            Standardised tokens, ``(cells, n_tokens, token_dim)``.
+
+        Returns
+        -------
+        :class:`~torch.Tensor`
+            The same shape.
+        """
         return F.layer_norm(z * self.latent_std + self.latent_mean, (self.token_dim,))
 
     # --- diffusion --------------------------------------------------------------------------------
     def noise(self, z0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """``z_t = sqrt(ᾱ_t) z_0 + sqrt(1 - ᾱ_t) ε``."""
+        """``z_t = sqrt(ᾱ_t) z_0 + sqrt(1 - ᾱ_t) ε``.
+
+        Parameters
+        ----------
+        z0
+            Standardised clean tokens, ``(cells, n_tokens, token_dim)``.
+        t
+            Each cell's timestep, ``(cells,)``.
+        noise
+            ``ε``, shaped like ``z0``.
+
+        Returns
+        -------
+        :class:`~torch.Tensor`
+            ``z_t``, shaped like ``z0``.
+        """
         alpha = self.alphas_cumprod[t].view(-1, 1, 1)
         return alpha.sqrt() * z0 + (1 - alpha).sqrt() * noise
 
     def condition_drop(self, n_cells: int, device: torch.device) -> torch.Tensor | None:
-        """Random "none" replacements for training: all conditions with probability p, each one with p."""
+        """Random "none" replacements for training: all conditions with probability p, each one with p.
+
+        Parameters
+        ----------
+        n_cells
+            Number of cells.
+        device
+            Device of the result.
+
+        Returns
+        -------
+        :class:`~torch.Tensor` or None
+            Boolean ``(cells, n_conditions)``, True where a condition becomes "none"; ``None`` without
+            conditions or dropout.
+        """
         n_keys = self.conditions.n_keys
         if not n_keys or not self.condition_dropout:
             return None
@@ -344,7 +464,22 @@ class CellDiffusionModule(BaseModuleClass):
         return every | each
 
     def predict_noise(self, z_t: torch.Tensor, t: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        """The denoiser's noise estimate."""
+        """The denoiser's noise estimate.
+
+        Parameters
+        ----------
+        z_t
+            Noisy standardised tokens, ``(cells, n_tokens, token_dim)``.
+        t
+            Each cell's timestep, ``(cells,)``.
+        condition
+            Condition vectors, ``(cells, n_hidden)``.
+
+        Returns
+        -------
+        :class:`~torch.Tensor`
+            Shaped like ``z_t``.
+        """
         return self.denoiser(z_t, t, condition)
 
     # --- scvi-tools module protocol ----------------------------------------------------------------
@@ -353,7 +488,18 @@ class CellDiffusionModule(BaseModuleClass):
 
     @auto_move_data
     def inference(self, counts: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Normalise and encode; the encoder is not trained in the diffusion stage."""
+        """Normalise and encode; the encoder is not trained in the diffusion stage.
+
+        Parameters
+        ----------
+        counts
+            Raw counts, ``(cells, n_genes)``.
+
+        Returns
+        -------
+        dict
+            ``expression`` (log-normalised) and ``z`` (latent tokens).
+        """
         expression = self.normalize(counts)
         if self.stage == "diffusion":
             with torch.no_grad():
@@ -375,7 +521,21 @@ class CellDiffusionModule(BaseModuleClass):
 
     @auto_move_data
     def generative(self, z: torch.Tensor, condition: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Noise the tokens at a random timestep and predict the noise (not in the autoencoder stage)."""
+        """Noise the tokens at a random timestep and predict the noise (not in the autoencoder stage).
+
+        Parameters
+        ----------
+        z
+            Latent tokens from :meth:`inference`.
+        condition
+            Condition vectors, ``(cells, n_hidden)``.
+
+        Returns
+        -------
+        dict
+            ``noise`` and ``predicted`` noise, ``n_noise_draws`` rows per cell; empty in the
+            autoencoder stage.
+        """
         if self.stage == "autoencoder":
             return {}
         # the diffusion loss never shapes the latent space (no collapse towards easy latents); each cell is
@@ -393,7 +553,20 @@ class CellDiffusionModule(BaseModuleClass):
         return {"noise": noise, "predicted": self.predict_noise(self.noise(z0, t, noise), t, condition)}
 
     def loss(self, tensors, inference_outputs, generative_outputs) -> LossOutput:
-        """Reconstruction loss (autoencoder, joint) plus noise-prediction MSE (diffusion, joint)."""
+        """Reconstruction loss (autoencoder, joint) plus noise-prediction MSE (diffusion, joint).
+
+        Parameters
+        ----------
+        tensors
+            The minibatch.
+        inference_outputs, generative_outputs
+            What :meth:`inference` and :meth:`generative` returned.
+
+        Returns
+        -------
+        :class:`~scvi.module.base.LossOutput`
+            The loss per cell and its mean; ``reconstruction`` and ``diffusion`` as extra metrics.
+        """
         z = inference_outputs["z"]
         zero = torch.zeros(z.shape[0], device=z.device)
         reconstruction = zero
@@ -419,12 +592,30 @@ class CellDiffusionModule(BaseModuleClass):
         eta: float = 0.0,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """DDIM sampling of latent tokens (Song et al., 2021): encoder tokens, ``(cells, n_tokens, token_dim)``.
+        """DDIM sampling of latent tokens (Song et al., 2021).
 
-        ``condition`` / ``unconditional``: condition vectors ``(cells, n_hidden)``; the noise
-        estimate is ``ε_u + guidance (ε_c - ε_u)`` (classifier-free guidance; ``guidance=1`` uses the
-        conditional estimate alone, and ``unconditional`` may be ``None``). ``eta=0`` is deterministic
-        given the starting noise; ``eta=1`` adds DDPM's noise at every step.
+        The noise estimate is ``ε_u + guidance (ε_c - ε_u)`` (classifier-free guidance).
+
+        Parameters
+        ----------
+        condition
+            Condition vectors ``(cells, n_hidden)``.
+        unconditional
+            The "none" condition vectors, shaped like ``condition``; may be ``None`` when ``guidance=1``
+            (the conditional estimate alone).
+        n_steps
+            DDIM steps.
+        guidance
+            Classifier-free guidance scale.
+        eta
+            0: deterministic given the starting noise; 1: DDPM's noise at every step.
+        generator
+            Random number generator; ``None``: torch's global one.
+
+        Returns
+        -------
+        :class:`~torch.Tensor`
+            Encoder tokens, ``(cells, n_tokens, token_dim)``.
         """
         n_cells, device = condition.shape[0], condition.device
         shape = (n_cells, self.n_tokens, self.token_dim)
@@ -450,7 +641,20 @@ class CellDiffusionModule(BaseModuleClass):
 
     @torch.inference_mode()
     def decode_sample(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Log-normalised expression of latent tokens: each gene detected with its decoded probability."""
+        """Log-normalised expression of latent tokens: each gene detected with its decoded probability.
+
+        Parameters
+        ----------
+        z
+            Encoder tokens, ``(cells, n_tokens, token_dim)``.
+        generator
+            Random number generator of the detection draws; ``None``: torch's global one.
+
+        Returns
+        -------
+        :class:`~torch.Tensor`
+            ``float32`` ``(cells, n_genes)``.
+        """
         logits, value = self.decode(z)
         detected = torch.rand(logits.shape, generator=generator, device=logits.device) < torch.sigmoid(logits.float())
         return value.float() * detected

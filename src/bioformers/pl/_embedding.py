@@ -70,17 +70,20 @@ def embedding(
 
     Returns
     -------
-    The Axes (a list of Axes for several `color` keys), the Figure if `return_fig`, or None if
-    shown. Writes, for ``key_added="bioformers"``:
+    :class:`~matplotlib.axes.Axes`, list of :class:`~matplotlib.axes.Axes`, :class:`~matplotlib.figure.Figure` or None
+        The Axes (a list of Axes for several `color` keys), the Figure if `return_fig`, or None if
+        shown. When it computes the UMAP (not when it reuses a stored one), it sets
+        (``bioformers`` in the names is ``key_added``):
 
-    `adata.obsm['X_umap_bioformers']` : ndarray (n_obs, 2)
-        UMAP coordinates.
-    `adata.uns['X_umap_bioformers']` : dict
-        UMAP parameters, including the basis it was computed from.
-    `adata.uns['bioformers_neighbors']` : dict
-        Neighbour-graph parameters.
-    `adata.obsp['bioformers_neighbors_distances']`, `adata.obsp['bioformers_neighbors_connectivities']` : sparse matrix
-        The neighbour graph.
+        ``adata.obsm['X_umap_bioformers']`` : :class:`~numpy.ndarray` (n_obs, 2)
+            UMAP coordinates.
+        ``adata.uns['X_umap_bioformers']`` : :class:`dict`
+            UMAP parameters, including the basis it was computed from, ``n_neighbors`` and a
+            checksum of the basis (how a later call knows it can reuse the UMAP).
+        ``adata.uns['bioformers_neighbors']`` : :class:`dict`
+            Neighbour-graph parameters, as :func:`scanpy.pp.neighbors` writes them.
+        ``adata.obsp['bioformers_neighbors_distances']``, ``adata.obsp['bioformers_neighbors_connectivities']``
+            The neighbour graph, sparse (n_obs, n_obs).
 
     Examples
     --------
@@ -90,6 +93,8 @@ def embedding(
     >>> # stands in for bf.tl.pretrain(adata):
     >>> adata.obsm["X_bioformers"] = np.random.default_rng(0).normal(size=(adata.n_obs, 8))
     >>> ax = bf.pl.embedding(adata, color="cell_type", show=False)
+    >>> adata.obsm["X_umap_bioformers"].shape
+    (300, 2)
     """
     keys = Keys(key_added)
     basis = keys.embedding if basis is None else basis

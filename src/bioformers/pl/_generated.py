@@ -114,10 +114,11 @@ def generated_vs_real(
 
     Returns
     -------
-    A list of Axes, the Figure if `return_fig`, or None if shown. The list is ``[UMAP by source,
-    mean per gene]``, and with `groupby` ``[UMAP by source, mean per gene, UMAP of the real cells
-    by group, UMAP of the generated cells by group]``. The plot draws a figure of its own (it has
-    several panels, so there is no `ax`).
+    list of :class:`~matplotlib.axes.Axes`, :class:`~matplotlib.figure.Figure` or None
+        A list of Axes, the Figure if `return_fig`, or None if shown. The list is ``[UMAP by source,
+        mean per gene]``, and with `groupby` ``[UMAP by source, mean per gene, UMAP of the real cells
+        by group, UMAP of the generated cells by group]``. The plot draws a figure of its own (it has
+        several panels, so there is no `ax`).
 
     Examples
     --------

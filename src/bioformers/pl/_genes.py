@@ -73,8 +73,9 @@ def attention(
 
     Returns
     -------
-    The Axes, the Figure if `return_fig`, or None if shown. Matrices kept per head
-    (``keep_heads=True``) are averaged over heads.
+    :class:`~matplotlib.axes.Axes`, :class:`~matplotlib.figure.Figure` or None
+        The Axes, the Figure if `return_fig`, or None if shown. Matrices kept per head
+        (``keep_heads=True``) are averaged over heads.
 
     Examples
     --------
@@ -84,6 +85,8 @@ def attention(
     >>> # stands in for bf.tl.attention_grn(adata, model):
     >>> adata.varp["bioformers_attention"] = np.random.default_rng(0).random((30, 30), dtype=np.float32)
     >>> ax = bf.pl.attention(adata, "gene_3", top=8, show=False)
+    >>> ax.get_title(), ax.get_ylabel()
+    ('attention around gene_3', 'attending gene (query)')
     """
     _check_top(top)
     keys = Keys(key_added)
@@ -158,7 +161,8 @@ def grn(
 
     Returns
     -------
-    The Axes, the Figure if `return_fig`, or None if shown.
+    :class:`~matplotlib.axes.Axes`, :class:`~matplotlib.figure.Figure` or None
+        The Axes, the Figure if `return_fig`, or None if shown.
 
     Examples
     --------
@@ -168,6 +172,8 @@ def grn(
     >>> # stands in for bf.tl.attention_grn(adata, model):
     >>> adata.varp["bioformers_attention"] = np.random.default_rng(0).random((30, 30), dtype=np.float32)
     >>> ax = bf.pl.grn(adata, "gene_3", top=10, show=False)
+    >>> ax.get_title()
+    'gene_3 and its top 10 partners (bioformers_attention)'
     """
     import networkx as nx  # networkx comes with scanpy; only this plot needs it
 
@@ -275,7 +281,8 @@ def gene_programs(
 
     Returns
     -------
-    The Axes, the Figure if `return_fig`, or None if shown.
+    :class:`~matplotlib.axes.Axes`, :class:`~matplotlib.figure.Figure` or None
+        The Axes, the Figure if `return_fig`, or None if shown.
 
     Examples
     --------
@@ -289,6 +296,8 @@ def gene_programs(
     >>> adata.varp["bioformers_similarity"] = emb @ emb.T
     >>> adata.var["bioformers_program"] = pd.Categorical(["0"] * 12 + ["1"] * 10 + ["unassigned"] * 8)
     >>> ax = bf.pl.gene_programs(adata, "0", show=False)
+    >>> ax.get_title()
+    'program 0 (12 genes)'
     """
     keys = Keys(key_added)
     for where, key, present in (
@@ -358,7 +367,8 @@ def binning(
 
     Returns
     -------
-    The Axes, the Figure if `return_fig`, or None if shown.
+    :class:`~matplotlib.axes.Axes`, :class:`~matplotlib.figure.Figure` or None
+        The Axes, the Figure if `return_fig`, or None if shown.
 
     Examples
     --------
@@ -366,6 +376,9 @@ def binning(
     >>> adata = bf.datasets.synthetic()
     >>> bf.pp.bin(adata)
     >>> ax = bf.pl.binning(adata, show=False)
+    >>> print(ax.get_title())
+    value binning (exact up to 8, 3 bins/octave above)
+    47.8% of values are 0
     """
     keys = Keys(key_added)
     binned = _binned(adata, keys)
@@ -424,7 +437,8 @@ def predicted_vs_observed(
 
     Returns
     -------
-    The Axes, the Figure if `return_fig`, or None if shown.
+    :class:`~matplotlib.axes.Axes`, :class:`~matplotlib.figure.Figure` or None
+        The Axes, the Figure if `return_fig`, or None if shown.
 
     Examples
     --------
@@ -434,6 +448,8 @@ def predicted_vs_observed(
     >>> # stands in for bf.tl.predict(adata, model): a perfect prediction
     >>> adata.layers["bioformers_predicted_bins"] = adata.layers["bioformers_binned"].toarray()
     >>> ax = bf.pl.predicted_vs_observed(adata, show=False)
+    >>> ax.get_title()
+    'exact bin for 100.0% of values, 100.0% of expressed'
     """
     keys = Keys(key_added)
     observed = _binned(adata, keys)

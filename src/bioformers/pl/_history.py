@@ -45,7 +45,8 @@ def history(
 
     Returns
     -------
-    The Axes, the Figure if `return_fig`, or None if shown.
+    :class:`~matplotlib.axes.Axes`, :class:`~matplotlib.figure.Figure` or None
+        The Axes, the Figure if `return_fig`, or None if shown.
 
     Examples
     --------
@@ -55,6 +56,8 @@ def history(
     ...     "history": {"train_loss": [2.1, 1.6, 1.4], "validation_loss": [2.0, 1.7, 1.6]}
     ... }
     >>> ax = bf.pl.history(adata, show=False)
+    >>> ax.get_xlabel(), ax.get_ylabel()
+    ('epoch', 'loss')
     """
     losses = _loss_history(model_or_adata, key_added=key_added)
     train = np.asarray(losses.get("train_loss", []), dtype=float).ravel()

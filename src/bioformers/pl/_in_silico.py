@@ -67,7 +67,8 @@ def in_silico(
 
     Returns
     -------
-    The Axes, the Figure if `return_fig`, or None if shown.
+    :class:`~matplotlib.axes.Axes`, :class:`~matplotlib.figure.Figure` or None
+        The Axes, the Figure if `return_fig`, or None if shown.
 
     Examples
     --------
@@ -78,6 +79,8 @@ def in_silico(
     ...     adata, model, ["gene_1", "gene_2"], mode="overexpress", groupby="cell_type", target="type_1", n_random=5
     ... )
     >>> ax = bf.pl.in_silico(adata, kind="toward", show=False)
+    >>> ax.get_xlabel()
+    'fraction of cells moving toward type_1'
     """
     keys = Keys(key_added)
     if kind not in _KINDS:

@@ -91,7 +91,8 @@ def perturbation(
 
     Returns
     -------
-    The Axes, the Figure if `return_fig`, or None if shown.
+    :class:`~matplotlib.axes.Axes`, :class:`~matplotlib.figure.Figure` or None
+        The Axes, the Figure if `return_fig`, or None if shown.
 
     Examples
     --------
@@ -103,6 +104,8 @@ def perturbation(
     >>> train = adata[adata.obs["perturbation"] != "unmeasured_0"].copy()
     >>> predicted = bf.metrics.perturbation_baselines(train, ["unmeasured_0"], methods=["train_mean"])
     >>> ax = bf.pl.perturbation(predicted["train_mean"], adata, "unmeasured_0", n_top_genes=10, show=False)
+    >>> ax.get_title()
+    'unmeasured_0 (top 10 DE genes): corr(Δ) = 0.80'
     """
     _check_int(n_top_genes, "n_top_genes", 1)
     labels = _labels(observed, perturbation_key)
@@ -187,7 +190,8 @@ def perturbation_scores(
 
     Returns
     -------
-    The Axes, the Figure if `return_fig`, or None if shown.
+    :class:`~matplotlib.axes.Axes`, :class:`~matplotlib.figure.Figure` or None
+        The Axes, the Figure if `return_fig`, or None if shown.
 
     Examples
     --------
@@ -201,6 +205,8 @@ def perturbation_scores(
     ...     }
     ... )
     >>> ax = bf.pl.perturbation_scores(scores, show=False)
+    >>> ax.get_title()
+    'pearson_delta: mean ± sd over perturbations'
     """
     table = _long_table(scores)
     if metric not in table.columns:

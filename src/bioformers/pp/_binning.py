@@ -100,20 +100,21 @@ def bin(
 
     Returns
     -------
-    Returns `None` if ``copy=False``, else returns an :class:`~anndata.AnnData` object.
-    Sets the following fields:
+    :class:`~anndata.AnnData` or None
+        A binned copy of ``adata`` if ``copy=True``, else `None`. Sets (``bioformers`` in the
+        names is ``key_added``):
 
-    `adata.layers[f'{key_added}_binned']` : :class:`~scipy.sparse.csr_matrix` ``int16`` (n_obs, n_vars)
-        The bin of every value, ``'bioformers_binned'`` by default; zeros are not stored.
-    `adata.uns[f'{key_added}_binned']['params']` : :class:`dict`
-        ``method``, ``n_bins`` (the number used for ``"segment"``; absent for ``"value"``
-        without a cap), ``cutoff``, ``bins_per_octave``, ``normalize``, ``target_sum`` (the
-        total cells were scaled to, also when it was the mean; absent when nothing was scaled),
-        ``layer`` (absent for ``adata.X``) and the bioformers ``version``. Unset options are
-        left out because h5ad cannot store `None`.
-    `adata.uns[f'{key_added}_binned']['n_tokens']` : :class:`int`
-        Size of the value vocabulary: the largest bin present + 1 for ``"value"``,
-        ``n_bins + 1`` for ``"segment"``.
+        ``adata.layers['bioformers_binned']`` : :class:`~scipy.sparse.csr_matrix` ``int16`` (n_obs, n_vars)
+            The bin of every value; zeros are not stored.
+        ``adata.uns['bioformers_binned']['params']`` : :class:`dict`
+            ``method``, ``n_bins`` (the number used for ``"segment"``; absent for ``"value"``
+            without a cap), ``cutoff``, ``bins_per_octave``, ``normalize``, ``target_sum`` (the
+            total cells were scaled to, also when it was the mean; absent when nothing was scaled),
+            ``layer`` (absent for ``adata.X``) and the bioformers ``version``. Unset options are
+            left out because h5ad cannot store `None`.
+        ``adata.uns['bioformers_binned']['n_tokens']`` : :class:`int`
+            Size of the value vocabulary: the largest bin present + 1 for ``"value"``,
+            ``n_bins + 1`` for ``"segment"``.
 
     Examples
     --------

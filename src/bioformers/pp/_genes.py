@@ -61,6 +61,20 @@ class GeneAlignment:
         For each model gene, its column in the query, or -1 where the query lacks it.
     source
         Where the query's names came from, for messages (``"adata.var_names"`` or ``"adata.var['...']"``).
+
+    Examples
+    --------
+    :meth:`bioformers.BioFormer.align_genes` makes one for a query:
+
+    >>> import numpy as np
+    >>> from bioformers.pp._genes import GeneAlignment
+    >>> alignment = GeneAlignment(
+    ...     model_genes=np.array(["A", "B", "C"]), query_genes=np.array(["C", "A", "X"]), columns=np.array([1, -1, 0])
+    ... )
+    >>> alignment.coverage, alignment.missing.tolist(), alignment.n_ignored
+    (0.6666666666666666, ['B'], 1)
+    >>> alignment.take(np.array([[3, 1, 7]])).toarray()  # query columns C, A, X -> model genes A, B, C
+    array([[1, 0, 3]])
     """
 
     model_genes: np.ndarray
@@ -70,7 +84,7 @@ class GeneAlignment:
 
     @property
     def found(self) -> np.ndarray:
-        """Boolean mask over the model's genes: present in the query."""
+        """Boolean mask over the model's genes, True where the query has the gene."""
         return self.columns >= 0
 
     @property
@@ -95,7 +109,7 @@ class GeneAlignment:
 
     @property
     def is_identity(self) -> bool:
-        """The query has exactly the model's genes, in the model's order: nothing to rearrange."""
+        """Whether the query has exactly the model's genes in the model's order (then nothing is rearranged)."""
         return self.query_genes.size == self.model_genes.size and bool(
             (self.columns == np.arange(self.model_genes.size)).all()
         )
@@ -104,6 +118,16 @@ class GeneAlignment:
         """Rows of the query ``(cells, query genes)`` as ``(cells, model genes)`` CSR; missing genes are zeros.
 
         Only stored values move (no densification); values are kept exactly, dtype included.
+
+        Parameters
+        ----------
+        X
+            Rows of the query, dense or sparse, ``(cells, query genes)``.
+
+        Returns
+        -------
+        :class:`~scipy.sparse.csr_matrix`
+            ``(cells, model genes)``.
         """
         X = sparse.csr_matrix(X)
         if self.is_identity:
@@ -121,6 +145,18 @@ class GeneAlignment:
         """Results per model gene ``(cells, model genes)`` laid out like the query, ``fill`` for genes the model lacks.
 
         Results for model genes the query lacks have no column to go to and are dropped.
+
+        Parameters
+        ----------
+        values
+            Results per model gene, ``(cells, model genes)``.
+        fill
+            Value for the query's genes the model does not know.
+
+        Returns
+        -------
+        :class:`~numpy.ndarray`
+            ``(cells, query genes)``.
         """
         if self.is_identity:
             return values
@@ -147,8 +183,21 @@ class GeneAlignment:
     def check_cells(self, X, aligned: sparse.csr_matrix, *, where: str) -> None:
         """Raise if a cell has counts, but none in the model's genes.
 
-        ``X`` are the query's rows, ``aligned`` the same rows from :meth:`take`. Cells with no counts at
-        all are left to the caller's counts check, whose advice fits them.
+        Cells with no counts at all are left to the caller's counts check, whose advice fits them.
+
+        Parameters
+        ----------
+        X
+            The query's rows.
+        aligned
+            The same rows from :meth:`take`.
+        where
+            The matrix's name in the message (e.g. ``"adata.X"``).
+
+        Raises
+        ------
+        ValueError
+            Some cells have counts only in genes the model does not know.
         """
         if self.is_identity:
             return

@@ -93,18 +93,19 @@ def rank(
 
     Returns
     -------
-    Returns `None` if ``copy=False``, else returns an :class:`~anndata.AnnData` object.
-    Sets the following fields:
+    :class:`~anndata.AnnData` or None
+        A ranked copy of ``adata`` if ``copy=True``, else `None`. Sets (``bioformers`` in the
+        names is ``key_added``):
 
-    `adata.layers[f'{key_added}_binned']` : :class:`~scipy.sparse.csr_matrix` ``int16`` (n_obs, n_vars)
-        The rank token of every expressed gene, ``n_ranks`` for each cell's top gene down to 1;
-        zeros are not stored.
-    `adata.uns[f'{key_added}_binned']['params']` : :class:`dict`
-        ``method`` (``"rank"``), ``n_ranks``, ``target_sum``, ``gene_medians`` (``float64`` array
-        (n_vars,), the medians used, in ``adata``'s gene order), ``layer`` (absent for
-        ``adata.X``) and the bioformers ``version``.
-    `adata.uns[f'{key_added}_binned']['n_tokens']` : :class:`int`
-        Size of the value vocabulary, ``n_ranks + 1``.
+        ``adata.layers['bioformers_binned']`` : :class:`~scipy.sparse.csr_matrix` ``int16`` (n_obs, n_vars)
+            The rank token of every expressed gene, ``n_ranks`` for each cell's top gene down to 1;
+            zeros are not stored.
+        ``adata.uns['bioformers_binned']['params']`` : :class:`dict`
+            ``method`` (``"rank"``), ``n_ranks``, ``target_sum``, ``gene_medians`` (``float64`` array
+            (n_vars,), the medians used, in ``adata``'s gene order), ``layer`` (absent for
+            ``adata.X``) and the bioformers ``version``.
+        ``adata.uns['bioformers_binned']['n_tokens']`` : :class:`int`
+            Size of the value vocabulary, ``n_ranks + 1``.
 
     Examples
     --------
@@ -120,6 +121,8 @@ def rank(
     >>> query = bf.datasets.synthetic(seed=1)
     >>> medians = pd.Series(adata.uns["bioformers_binned"]["params"]["gene_medians"], index=adata.var_names)
     >>> bf.pp.rank(query, n_ranks=10, gene_medians=medians)
+    >>> bool((query.uns["bioformers_binned"]["params"]["gene_medians"] == medians.to_numpy()).all())
+    True
     """
     check_anndata(adata, copy=copy, backed=True)
     X = get_matrix(adata, layer)

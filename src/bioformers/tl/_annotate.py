@@ -119,26 +119,31 @@ def annotate(
     copy
         Return an annotated copy of the query (of ``adata`` when ``query=None``) instead of writing into it.
     **train_kwargs
-        Passed to Lightning's ``Trainer`` (e.g. ``accelerator``, ``precision``, ``enable_progress_bar``).
-        The default precision is fp32 for ``"head"`` (a small layer gains nothing from bf16) and
-        :func:`bioformers.train.default_precision` for ``"all"``.
+        Passed to Lightning's :class:`~lightning.pytorch.Trainer` (e.g. ``accelerator``, ``precision``,
+        ``enable_progress_bar``). The default precision is fp32 for ``"head"`` (a small layer gains
+        nothing from bf16) and :func:`bioformers.train.default_precision` for ``"all"``.
 
     Returns
     -------
-    The annotated copy if ``copy=True``, else ``None``. Writes into the query (``adata`` when
-    ``query=None``):
+    :class:`~anndata.AnnData` or None
+        The annotated copy of the query (of ``adata`` when ``query=None``) if ``copy=True``, else
+        `None`. Sets these fields of the query (``bioformers`` in the names is ``key_added``):
 
-    * ``obs['<key_added>_label']`` : categorical, the most probable class; categories are the
-      reference's classes, in the order of its categories (sorted when the column is not categorical);
-    * ``obs['<key_added>_confidence']`` : ``float32``, the probability of that class;
-    * ``obsm['<key_added>_label_probabilities']`` : ``float32`` (n_obs, n_classes), the probability
-      of every class, columns in the order of the categories;
-    * ``uns['<key_added>_annotation']`` : dict with ``params``, ``classes``, ``n_train_cells`` (per
-      class), ``best_epoch`` (0-based) and ``history`` (``train_loss`` and ``validation_loss`` per epoch).
+        ``query.obs['bioformers_label']`` : categorical
+            The most probable class; categories are the reference's classes, in the order of its
+            categories (sorted when the column is not categorical).
+        ``query.obs['bioformers_confidence']`` : ``float32``
+            The probability of that class.
+        ``query.obsm['bioformers_label_probabilities']`` : :class:`~numpy.ndarray` ``float32`` (n_obs, n_classes)
+            The probability of every class, columns in the order of the categories.
+        ``query.uns['bioformers_annotation']`` : :class:`dict`
+            ``params`` (the arguments), ``classes``, ``n_train_cells`` (per class), ``best_epoch``
+            (0-based) and ``history`` (``train_loss`` and ``validation_loss`` per epoch; with
+            ``fine_tune="all"`` also those of the head's first stage, prefixed ``head_``).
 
-    Nothing is written into the reference when a query is given. The classifier is not returned:
-    to annotate several queries with one training, concatenate them
-    (``anndata.concat([q1, q2], label="query")``).
+        Nothing is written into the reference when a query is given. The classifier is not
+        returned: to annotate several queries with one training, concatenate them
+        (``anndata.concat([q1, q2], label="query")``).
 
     Examples
     --------

@@ -87,27 +87,38 @@ def generate(
 
     Returns
     -------
-    A new AnnData of the generated cells over the model's genes (``var_names``), ready for Scanpy,
-    ``n_per_condition`` cells per condition, in the order of the conditions:
+    :class:`~anndata.AnnData`
+        A new AnnData of the generated cells over the model's genes (``var_names``), ready for
+        Scanpy, ``n_per_condition`` cells per condition, in the order of the conditions; cells are
+        named ``generated_0``, ``generated_1``, .... It holds (``bioformers`` in the names is
+        ``key_added``):
 
-    * ``obs[<key>]`` : each cell's condition under the training column's name (categorical, or float
-      for continuous conditions); no column for a condition left out everywhere;
-    * ``uns['<key_added>_generated']['params']`` : the arguments.
+        ``obs['<condition key>']`` : categorical or ``float64``
+            Each cell's condition under the training column's name (categorical with the training
+            data's categories, or float for continuous conditions); no column for a condition left
+            out everywhere.
+        ``uns['bioformers_generated']`` : :class:`dict`
+            ``params``: the conditions and the other arguments.
 
-    From a :class:`~bioformers.CellDiffusion`:
+        From a :class:`~bioformers.CellDiffusion`:
 
-    * ``X`` : CSR ``float32``, ``log1p`` of counts per 10,000 (as ``sc.pp.normalize_total(target_sum=1e4)``
-      then ``sc.pp.log1p`` give for real cells);
-    * ``uns['log1p']`` : ``{'base': None}``, as ``sc.pp.log1p`` records.
+        ``X`` : :class:`~scipy.sparse.csr_matrix` ``float32``
+            ``log1p`` of counts per 10,000 (what :func:`scanpy.pp.normalize_total` with
+            ``target_sum=1e4`` then :func:`scanpy.pp.log1p` give for real cells).
+        ``uns['log1p']`` : :class:`dict`
+            ``{'base': None}``, as :func:`scanpy.pp.log1p` records.
 
-    From a decoder-only BioFormer:
+        From a decoder-only BioFormer:
 
-    * ``X`` : CSR ``float32``, for value binning with normalisation the value each bin stands for
-      (:func:`bioformers.pp._binning.bin_centers`: counts scaled to the training data's total), otherwise
-      the bins themselves;
-    * ``layers['<key_added>_binned']`` : CSR ``int16``, the generated bins, the model's input format
-      (so :func:`bioformers.tl.embed` embeds the cells as they are);
-    * ``uns['<key_added>_binned']`` : the training data's binning record.
+        ``X`` : :class:`~scipy.sparse.csr_matrix` ``float32``
+            For value binning with normalisation, the value each bin stands for (counts scaled to
+            the training data's total: the bin itself up to ``cutoff``, the geometric middle of its
+            interval above); otherwise the bins themselves.
+        ``layers['bioformers_binned']`` : :class:`~scipy.sparse.csr_matrix` ``int16``
+            The generated bins, the model's input format (so :func:`bioformers.tl.embed` embeds the
+            cells as they are); the layer the model was trained on, whatever ``key_added``.
+        ``uns['bioformers_binned']`` : :class:`dict`
+            The training data's binning record (``params``, ``n_tokens``).
 
     Examples
     --------
@@ -117,8 +128,10 @@ def generate(
     ...     adata, architecture="decoder", labels_key="cell_type", n_layers=1, n_hidden=16, max_epochs=1, batch_size=32
     ... )
     >>> cells = bf.tl.generate(model, ["type_0", "type_1"], n_per_condition=5)
-    >>> cells.shape, cells.obs["cell_type"].value_counts().tolist()
-    ((10, 50), [5, 5])
+    >>> cells.shape
+    (10, 50)
+    >>> cells.obs["cell_type"].value_counts().to_dict()
+    {'type_0': 5, 'type_1': 5, 'type_2': 0}
     """
     from ..model import CellDiffusion
 

@@ -84,14 +84,22 @@ def predict(
 
     Returns
     -------
-    ``adata`` copy if ``copy=True``, else ``None``. Writes
+    :class:`~anndata.AnnData` or None
+        A copy of ``adata`` with the results if ``copy=True``, else `None`. Sets (``bioformers`` in
+        the names is ``key_added``):
 
-    * ``adata.layers['<key_added>_predicted']`` : dense ``float32``, the expected bin mapped back to
-      the binned scale (normalised counts for value binning; bin units for segment binning, which
-      has no common value scale); NaN for genes the model does not know;
-    * ``adata.layers['<key_added>_predicted_bins']`` : dense ``int16``, the most likely bin; -1 for
-      genes the model does not know;
-    * ``adata.uns['<key_added>_predicted']`` : ``{"params": ...}``, including ``scale``.
+        ``adata.layers['bioformers_predicted']`` : :class:`~numpy.ndarray` ``float32`` (n_obs, n_vars)
+            The expected bin mapped back to the binned scale (normalised counts for value binning;
+            bin units for segment and rank tokens, which have no common value scale); NaN for genes
+            the model does not know.
+        ``adata.layers['bioformers_predicted_bins']`` : :class:`~numpy.ndarray` ``int16`` (n_obs, n_vars)
+            The most likely bin; -1 for genes the model does not know.
+        ``adata.uns['bioformers_predicted']`` : :class:`dict`
+            ``params``: the arguments, ``genes_found``, ``scale`` (``"normalized counts"``,
+            ``"counts"`` or ``"bins"``) and the model class.
+        ``adata.layers['bioformers_binned']``, ``adata.uns['bioformers_binned']``
+            The value tokens and their record, as :func:`bioformers.tl.embed` writes them; only when
+            it binned.
 
     Examples
     --------
@@ -101,6 +109,8 @@ def predict(
     >>> bf.tl.predict(adata, model, mask_ratio=0.2)
     >>> adata.layers["bioformers_predicted"].shape
     (200, 50)
+    >>> adata.uns["bioformers_predicted"]["params"]["scale"]
+    'normalized counts'
     """
     keys = Keys(key_added)
     check_anndata(adata, copy=copy, backed=True)
@@ -203,13 +213,21 @@ def attention_grn(
 
     Returns
     -------
-    ``adata`` copy if ``copy=True``, else ``None``. Writes
+    :class:`~anndata.AnnData` or None
+        A copy of ``adata`` with the results if ``copy=True``, else `None`. Sets (``bioformers`` in
+        the names is ``key_added``):
 
-    * ``adata.varp['<key_added>_attention']`` : ``float32`` (n_vars, n_vars), row = attending gene,
-      column = attended gene, over all (chosen) cells;
-    * ``adata.varp['<key_added>_attention_<group>']`` : the same per group, with ``groupby``;
-    * ``adata.var['<key_added>_attention_received']`` : column sums of the overall matrix;
-    * ``adata.uns['<key_added>_attention']`` : ``{"params": ...}`` incl. ``groupby`` and ``groups``.
+        ``adata.varp['bioformers_attention']`` : :class:`~numpy.ndarray` ``float32`` (n_vars, n_vars)
+            Row = attending gene, column = attended gene, over all (chosen) cells;
+            ``(n_vars, n_vars, n_heads)`` with ``keep_heads``.
+        ``adata.varp['bioformers_attention_<group>']`` : :class:`~numpy.ndarray` ``float32``
+            The same for the cells of each group of ``groupby`` (one key per group).
+        ``adata.var['bioformers_attention_received']`` : ``float32``
+            Attention each gene receives: column sums of the overall matrix (heads averaged).
+        ``adata.uns['bioformers_attention']`` : :class:`dict`
+            ``params``: the arguments, including ``groupby`` and its ``groups``, and the model class.
+        ``adata.layers['bioformers_binned']``, ``adata.uns['bioformers_binned']``
+            The value tokens and their record, binned like the training data; only when it binned.
 
     Examples
     --------
@@ -219,6 +237,11 @@ def attention_grn(
     >>> bf.tl.attention_grn(adata, model, groupby="cell_type")
     >>> adata.varp["bioformers_attention"].shape
     (50, 50)
+    >>> sorted(key for key in adata.varp if key.startswith("bioformers_attention_"))
+    ['bioformers_attention_type_0', 'bioformers_attention_type_1', 'bioformers_attention_type_2']
+    >>> top = adata.var["bioformers_attention_received"].nlargest(5)  # candidate regulators
+    >>> top.size, top.dtype
+    (5, dtype('float32'))
     """
     keys = Keys(key_added)
     check_anndata(adata, copy=copy, backed=True)
@@ -320,8 +343,21 @@ def gene_embeddings(
 
     Returns
     -------
-    ``adata`` copy if ``copy=True``, else ``None``. Writes ``adata.varm['<key_added>_genes']`` :
-    ``float32`` (n_vars, n_hidden).
+    :class:`~anndata.AnnData` or None
+        A copy of ``adata`` with the result if ``copy=True``, else `None`. Sets (``bioformers`` in
+        the name is ``key_added``):
+
+        ``adata.varm['bioformers_genes']`` : :class:`~numpy.ndarray` ``float32`` (n_vars, n_hidden)
+            The learned identity embedding of every gene.
+
+    Examples
+    --------
+    >>> import bioformers as bf
+    >>> adata = bf.datasets.synthetic(n_obs=200, n_vars=50)
+    >>> model = bf.tl.pretrain(adata, n_layers=1, n_hidden=16, n_heads=2, max_epochs=1, batch_size=32)
+    >>> bf.tl.gene_embeddings(adata, model)
+    >>> adata.varm["bioformers_genes"].shape
+    (50, 16)
     """
     check_anndata(adata, copy=copy, backed=True, cells=False)
     model.check_genes(adata)
@@ -359,7 +395,7 @@ def gene_programs(
     Parameters
     ----------
     adata
-        AnnData with gene embeddings in ``varm`` (from :func:`gene_embeddings`), or the model's genes
+        AnnData with gene embeddings in ``varm`` (from :func:`bioformers.tl.gene_embeddings`), or the model's genes
         when ``model`` is given (its cells are not read; it may have none, and may be backed). A view
         is taken only with ``copy=True``; otherwise call ``.copy()`` first. Everything is computed
         before anything is written.
@@ -380,11 +416,29 @@ def gene_programs(
 
     Returns
     -------
-    ``adata`` copy if ``copy=True``, else ``None``. Writes
+    :class:`~anndata.AnnData` or None
+        A copy of ``adata`` with the results if ``copy=True``, else `None`. Sets (``bioformers`` in
+        the names is ``key_added``):
 
-    * ``adata.varp['<key_added>_similarity']`` : ``float32`` (n_vars, n_vars), cosine similarity;
-    * ``adata.var['<key_added>_program']`` : categorical program labels;
-    * ``adata.uns['<key_added>_program']`` : ``{"params": ...}``.
+        ``adata.varp['bioformers_similarity']`` : :class:`~numpy.ndarray` ``float32`` (n_vars, n_vars)
+            Cosine similarity of the gene embeddings (the gene-embedding GRN).
+        ``adata.var['bioformers_program']`` : categorical
+            Program of every gene: ``"0"`` (the largest), ``"1"``, ..., and ``"unassigned"``.
+        ``adata.uns['bioformers_program']`` : :class:`dict`
+            ``params``: the arguments and ``n_programs``.
+        ``adata.varm['bioformers_genes']`` : :class:`~numpy.ndarray` ``float32`` (n_vars, n_hidden)
+            The gene embeddings, as :func:`bioformers.tl.gene_embeddings` writes them; only with ``model``.
+
+    Examples
+    --------
+    >>> import bioformers as bf
+    >>> adata = bf.datasets.synthetic(n_obs=200, n_vars=50)
+    >>> model = bf.tl.pretrain(adata, n_layers=1, n_hidden=16, n_heads=2, max_epochs=1, batch_size=32)
+    >>> bf.tl.gene_programs(adata, model, n_neighbors=5, min_size=3)
+    >>> adata.varp["bioformers_similarity"].shape
+    (50, 50)
+    >>> int(adata.var["bioformers_program"].value_counts().sum())
+    50
     """
     keys = Keys(key_added)
     check_anndata(adata, copy=copy, backed=True, cells=False)

@@ -120,26 +120,33 @@ def in_silico_perturb(
 
     Returns
     -------
-    ``adata`` copy if ``copy=True``, else ``None``. Writes
+    :class:`~anndata.AnnData` or None
+        A copy of ``adata`` with the results if ``copy=True``, else `None`. Sets (``bioformers`` in
+        the names is ``key_added``):
 
-    * ``adata.obsm['<key_added>_in_silico_shift']`` : DataFrame (n_obs, n_genes), ``float32``, one
-      column per gene: ``1 - cos`` of each cell's original and perturbed embedding, in [0, 2];
-      NaN where the cell was not perturbed;
-    * ``adata.obsm['<key_added>_in_silico_toward']`` : DataFrame like the shift, with ``target``:
-      change in cosine similarity to the target centroid;
-    * ``adata.uns['<key_added>_in_silico']`` : dict with
+        ``adata.obsm['bioformers_in_silico_shift']`` : :class:`~pandas.DataFrame` ``float32`` (n_obs, n_genes)
+            One column per perturbed gene: ``1 - cos`` of each cell's original and perturbed
+            embedding, in [0, 2]; NaN where the cell was not perturbed.
+        ``adata.obsm['bioformers_in_silico_toward']`` : :class:`~pandas.DataFrame` ``float32`` (n_obs, n_genes)
+            With ``target``: change in cosine similarity to the target centroid, like the shift.
+            Without ``target``, one left by an earlier call is removed.
+        ``adata.uns['bioformers_in_silico']`` : :class:`dict`
+            ``params``: the arguments, ``n_cells`` chosen, ``top_bin`` and the ``random_genes``.
 
-      * ``params``: the arguments, ``n_cells`` chosen, ``top_bin`` and the ``random_genes``;
-      * ``genes``: DataFrame, one row per gene, strongest effect first (by ``mean_toward`` with a
-        target, else ``mean_shift``): ``n_cells`` perturbed (for overexpression every chosen cell,
-        those already at the top bin included, with 0), ``frequency`` (fraction of the chosen
-        cells expressing the gene), ``mean_shift``, ``median_shift``; with ``n_random``,
-        ``random_mean_shift`` (mean over the random genes of their mean shift), ``shift_z`` and
-        ``shift_percentile`` (0-100) of the gene's mean shift among the random genes'; with a
-        target, ``mean_toward``, ``fraction_toward`` (fraction of perturbed cells with
-        ``toward > 0``) and with ``n_random`` ``random_mean_toward``, ``random_fraction_toward``,
-        ``toward_percentile``;
-      * ``random``: DataFrame, the same columns per random gene, plus ``matched_to``; with ``n_random``.
+            ``genes``: :class:`~pandas.DataFrame`, one row per gene, strongest effect first (by
+            ``mean_toward`` with a target, else ``mean_shift``): ``n_cells`` perturbed (for
+            overexpression every chosen cell, those already at the top bin included, with 0),
+            ``frequency`` (fraction of the chosen cells expressing the gene), ``mean_shift``,
+            ``median_shift``; with ``n_random``, ``random_mean_shift`` (mean over the random genes
+            of their mean shift), ``shift_z`` and ``shift_percentile`` (0-100) of the gene's mean
+            shift among the random genes'; with a target, ``mean_toward``, ``fraction_toward``
+            (fraction of perturbed cells with ``toward > 0``) and with ``n_random``
+            ``random_mean_toward``, ``random_fraction_toward``, ``toward_percentile``.
+
+            ``random``: :class:`~pandas.DataFrame`, the same columns per random gene, plus
+            ``matched_to``; only with ``n_random``.
+        ``adata.layers['bioformers_binned']``, ``adata.uns['bioformers_binned']``
+            The value tokens and their record, binned like the training data; only when it binned.
 
     Examples
     --------

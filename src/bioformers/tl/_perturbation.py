@@ -118,14 +118,20 @@ def train_perturbation(
     key_added
         Base key of the record written.
     **train_kwargs
-        Passed to Lightning (e.g. ``accelerator``, ``devices``, ``precision``, ``enable_progress_bar``).
+        Passed to :meth:`bioformers.BioFormer.train_perturbation` (e.g. ``accelerator``, ``devices``,
+        ``precision``) and on to Lightning (e.g. ``enable_progress_bar``).
 
     Returns
     -------
-    The fine-tuned model; ``model.perturbation_`` holds the split (``test_perturbations``,
-    ``train_perturbations``, and ``test_cells`` for the cells split) and is saved with the model.
-    Writes ``adata.uns['<key_added>_perturbation']`` : dict with ``params``, ``test_perturbations``,
-    ``train_perturbations`` and ``history``; nothing else of ``adata`` changes.
+    :class:`~bioformers.BioFormer`
+        The fine-tuned model (a new one; ``model`` is not changed). ``model.perturbation_`` holds
+        the split (``test_perturbations``, ``train_perturbations``, and ``test_cells`` for the cells
+        split) and is saved with the model. Sets one field of ``adata`` (``bioformers`` in the name
+        is ``key_added``); nothing else of ``adata`` changes:
+
+        ``adata.uns['bioformers_perturbation']`` : :class:`dict`
+            ``params`` (the arguments and the model's size), ``test_perturbations``,
+            ``train_perturbations`` and ``history`` (``train_loss`` per epoch).
 
     Examples
     --------
@@ -136,6 +142,8 @@ def train_perturbation(
     ... )
     >>> len(model.perturbation_["test_perturbations"])
     1
+    >>> sorted(adata.uns["bioformers_perturbation"])
+    ['history', 'params', 'test_perturbations', 'train_perturbations']
     """
     keys = Keys(key_added)
     check_anndata(adata)
@@ -299,11 +307,20 @@ def predict_perturbation(
 
     Returns
     -------
-    New AnnData, ``n_cells`` per perturbation x the model's genes, with
+    :class:`~anndata.AnnData`
+        A new AnnData, ``n_cells`` per perturbation x the model's genes; cells are named
+        ``<perturbation>_<i>``. It holds (``bioformers`` in the names is ``key_added``):
 
-    * ``X`` and ``layers['<key_added>_predicted']`` : ndarray, predicted log-normalised expression;
-    * ``obs['perturbation']`` : categorical, in the order requested; ``obs['control_cell']``: the source cell;
-    * ``uns['<key_added>_perturbation']`` : dict with ``params``.
+        ``X``, ``layers['bioformers_predicted']`` : :class:`~numpy.ndarray` ``float32``
+            Predicted log-normalised expression (``log1p`` of counts per 10,000).
+        ``obs['perturbation']`` : categorical
+            The perturbation, categories in the order requested.
+        ``obs['control_cell']`` : :class:`str`
+            The name of the control cell the prediction started from.
+        ``uns['bioformers_perturbation']`` : :class:`dict`
+            ``params``: the arguments and the model class.
+
+        Nothing is written into ``adata_control``.
 
     Examples
     --------
@@ -316,6 +333,8 @@ def predict_perturbation(
     >>> pred = bf.tl.predict_perturbation(model, adata, held_out, n_cells=50)
     >>> pred.shape
     (50, 24)
+    >>> pred.obs["perturbation"].cat.categories.tolist() == held_out
+    True
     """
     keys = Keys(key_added)
     if isinstance(perturbations, str):

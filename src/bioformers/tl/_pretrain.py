@@ -119,15 +119,23 @@ def pretrain(
 
     Returns
     -------
-    The trained model. Writes
+    :class:`~bioformers.BioFormer`
+        The trained model. Sets the following fields of ``adata`` (``bioformers`` in the names is
+        ``key_added``):
 
-    * ``adata.obsm['X_<key_added>']`` : ndarray (n_obs, n_hidden), the CLS cell embedding;
-    * ``adata.layers['<key_added>_binned']`` and ``adata.uns['<key_added>_binned']`` if it binned;
-    * ``adata.uns['<key_added>']`` : dict with ``params`` and ``history`` (loss per epoch).
+        ``adata.obsm['X_bioformers']`` : :class:`~numpy.ndarray` ``float32`` (n_obs, n_hidden)
+            The CLS cell embedding.
+        ``adata.layers['bioformers_binned']``, ``adata.uns['bioformers_binned']``
+            The value tokens and their record, as :func:`bioformers.pp.bin` (or, for ``"rank"``,
+            :func:`bioformers.pp.rank`) writes them; only when it binned.
+        ``adata.uns['bioformers']`` : :class:`dict`
+            ``params`` (the arguments, the number of epochs trained and the model class) and
+            ``history`` (``train_loss`` and ``validation_loss``, one value per epoch).
 
-    In a distributed run (``strategy="ddp"``, ``devices=N``) every process trains on its share of
-    the cells and returns the trained model, but only global rank 0 embeds and writes the embedding
-    and record; elsewhere ``adata`` keeps only the binned layer (check ``model.is_global_zero``).
+        In a distributed run (``strategy="ddp"``, ``devices=N``) every process trains on its share
+        of the cells and returns the trained model, but only global rank 0 embeds and writes the
+        embedding and record; elsewhere ``adata`` keeps only the binned layer (check
+        ``model.is_global_zero``).
 
     Examples
     --------
@@ -136,6 +144,8 @@ def pretrain(
     >>> model = bf.tl.pretrain(adata, n_layers=1, n_hidden=16, n_heads=2, max_epochs=1, batch_size=32)
     >>> adata.obsm["X_bioformers"].shape
     (200, 16)
+    >>> adata.uns["bioformers"]["params"]["max_epochs"], len(adata.uns["bioformers"]["history"]["train_loss"])
+    (1, 1)
     """
     keys = Keys(key_added)
     check_anndata(adata)
@@ -359,8 +369,16 @@ def embed(
 
     Returns
     -------
-    ``adata`` copy if ``copy=True``, else ``None``. Writes ``adata.obsm['X_<key_added>']`` : ndarray
-    (n_obs, n_hidden), and the binned layer if it binned (only in memory, with exactly the model's genes).
+    :class:`~anndata.AnnData` or None
+        A copy of ``adata`` with the results if ``copy=True``, else `None`. Sets (``bioformers`` in
+        the names is ``key_added``):
+
+        ``adata.obsm['X_bioformers']`` : :class:`~numpy.ndarray` ``float32`` (n_obs, n_hidden)
+            The cell embedding.
+        ``adata.layers['bioformers_binned']``, ``adata.uns['bioformers_binned']``
+            The value tokens and their record, binned like the training data; only when it binned
+            (in memory, with exactly the model's genes in the model's order). The layer is the one
+            the model was trained on, whatever ``key_added``.
 
     Examples
     --------

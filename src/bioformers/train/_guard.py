@@ -30,7 +30,20 @@ if TYPE_CHECKING:
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Training stopped because the loss or the gradients became NaN or infinite."""
+    """Training stopped because the loss or the gradients became NaN or infinite.
+
+    Raised by :meth:`bioformers.BioFormer.train` (and :func:`bioformers.tl.pretrain`),
+    :meth:`bioformers.BioFormer.train_perturbation` and :meth:`bioformers.CellDiffusion.train` before
+    the bad step changes the weights; its message names likely causes. The model stays usable.
+
+    Examples
+    --------
+    It is a :class:`FloatingPointError`, so code that catches those catches it too:
+
+    >>> import bioformers as bf
+    >>> issubclass(bf.train.NonFiniteLossError, FloatingPointError)
+    True
+    """
 
 
 class FiniteLossCheck(Callback):

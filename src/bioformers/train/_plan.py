@@ -26,6 +26,19 @@ class BioFormerTrainingPlan(TrainingPlan):
         The cosine decays to ``lr * min_lr_ratio`` at the last step.
     **kwargs
         Passed to :class:`~scvi.train.TrainingPlan`.
+
+    Examples
+    --------
+    :meth:`bioformers.BioFormer.train` builds the plan; ``plan_kwargs`` reach it:
+
+    >>> import bioformers as bf
+    >>> adata = bf.datasets.synthetic(n_obs=200, n_vars=50)
+    >>> bf.pp.bin(adata)
+    >>> bf.BioFormer.setup_anndata(adata)
+    >>> model = bf.BioFormer(adata, n_hidden=16, n_layers=1, n_heads=2)
+    >>> model.train(max_epochs=1, batch_size=32, plan_kwargs={"min_lr_ratio": 0.1})
+    >>> type(model.trainer.lightning_module).__name__, model.trainer.lightning_module.min_lr_ratio
+    ('BioFormerTrainingPlan', 0.1)
     """
 
     def __init__(
@@ -43,7 +56,13 @@ class BioFormerTrainingPlan(TrainingPlan):
         self.min_lr_ratio = min_lr_ratio
 
     def configure_optimizers(self):
-        """AdamW over two parameter groups and a per-step warm-up/cosine schedule."""
+        """AdamW over two parameter groups and a per-step warm-up/cosine schedule.
+
+        Returns
+        -------
+        dict
+            The optimizer and its step-wise learning-rate scheduler, as Lightning expects.
+        """
         decay, no_decay = [], []
         for name, param in self.module.named_parameters():
             if not param.requires_grad:
@@ -76,6 +95,15 @@ class BioFormerTrainingPlan(TrainingPlan):
         Lightning reduces them across processes in place at the end of an epoch, which PyTorch
         refuses ("Inplace update to inference tensor outside InferenceMode"). ``no_grad`` logs the
         same values.
+
+        Parameters
+        ----------
+        loss_output
+            The module's :class:`~scvi.module.base.LossOutput` of the step.
+        metrics
+            scvi-tools' metric collection of the mode.
+        mode
+            ``"train"`` or ``"validation"``.
         """
         log = getattr(TrainingPlan.compute_and_log_metrics, "__wrapped__", TrainingPlan.compute_and_log_metrics)
         with torch.no_grad():
@@ -94,7 +122,25 @@ def _cpu_has_fast_bf16() -> bool:
 
 
 def default_precision(accelerator: str = "auto") -> str:
-    """Lightning precision: bf16 autocast on CUDA with bf16 and on CPUs with AMX/AVX512-BF16, else fp32."""
+    """Lightning precision: bf16 autocast on CUDA with bf16 and on CPUs with AMX/AVX512-BF16, else fp32.
+
+    Parameters
+    ----------
+    accelerator
+        Lightning's ``accelerator`` argument: ``"auto"``, ``"gpu"`` and ``"cuda"`` use CUDA when
+        available; anything else is the CPU.
+
+    Returns
+    -------
+    str
+        ``"bf16-mixed"`` or ``"32-true"``.
+
+    Examples
+    --------
+    >>> import bioformers as bf
+    >>> bf.train.default_precision("cpu") in ("bf16-mixed", "32-true")
+    True
+    """
     use_cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     if use_cuda:
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
@@ -107,8 +153,40 @@ class PerturbationTrainingPlan(BioFormerTrainingPlan):
     Batches come from :class:`~bioformers.data.PerturbationPairs`;
     :meth:`~bioformers.module.BioFormerModule.response_loss` scores them. scvi-tools' training and
     validation steps, logging and history are used unchanged.
+
+    Parameters
+    ----------
+    module
+        The :class:`~bioformers.module.BioFormerModule` of a model set up with a perturbation column.
+    lr, weight_decay, warmup_fraction, min_lr_ratio, **kwargs
+        As in :class:`~bioformers.train.BioFormerTrainingPlan`.
+
+    Examples
+    --------
+    :func:`bioformers.tl.train_perturbation` trains with it:
+
+    >>> import bioformers as bf
+    >>> adata = bf.datasets.synthetic_perturbation(n_obs=300, n_vars=24, n_programs=2, n_unmeasured=1)
+    >>> model = bf.tl.train_perturbation(
+    ...     adata, perturbation_key="perturbation", n_hidden=16, n_layers=1, max_epochs=1, batch_size=32
+    ... )
+    >>> type(model.trainer.lightning_module).__name__
+    'PerturbationTrainingPlan'
     """
 
     def forward(self, batch, loss_kwargs=None):
-        """The response loss of one batch of pairs, in the ``(inference, generative, loss)`` form scvi-tools expects."""
+        """The response loss of one batch of pairs, in the ``(inference, generative, loss)`` form scvi-tools expects.
+
+        Parameters
+        ----------
+        batch
+            A batch of :class:`~bioformers.data.PerturbationPairs`.
+        loss_kwargs
+            Ignored (scvi-tools passes its loss arguments).
+
+        Returns
+        -------
+        tuple
+            ``(None, None, loss_output)``.
+        """
         return None, None, self.module.response_loss(batch)
