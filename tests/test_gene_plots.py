@@ -313,3 +313,16 @@ def test_custom_key_added_given_axes_and_return_fig(name):
     fig, ax = plt.subplots()
     assert plot(adata, key_added="run2", ax=ax, show=False) is ax
     assert plot(adata, key_added="run2", ax=ax, return_fig=True) is fig
+
+
+@pytest.mark.parametrize("plot", ["attention", "gene_programs", "predicted_vs_observed"])
+def test_heatmaps_draw_no_grid_under_scanpys_figure_params(adata, plot):
+    # `sc.set_figure_params()` turns on axes.grid, whose lines would cut through every cell.
+    with matplotlib.rc_context({"axes.grid": True}):
+        if plot == "attention":
+            ax = bf.pl.attention(adata, show=False)
+        elif plot == "gene_programs":
+            ax = bf.pl.gene_programs(adata, "0", show=False)
+        else:
+            ax = bf.pl.predicted_vs_observed(adata, show=False)
+    assert not any(line.get_visible() for line in ax.get_xgridlines() + ax.get_ygridlines())

@@ -478,6 +478,7 @@ def predicted_vs_observed(
     )
     ax.plot([-0.5, n - 0.5], [-0.5, n - 0.5], color="white", linestyle="--", linewidth=0.8)
     ax.figure.colorbar(image, ax=ax, label="share of the observed bin")
+    ax.grid(False)  # as in `_heatmap`
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("observed bin")
@@ -551,6 +552,7 @@ def _heatmap(
     ax.set_xticks(np.arange(n), labels, rotation=90, fontsize=fontsize)
     ax.set_yticks(np.arange(n), labels, fontsize=fontsize)
     ax.figure.colorbar(image, ax=ax, label=cbar_label, shrink=0.8)
+    ax.grid(False)  # Scanpy's `set_figure_params` turns axes grids on, which would cut through the cells
     ax.set_title(title)
     return ax
 
