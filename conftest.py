@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import logging
-
 import matplotlib
 import pytest
-import scvi
 from _pytest.doctest import DoctestItem
 from scvi.train._progress import ProgressBar
 
@@ -19,9 +16,8 @@ def _quiet_doctests(request, monkeypatch):
     if not isinstance(request.node, DoctestItem):
         yield
         return
-    # scvi-tools' progress bar and log handler write to stdout, which doctest would read as the example's output.
+    # scvi-tools' progress bar writes to stdout, which doctest would read as the example's output.
     monkeypatch.setattr(ProgressBar, "is_enabled", property(lambda self: False))
-    monkeypatch.setattr(scvi.settings, "verbosity", logging.WARNING)
     yield
     import matplotlib.pyplot as plt
 

@@ -1,6 +1,9 @@
+import logging
+
 import anndata as ad
 import numpy as np
 import pytest
+import scvi
 from scipy import sparse
 
 import bioformers as bf
@@ -237,3 +240,25 @@ def test_embed_with_key_added_writes_under_that_key(pretrained, query):
     model, _ = pretrained
     bf.tl.embed(query, model, key_added="foo")
     assert query.obsm["X_foo"].shape[0] == query.n_obs
+
+
+def test_query_calls_log_no_scvi_setup_transfer(pretrained, query):
+    # our tools register private AnnData objects on purpose; scvi-tools' INFO line about it is noise to a user
+    model, _ = pretrained
+    records = []
+    handler = logging.Handler(level=logging.DEBUG)
+    handler.emit = records.append
+    scvi_logger = logging.getLogger("scvi")
+    scvi_logger.addHandler(handler)
+    verbosity = scvi.settings.verbosity
+    scvi.settings.verbosity = logging.INFO
+    try:
+        bf.tl.embed(query, model)
+        bf.tl.predict(query, model)
+        bf.tl.attention_grn(query, model)
+    finally:
+        scvi.settings.verbosity = verbosity
+        scvi_logger.removeHandler(handler)
+    assert "X_bioformers" in query.obsm
+    assert not [r for r in records if "not setup with scvi-tools" in r.getMessage()]
+    assert scvi_logger.getChild("model.base._base_model").level == logging.NOTSET  # restored

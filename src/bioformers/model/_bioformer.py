@@ -1017,7 +1017,7 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
             )
             batches = map(torch.from_numpy, streamed)
         else:
-            loader = self._make_data_loader(adata=self._validate_anndata(adata), indices=indices, batch_size=batch_size)
+            loader = self._make_data_loader(adata=validated(self, adata), indices=indices, batch_size=batch_size)
             batches = (tensors[REGISTRY_KEYS.X_KEY] for tensors in loader)
         self.module.eval()
         for bins in batches:
@@ -1374,6 +1374,22 @@ class BioFormer(UnsupervisedTrainingMixin, BaseModelClass):
         model.to_device("cuda" if accelerator in ("cuda", "gpu") else "cpu")
         model.module.eval()
         return model
+
+
+def validated(model: BaseModelClass, adata: AnnData | None) -> AnnData:
+    """``model._validate_anndata(adata)`` without scvi-tools' INFO line on a query AnnData.
+
+    Our tools hand the model private AnnData objects (sharing the user's matrices) so that scvi-tools'
+    bookkeeping never reaches the user's; scvi-tools registers each with "Input AnnData not setup with
+    scvi-tools. attempting to transfer AnnData setup", which is expected here and only noise to a user.
+    """
+    scvi_model_logger = logging.getLogger("scvi.model.base._base_model")
+    level = scvi_model_logger.level
+    scvi_model_logger.setLevel(max(level, logging.WARNING))
+    try:
+        return model._validate_anndata(adata)
+    finally:
+        scvi_model_logger.setLevel(level)
 
 
 def read_registered(cls, dir_path: str, adata: AnnData | None) -> tuple[dict, dict, AnnData, dict]:

@@ -24,7 +24,7 @@ from .._validation import check_anndata, check_counts, check_obs_key, did_you_me
 from ..data._perturbation import LOG_TARGET_SUM, perturbation_targets
 from ..module._diffusion import PERTURBATION_KEY, CellDiffusionModule
 from ..train import BioFormerTrainingPlan, TrainingSession, default_precision
-from ._bioformer import SAVED_ANNDATA_FILE, check_control, read_registered
+from ._bioformer import SAVED_ANNDATA_FILE, check_control, read_registered, validated
 from ._serialization import check_state_dict, write_model
 
 if TYPE_CHECKING:
@@ -622,8 +622,9 @@ class CellDiffusion(UnsupervisedTrainingMixin, BaseModelClass):
         (200, 32)
         """
         self._check_if_trained(warn=False)
-        adata = self._validate_anndata(adata)
-        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size, shuffle=False)
+        loader = self._make_data_loader(
+            adata=validated(self, adata), indices=indices, batch_size=batch_size, shuffle=False
+        )
         self.module.eval()
         out = [
             self.module.encode(self.module.normalize(tensors[REGISTRY_KEYS.X_KEY].to(self.device)))
