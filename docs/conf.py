@@ -44,7 +44,8 @@ myst_heading_anchors = 3
 autosummary_generate = True
 autodoc_member_order = "groupwise"
 autodoc_typehints = "description"
-autodoc_typehints_description_target = "documented_params"
+# "documented": the Returns sections say what is returned and written, so no separate "Return type" field.
+autodoc_typehints_description_target = "documented"
 autodoc_default_options = {"members": True, "inherited-members": False, "show-inheritance": False}
 napoleon_google_docstring = False
 napoleon_numpy_docstring = True

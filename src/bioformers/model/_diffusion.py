@@ -57,10 +57,16 @@ class CellDiffusion(UnsupervisedTrainingMixin, BaseModelClass):
     ----------
     adata
         AnnData registered with :meth:`setup_anndata`.
-    n_tokens, token_dim
-        Shape of each cell's latent tokens.
-    n_hidden, n_layers, n_heads
-        Width, depth and attention heads of the denoiser.
+    n_tokens
+        Latent tokens per cell.
+    token_dim
+        Width of each latent token.
+    n_hidden
+        Width of the denoiser.
+    n_layers
+        Transformer blocks of the denoiser.
+    n_heads
+        Attention heads per denoiser block.
     n_encoder_hidden
         Width of the autoencoder's hidden layers.
     dropout

@@ -92,8 +92,17 @@ def pretrain(
     n_bins
         Passed to :func:`bioformers.pp.bin`; for ``"rank"``, the ``n_ranks`` of
         :func:`bioformers.pp.rank` (`None`: 255).
-    n_layers, n_heads, n_hidden, max_seq_len, value_encoder
-        Size and value embedding of the transformer (see :class:`bioformers.BioFormer`).
+    n_layers
+        Number of transformer blocks.
+    n_heads
+        Attention heads per block.
+    n_hidden
+        Width of the token representations, and so of the cell embedding.
+    max_seq_len
+        Longest sequence (CLS included). Cells with more genes keep every expressed gene plus
+        sampled unexpressed ones (see :class:`bioformers.BioFormer`).
+    value_encoder
+        ``"linear"`` on the bin index or ``"embedding"``: a learned vector per bin.
     architecture
         ``"encoder"`` (masked gene modelling, CLS embedding) or ``"decoder"`` (causal, next-gene
         objective over genes in descending order of value; generates cells with
@@ -107,8 +116,11 @@ def pretrain(
         Cells per minibatch.
     lr
         Peak learning rate.
-    mask_ratio, nonzero_ratio
-        Masked gene modelling: fraction of positions masked, and fraction of those that are expressed.
+    mask_ratio
+        Masked gene modelling: fraction of each cell's positions that are masked.
+    nonzero_ratio
+        Fraction of the masked positions drawn from expressed genes (the rest are unexpressed), so
+        the model is not rewarded for predicting zero everywhere.
     seed
         Seed of every random number generator (training is repeatable on the same machine).
     key_added
