@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_KEY = "bioformers"
+#: scvi-tools registry key of the perturbation column (``setup_anndata(perturbation_key=...)``).
+PERTURBATION_KEY = "perturbation"
 
 
 @dataclass(frozen=True)

@@ -255,3 +255,14 @@ def check_obsm_key(adata: AnnData, key: str, *, fix: str) -> None:
             f"`adata.obsm[{key!r}]` not found (keys: {shown(adata.obsm.keys())})."
             f"{did_you_mean(key, adata.obsm.keys())} {fix}"
         )
+
+
+def check_control(labels: pd.Series, control: str, key: str) -> None:
+    """Raise unless ``control`` is one of the ``labels`` (an ``obs`` column)."""
+    present = pd.unique(labels.astype(str))
+    if control not in present:
+        shown = sorted(present)[:10]
+        raise ValueError(
+            f"The control label {control!r} is not in `adata.obs[{key!r}]` (labels include {shown}). "
+            f"Pass `control=` with the label of control cells."
+        )

@@ -22,9 +22,9 @@ from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from scvi.train import TrainRunner
 
-from .._keys import Keys
+from .._keys import PERTURBATION_KEY, Keys
 from .._record import package_version
-from .._validation import check_anndata, check_dtype, check_obs_key, did_you_mean, get_matrix, shown
+from .._validation import check_anndata, check_control, check_dtype, check_obs_key, did_you_mean, get_matrix, shown
 from ..data import PerturbationPairs, binned_batches, perturbation_targets, prediction_masks
 from ..module import BioFormerDecoderModule, BioFormerModule
 from ..pp._genes import DEFAULT_MIN_GENE_COVERAGE, GeneAlignment, align_genes, match_genes
@@ -38,8 +38,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Registry key of the perturbation column (``setup_anndata(perturbation_key=...)``).
-PERTURBATION_KEY = "perturbation"
 #: External-token categories of a perturbation model: 0 = not perturbed, 1 = perturbed.
 N_PERTURBATION_CATEGORIES = 2
 #: The training AnnData that ``save(..., save_anndata=True)`` writes next to the model files.
@@ -1447,17 +1445,6 @@ def check_training_genes(adata: AnnData, genes: np.ndarray, dir_path: str) -> No
         "`save_anndata=True` and load it without `adata`. To apply the model to data with other genes, load it with "
         "its training data and pass the other data to `bf.tl.embed` / `bf.tl.predict`, which match genes by name."
     )
-
-
-def check_control(labels: pd.Series, control: str, key: str) -> None:
-    """Raise unless ``control`` is one of the ``labels`` (an ``obs`` column)."""
-    present = pd.unique(labels.astype(str))
-    if control not in present:
-        shown = sorted(present)[:10]
-        raise ValueError(
-            f"The control label {control!r} is not in `adata.obs[{key!r}]` (labels include {shown}). "
-            f"Pass `control=` with the label of control cells."
-        )
 
 
 def _check_bins(X, layer: str) -> None:

@@ -19,12 +19,13 @@ from scvi.data.fields import CategoricalJointObsField, CategoricalObsField, Laye
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
 from .._conditions import Conditions, condition_table
+from .._keys import PERTURBATION_KEY
 from .._record import package_version
-from .._validation import check_anndata, check_counts, check_obs_key, did_you_mean, get_matrix, shown
+from .._validation import check_anndata, check_control, check_counts, check_obs_key, did_you_mean, get_matrix, shown
 from ..data._perturbation import LOG_TARGET_SUM, perturbation_targets
-from ..module._diffusion import PERTURBATION_KEY, CellDiffusionModule
+from ..module._diffusion import CellDiffusionModule
 from ..train import BioFormerTrainingPlan, TrainingSession, default_precision
-from ._bioformer import SAVED_ANNDATA_FILE, check_control, read_registered, validated
+from ._bioformer import SAVED_ANNDATA_FILE, read_registered, validated
 from ._serialization import check_state_dict, write_model
 
 if TYPE_CHECKING:

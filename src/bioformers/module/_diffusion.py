@@ -28,10 +28,9 @@ from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 
+from .._keys import PERTURBATION_KEY
 from ..nn import SelfAttention
 
-#: Registry key of the set-valued condition (perturbations) of a :class:`~bioformers.CellDiffusion`.
-PERTURBATION_KEY = "perturbation"
 Stage = Literal["autoencoder", "diffusion", "joint"]
 
 

@@ -16,6 +16,7 @@ from .._keys import DEFAULT_KEY, Keys
 from .._record import params_record
 from .._validation import (
     check_anndata,
+    check_control,
     check_counts,
     check_obs_key,
     get_matrix,
@@ -25,7 +26,6 @@ from .._validation import (
 from ..data import log_normalize, perturbation_targets
 from ..metrics import top_de_genes
 from ..model import BioFormer
-from ..model._bioformer import check_control
 from ..module import check_module_arguments
 from ..pp._binning import BINNING_ARGS, bin_matrix
 from ..pp._rank import bin_as_recorded
