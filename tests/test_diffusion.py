@@ -12,13 +12,8 @@ import scvi
 import torch
 
 import bioformers as bf
-from bioformers.module._diffusion import (
-    AdaLNBlock,
-    CellDiffusionModule,
-    ConditionEmbedding,
-    cosine_alphas_cumprod,
-    timestep_embedding,
-)
+from bioformers.module import CellDiffusionModule
+from bioformers.nn import AdaLNBlock, ConditionEmbedding, cosine_alphas_cumprod, timestep_embedding
 
 QUIET = {"enable_progress_bar": False, "enable_model_summary": False}
 

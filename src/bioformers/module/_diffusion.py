@@ -6,20 +6,21 @@ Three parts:
   (an MLP, then a LayerNorm without parameters on each token, so every token has mean 0 and
   variance 1: the scale diffusion expects, without a fitted scale factor) -> expression again,
   through a hurdle decoder (the probability that each gene is detected, and its value if it is);
-* a denoiser: a transformer over the tokens of one cell whose LayerNorms take their scale, shift
-  and residual gates from the timestep and the conditions (adaptive LayerNorm, DiT's adaLN-Zero);
-* the conditions, each kind embedded its own way and summed: categorical (an embedding),
-  continuous (a small MLP on the standardised value) and a set of perturbed genes (embedded,
-  mean-pooled with a padding mask). Every condition has a learned "none" embedding, used when it
-  is not given and, during training, at random (``condition_dropout``), so the denoiser also
-  learns the unconditional distribution that classifier-free guidance needs.
+* a denoiser (:class:`bioformers.nn.Denoiser`): a transformer over the tokens of one cell whose
+  LayerNorms take their scale, shift and residual gates from the timestep and the conditions
+  (adaptive LayerNorm, DiT's adaLN-Zero);
+* the conditions (:class:`bioformers.nn.ConditionEmbedding`), each kind embedded its own way and
+  summed: categorical (an embedding), continuous (a small MLP on the standardised value) and a set
+  of perturbed genes (embedded, mean-pooled with a padding mask). Every condition has a learned
+  "none" embedding, used when it is not given and, during training, at random
+  (``condition_dropout``), so the denoiser also learns the unconditional distribution that
+  classifier-free guidance needs.
 
 Diffusion is DDPM (cosine noise schedule, noise prediction, MSE); sampling is DDIM.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
@@ -29,170 +30,9 @@ from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 
 from .._keys import PERTURBATION_KEY
-from ..nn import SelfAttention
+from ..nn import ConditionEmbedding, Denoiser, cosine_alphas_cumprod
 
 Stage = Literal["autoencoder", "diffusion", "joint"]
-
-
-def cosine_alphas_cumprod(n_timesteps: int, offset: float = 0.008) -> torch.Tensor:
-    """Cumulative signal fraction ``ᾱ_t`` of the cosine schedule (Nichol & Dhariwal, 2021), ``t = 1..T``."""
-    steps = torch.arange(n_timesteps + 1, dtype=torch.float64) / n_timesteps
-    f = torch.cos((steps + offset) / (1 + offset) * math.pi / 2) ** 2
-    betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
-    return torch.cumprod(1 - betas, dim=0).float()
-
-
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
-    """Sinusoidal embedding of integer timesteps, ``(batch, dim)``."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    angles = t.float()[:, None] * freqs[None]
-    embedding = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
-    return F.pad(embedding, (0, dim % 2))
-
-
-class AdaLNBlock(nn.Module):
-    """A pre-LayerNorm transformer block whose norms and residual gates are set by a condition vector.
-
-    ``scale``, ``shift`` and ``gate`` of both sub-layers come from a linear map of the condition,
-    initialised at zero, so every block starts as the identity (adaLN-Zero, Peebles & Xie, 2023).
-    """
-
-    def __init__(self, n_hidden: int, n_heads: int, dropout: float = 0.0, ffn_ratio: int = 4):
-        super().__init__()
-        self.norm_attn = nn.LayerNorm(n_hidden, elementwise_affine=False)
-        self.attn = SelfAttention(n_hidden, n_heads)
-        self.norm_ffn = nn.LayerNorm(n_hidden, elementwise_affine=False)
-        self.ffn = nn.Sequential(
-            nn.Linear(n_hidden, ffn_ratio * n_hidden), nn.GELU(), nn.Linear(ffn_ratio * n_hidden, n_hidden)
-        )
-        self.dropout = nn.Dropout(dropout)
-        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(n_hidden, 6 * n_hidden))
-        nn.init.zeros_(self.modulation[-1].weight)
-        nn.init.zeros_(self.modulation[-1].bias)
-
-    def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(condition)[:, None].chunk(6, dim=-1)
-        attended, _ = self.attn(self.norm_attn(x) * (1 + scale1) + shift1)
-        x = x + gate1 * self.dropout(attended)
-        return x + gate2 * self.dropout(self.ffn(self.norm_ffn(x) * (1 + scale2) + shift2))
-
-
-class Denoiser(nn.Module):
-    """Predicts the noise in latent tokens from the noisy tokens, the timestep and the condition vector."""
-
-    def __init__(self, n_tokens: int, token_dim: int, n_hidden: int, n_layers: int, n_heads: int, dropout: float):
-        super().__init__()
-        self.n_hidden = n_hidden
-        self.input = nn.Linear(token_dim, n_hidden)
-        self.position = nn.Parameter(torch.randn(n_tokens, n_hidden) * 0.02)
-        self.time = nn.Sequential(nn.Linear(n_hidden, n_hidden), nn.SiLU(), nn.Linear(n_hidden, n_hidden))
-        self.blocks = nn.ModuleList(AdaLNBlock(n_hidden, n_heads, dropout) for _ in range(n_layers))
-        self.norm = nn.LayerNorm(n_hidden, elementwise_affine=False)
-        self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(n_hidden, 2 * n_hidden))
-        self.output = nn.Linear(n_hidden, token_dim)
-        for layer in (self.final_modulation[-1], self.output):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
-
-    def forward(self, z: torch.Tensor, t: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        c = self.time(timestep_embedding(t, self.n_hidden)) + condition
-        x = self.input(z) + self.position
-        for block in self.blocks:
-            x = block(x, c)
-        shift, scale = self.final_modulation(c)[:, None].chunk(2, dim=-1)
-        return self.output(self.norm(x) * (1 + scale) + shift)
-
-
-class ConditionEmbedding(nn.Module):
-    """Embeds every condition of a cell into one ``n_hidden`` vector (their sum).
-
-    Parameters
-    ----------
-    n_hidden
-        Width of the condition vector.
-    categorical_sizes
-        Number of categories of each categorical condition; code ``size`` means "none".
-    n_continuous
-        Number of continuous conditions (NaN means "none"); each is standardised with the training
-        mean and standard deviation (:meth:`set_continuous_scale`) and mapped by its own MLP.
-    n_set_items
-        Size of the vocabulary of the set condition (perturbed genes); 0: no set condition.
-    """
-
-    def __init__(self, n_hidden: int, categorical_sizes: list[int], n_continuous: int, n_set_items: int):
-        super().__init__()
-        self.categorical = nn.ModuleList(nn.Embedding(size + 1, n_hidden) for size in categorical_sizes)
-        self.continuous = nn.ModuleList(
-            nn.Sequential(nn.Linear(1, n_hidden), nn.SiLU(), nn.Linear(n_hidden, n_hidden)) for _ in range(n_continuous)
-        )
-        self.continuous_none = nn.Parameter(torch.zeros(n_continuous, n_hidden))
-        self.register_buffer("continuous_mean", torch.zeros(n_continuous))
-        self.register_buffer("continuous_std", torch.ones(n_continuous))
-        self.n_set_items = n_set_items
-        if n_set_items:
-            self.set_items = nn.Embedding(n_set_items, n_hidden)
-            self.set_projection = nn.Sequential(nn.Linear(n_hidden, n_hidden), nn.SiLU(), nn.Linear(n_hidden, n_hidden))
-            # the empty set (control cells) and the unknown set (not given) are two learned vectors
-            self.set_empty = nn.Parameter(torch.zeros(n_hidden))
-            self.set_none = nn.Parameter(torch.zeros(n_hidden))
-        for embedding in self.categorical:
-            nn.init.normal_(embedding.weight, std=0.02)
-
-    @property
-    def n_keys(self) -> int:
-        """Number of conditions (categorical + continuous + set)."""
-        return len(self.categorical) + len(self.continuous) + int(self.n_set_items > 0)
-
-    def set_continuous_scale(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """Record the training mean and standard deviation of the continuous conditions."""
-        self.continuous_mean.copy_(mean)
-        self.continuous_std.copy_(std.clamp(min=1e-6))
-
-    def forward(
-        self,
-        n_cells: int,
-        categorical: torch.Tensor | None,
-        continuous: torch.Tensor | None,
-        set_items: torch.Tensor | None,
-        set_none: torch.Tensor | None,
-        drop: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """The condition vector, ``(n_cells, n_hidden)``.
-
-        ``categorical``: codes ``(n_cells, n_categorical)``; ``continuous``: values ``(n_cells,
-        n_continuous)``, NaN for none; ``set_items``: item indices ``(n_cells, slots)``, -1 padding (a
-        row of -1 is the empty set); ``set_none``: cells whose set is not given; ``drop``: ``(n_cells,
-        n_keys)`` booleans replacing conditions by "none" (classifier-free guidance training).
-        """
-        device = self.continuous_none.device
-        out = torch.zeros(n_cells, self.continuous_none.shape[1], device=device)
-        key = 0
-        for i, embedding in enumerate(self.categorical):
-            codes = categorical[:, i].long()
-            if drop is not None:
-                codes = torch.where(drop[:, key], embedding.num_embeddings - 1, codes)
-            out = out + embedding(codes)
-            key += 1
-        for i, mlp in enumerate(self.continuous):
-            value = continuous[:, i].float()
-            none = torch.isnan(value)
-            if drop is not None:
-                none = none | drop[:, key]
-            scaled = ((value - self.continuous_mean[i]) / self.continuous_std[i]).nan_to_num(0.0)
-            out = out + torch.where(none[:, None], self.continuous_none[i], mlp(scaled[:, None]))
-            key += 1
-        if self.n_set_items:
-            present = set_items >= 0
-            items = self.set_items(set_items.clamp(min=0)) * present[..., None]
-            count = present.sum(dim=1, keepdim=True)
-            pooled = self.set_projection(items.sum(dim=1) / count.clamp(min=1))
-            pooled = torch.where(count > 0, pooled, self.set_empty)
-            none = set_none.bool() if set_none is not None else torch.zeros(n_cells, dtype=torch.bool, device=device)
-            if drop is not None:
-                none = none | drop[:, key]
-            out = out + torch.where(none[:, None], self.set_none, pooled)
-        return out
 
 
 def _hidden_layers(n_in: int, n_hidden: int) -> list[nn.Module]:

@@ -1,10 +1,12 @@
-"""Embedding of binned expression values."""
+"""Embeddings of the integers the networks read: binned expression values and diffusion timesteps."""
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -48,3 +50,27 @@ class ValueEncoder(nn.Module):
         if masked is not None:
             emb = torch.where(masked.unsqueeze(-1), self.mask_value.to(emb.dtype), emb)
         return emb
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Sinusoidal embedding of integer timesteps (cosines, then sines, of geometrically spaced frequencies).
+
+    Parameters
+    ----------
+    t
+        Timesteps, ``(batch,)``.
+    dim
+        Width of the embedding; an odd width ends with a zero.
+    max_period
+        Period of the slowest frequency.
+
+    Returns
+    -------
+    :class:`~torch.Tensor`
+        ``float32`` ``(batch, dim)``.
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    angles = t.float()[:, None] * freqs[None]
+    embedding = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+    return F.pad(embedding, (0, dim % 2))
