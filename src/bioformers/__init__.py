@@ -2,8 +2,8 @@
 
 from . import datasets, metrics, pl, pp, tl
 from ._record import package_version
-from .model import BioFormer, CellDiffusion
+from .model import BioFormer, BioFormerDecoder, CellDiffusion
 
 __version__ = package_version()
 
-__all__ = ["BioFormer", "CellDiffusion", "__version__", "datasets", "metrics", "pl", "pp", "tl"]
+__all__ = ["BioFormer", "BioFormerDecoder", "CellDiffusion", "__version__", "datasets", "metrics", "pl", "pp", "tl"]

@@ -266,3 +266,12 @@ def check_control(labels: pd.Series, control: str, key: str) -> None:
             f"The control label {control!r} is not in `adata.obs[{key!r}]` (labels include {shown}). "
             f"Pass `control=` with the label of control cells."
         )
+
+
+def check_batch_size(n_obs: int, batch_size: int) -> None:
+    """Raise unless ``n_obs`` cells fill at least one batch of ``batch_size``."""
+    if n_obs < batch_size:
+        raise ValueError(
+            f"The AnnData has {n_obs} cells, fewer than one batch (batch_size={batch_size}). "
+            f"Pass `batch_size={max(n_obs // 2, 1)}` or smaller."
+        )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from numbers import Integral, Real
 from typing import TYPE_CHECKING, Literal
@@ -18,15 +17,20 @@ from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalJointObsField, CategoricalObsField, LayerField, NumericalJointObsField
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
-from .._conditions import Conditions, condition_table
 from .._keys import PERTURBATION_KEY
-from .._record import package_version
-from .._validation import check_anndata, check_control, check_counts, check_obs_key, did_you_mean, get_matrix, shown
-from ..data._perturbation import LOG_TARGET_SUM, perturbation_targets
+from .._validation import (
+    check_anndata,
+    check_batch_size,
+    check_control,
+    check_counts,
+    check_obs_key,
+    get_matrix,
+)
+from ..data._perturbation import LOG_TARGET_SUM
 from ..module._diffusion import CellDiffusionModule
-from ..train import BioFormerTrainingPlan, TrainingSession, default_precision
-from ._bioformer import SAVED_ANNDATA_FILE, read_registered, validated
-from ._serialization import check_state_dict, write_model
+from ..train import TrainingSession, WarmupCosineTrainingPlan, default_precision
+from .base import ConditionsMixin, SaveLoadMixin
+from .base._query import validated
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -44,7 +48,7 @@ def default_epochs(n_obs: int) -> tuple[int, int]:
     return autoencoder, diffusion
 
 
-class CellDiffusion(UnsupervisedTrainingMixin, BaseModelClass):
+class CellDiffusion(ConditionsMixin, SaveLoadMixin, UnsupervisedTrainingMixin, BaseModelClass):
     """Conditional diffusion over latent tokens: simulates cells of a cell type, perturbation, donor or dose.
 
     Each cell's expression (all genes, ``log1p`` of counts per 10,000) is encoded into a short
@@ -95,7 +99,7 @@ class CellDiffusion(UnsupervisedTrainingMixin, BaseModelClass):
     """
 
     _module_cls = CellDiffusionModule
-    _training_plan_cls = BioFormerTrainingPlan
+    _training_plan_cls = WarmupCosineTrainingPlan
 
     def __init__(
         self,
@@ -258,206 +262,6 @@ class CellDiffusion(UnsupervisedTrainingMixin, BaseModelClass):
         adata_manager.register_fields(adata, **kwargs)
         cls.register_manager(adata_manager)
 
-    # --- conditions ------------------------------------------------------------------------------
-    def _registered_conditions(self) -> list[dict]:
-        """One dict per condition, in the module's order: categorical, continuous, set."""
-        args = self.registry_["setup_args"]
-        conditions: list[dict] = []
-        categorical = args.get("categorical_covariate_keys") or []
-        if categorical:
-            mappings = self.adata_manager.get_state_registry(REGISTRY_KEYS.CAT_COVS_KEY).mappings
-            conditions += [
-                {"key": k, "kind": "categorical", "values": [str(v) for v in mappings[k]]} for k in categorical
-            ]
-        conditions += [{"key": k, "kind": "continuous"} for k in args.get("continuous_covariate_keys") or []]
-        if args.get("perturbation_key") is not None:
-            labels = [str(v) for v in self.adata_manager.get_state_registry(PERTURBATION_KEY).categorical_mapping]
-            control = args["control"]
-            items = list(dict.fromkeys(t for label in labels for t in perturbation_targets(label, control)))
-            conditions.append(
-                {"key": args["perturbation_key"], "kind": "set", "values": labels, "items": items, "control": control}
-            )
-        return conditions
-
-    def _condition(self, kind: ConditionKind) -> dict | None:
-        return next((c for c in self.conditions_ if c["kind"] == kind), None)
-
-    @property
-    def condition_keys(self) -> list[str]:
-        """The ``obs`` columns the model conditions on, in registration order (categorical, continuous, set)."""
-        return [c["key"] for c in self.conditions_]
-
-    def _condition_frame(self, kinds: Sequence[ConditionKind] = ("categorical", "continuous", "set")) -> pd.DataFrame:
-        """The registered AnnData's conditions of the given kinds, as a DataFrame."""
-        keys = [c["key"] for c in self.conditions_ if c["kind"] in kinds]
-        return self.adata.obs[keys].copy() if keys else pd.DataFrame(index=self.adata.obs_names)
-
-    def _set_label(self, value: str) -> str:
-        """A set condition's canonical label: its genes sorted and joined by ``+`` (``control``: itself)."""
-        control = self._condition("set")["control"]
-        targets = perturbation_targets(str(value), control)
-        return control if not targets else "+".join(sorted(targets))
-
-    def _set_items(self, labels: Sequence[str]) -> np.ndarray:
-        """Item indices of set labels, ``(labels, slots)``, -1 padding; raises naming unknown genes."""
-        condition = self._condition("set")
-        index = {item: i for i, item in enumerate(condition["items"])}
-        parsed = [perturbation_targets(str(label), condition["control"]) for label in labels]
-        unknown = sorted({t for targets in parsed for t in targets if t not in index})
-        if unknown:
-            raise ValueError(
-                f"Unknown perturbation(s) {unknown} in `{condition['key']}`: the model has embeddings only for the "
-                f"genes perturbed in training, {shown(condition['items'])} (or {condition['control']!r} for control "
-                "cells)."
-                f"{did_you_mean(unknown[0], condition['items'])}"
-            )
-        table = np.full((len(labels), max(1, max(map(len, parsed), default=1))), -1, dtype=np.int64)
-        for row, targets in enumerate(parsed):
-            table[row, : len(targets)] = [index[t] for t in targets]
-        return table
-
-    def _seen_conditions(self) -> dict:
-        """Combinations of categorical and set conditions seen in training, and each continuous range."""
-        discrete = [c["key"] for c in self.conditions_ if c["kind"] != "continuous"]
-        frame = self._condition_frame(kinds=("categorical", "set")).astype(str)
-        if self._condition("set"):
-            key = self._condition("set")["key"]
-            frame[key] = [self._set_label(v) for v in frame[key]]
-        combinations = frame.drop_duplicates().to_numpy().tolist() if discrete else []
-        ranges = {
-            c["key"]: [float(self.adata.obs[c["key"]].min()), float(self.adata.obs[c["key"]].max())]
-            for c in self.conditions_
-            if c["kind"] == "continuous"
-        }
-        return {"keys": discrete, "combinations": combinations, "ranges": ranges}
-
-    def check_conditions(self, conditions: Conditions, *, allow_unseen: bool = False) -> pd.DataFrame:
-        """Check conditions for :meth:`generate`; return them as a table, one row per condition.
-
-        Parameters
-        ----------
-        conditions
-            * a dict mapping every condition key (:attr:`condition_keys`) to a value, or to a list of
-              values (all lists of one length; single values are repeated), one condition per position;
-            * a DataFrame with one column per condition key and one row per condition;
-            * for a model with a single condition, a value or a list of values of it;
-            * ``None``: one unconditional condition.
-
-            ``None`` (or NaN) as a value leaves that condition out: the model's "none" embedding stands
-            in for it, which needs ``condition_dropout > 0`` in training.
-        allow_unseen
-            Allow conditions never seen in training: a combination of categories (and perturbations)
-            that no training cell had, or a continuous value outside the training range. The model
-            then extrapolates; by default they are refused.
-
-        Returns
-        -------
-        :class:`~pandas.DataFrame`
-            One row per condition, one column per condition key (:attr:`condition_keys`); ``None``
-            where a condition is left out.
-
-        Raises
-        ------
-        ValueError
-            A condition key is missing or unknown, a value is unknown (the message lists the known
-            ones), or a condition was never seen in training and ``allow_unseen`` is ``False``.
-        """
-        table = condition_table(conditions, self.condition_keys, missing="raise")
-        for condition in self.conditions_:
-            key, column = condition["key"], table[condition["key"]]
-            given = column[column.notna()]
-            if len(given) < len(column) and not self.module.condition_dropout:
-                raise ValueError(
-                    f"Condition {key!r} is left out (None) for some cells, but the model was trained with "
-                    "`condition_dropout=0`, so it never learned to generate without it. Give a value of "
-                    f"{key!r} for every condition, or train with `condition_dropout > 0`."
-                )
-            if condition["kind"] == "categorical":
-                unknown = sorted({str(v) for v in given if str(v) not in set(condition["values"])})
-                if unknown:
-                    raise ValueError(
-                        f"Unknown value(s) {unknown} of condition {key!r}; the model knows "
-                        f"{shown(condition['values'], limit=30)}.{did_you_mean(unknown[0], condition['values'])} "
-                        f"Pass `None` for {key!r} to generate without it."
-                    )
-            elif condition["kind"] == "continuous":
-                bad = [v for v in given if isinstance(v, bool) or not isinstance(v, Real) or not np.isfinite(v)]
-                if bad:
-                    raise ValueError(
-                        f"Condition {key!r} is continuous: its values must be finite numbers, not {bad[:5]}."
-                    )
-            else:
-                self._set_items([str(v) for v in given])
-        if not allow_unseen:
-            self._refuse_unseen(table)
-        return table
-
-    def _refuse_unseen(self, table: pd.DataFrame) -> None:
-        seen = self.seen_
-        for key, (low, high) in seen["ranges"].items():
-            outside = sorted({float(v) for v in table[key] if v is not None and not low <= float(v) <= high})
-            if outside:
-                raise ValueError(
-                    f"Condition {key!r} = {outside[:5]} lies outside the training range [{low:g}, {high:g}]: the model "
-                    "would extrapolate. Pass `allow_unseen=True` to generate anyway."
-                )
-        if not seen["keys"]:
-            return
-        observed = pd.DataFrame(seen["combinations"], columns=seen["keys"])
-        set_key = self._condition("set")["key"] if self._condition("set") else None
-        for _, row in table.iterrows():
-            given = {
-                k: (self._set_label(row[k]) if k == set_key else str(row[k]))
-                for k in seen["keys"]
-                if row[k] is not None
-            }
-            if not given:
-                continue
-            match = np.logical_and.reduce([observed[k].to_numpy() == v for k, v in given.items()])
-            if not match.any():
-                described = ", ".join(f"{k}={v!r}" for k, v in given.items())
-                raise ValueError(
-                    f"No training cell had {described}: the model would generate a condition it never saw, "
-                    "extrapolating from the separate embeddings. Pass `allow_unseen=True` to do that on purpose, or "
-                    "`None` for a condition to leave it out."
-                )
-
-    def _encode_conditions(self, table: pd.DataFrame) -> dict[str, torch.Tensor | None]:
-        """Module inputs for a checked condition table (one row per cell)."""
-        n = len(table)
-        categorical = [c for c in self.conditions_ if c["kind"] == "categorical"]
-        codes = np.zeros((n, len(categorical)), dtype=np.int64)
-        for i, c in enumerate(categorical):
-            index = {v: j for j, v in enumerate(c["values"])}
-            codes[:, i] = [len(c["values"]) if v is None else index[str(v)] for v in table[c["key"]]]
-        continuous = [c["key"] for c in self.conditions_ if c["kind"] == "continuous"]
-        values = np.array(
-            [[np.nan if v is None else float(v) for v in table[k]] for k in continuous], dtype=np.float32
-        ).T.reshape(n, len(continuous))
-        set_condition = self._condition("set")
-        items = set_none = None
-        if set_condition:
-            column = table[set_condition["key"]]
-            labels = [set_condition["control"] if v is None else str(v) for v in column]
-            items = torch.from_numpy(self._set_items(labels))
-            set_none = torch.tensor([v is None for v in column])
-        return {
-            "categorical": torch.from_numpy(codes),
-            "continuous": torch.from_numpy(values),
-            "set_items": items,
-            "set_none": set_none,
-        }
-
-    def _condition_vector(self, encoded: dict, rows: slice | None = None, *, none: bool = False) -> torch.Tensor:
-        part = {k: (v[rows] if v is not None and rows is not None else v) for k, v in encoded.items()}
-        n = len(part["categorical"])
-        device = self.device
-        part = {k: (v.to(device) if v is not None else None) for k, v in part.items()}
-        drop = torch.ones(n, self.module.conditions.n_keys, dtype=torch.bool, device=device) if none else None
-        return self.module.conditions(
-            n, part["categorical"], part["continuous"], part["set_items"], part["set_none"], drop
-        )
-
     # --- training --------------------------------------------------------------------------------
     def train(
         self,
@@ -494,7 +298,7 @@ class CellDiffusion(UnsupervisedTrainingMixin, BaseModelClass):
             Cells per minibatch.
         lr, weight_decay, warmup_fraction
             AdamW's peak learning rate and weight decay, and the warm-up fraction of each stage's
-            steps (then cosine decay), as in :class:`~bioformers.train.BioFormerTrainingPlan`.
+            steps (then cosine decay), as in :class:`~bioformers.train.WarmupCosineTrainingPlan`.
         accelerator, devices, precision, gradient_clip_val
             As in :meth:`bioformers.BioFormer.train`; ``precision=None`` uses bf16 autocast on CUDA and
             on CPUs with AMX/AVX512-BF16.
@@ -530,11 +334,7 @@ class CellDiffusion(UnsupervisedTrainingMixin, BaseModelClass):
         if schedule not in ("pretrain", "joint"):
             raise ValueError(f"`schedule` must be 'pretrain' or 'joint', not {schedule!r}.")
         n_obs = self.adata.n_obs
-        if n_obs < batch_size:
-            raise ValueError(
-                f"The AnnData has {n_obs} cells, fewer than one batch (batch_size={batch_size}). "
-                f"Pass `batch_size={max(n_obs // 2, 1)}` or smaller."
-            )
+        check_batch_size(n_obs, batch_size)
         default_autoencoder, default_diffusion = default_epochs(n_obs)
         max_epochs = max_epochs or default_diffusion
         autoencoder_epochs = (autoencoder_epochs or default_autoencoder) if schedule == "pretrain" else 0
@@ -708,92 +508,13 @@ class CellDiffusion(UnsupervisedTrainingMixin, BaseModelClass):
             parts.append(sparse.csr_matrix(self.module.decode_sample(z, generator).cpu().numpy()))
         return sparse.vstack(parts, format="csr").astype(np.float32)
 
-    # --- files -----------------------------------------------------------------------------------
-    def save(self, dir_path: str, *, overwrite: bool = False, save_anndata: bool = False) -> None:
-        """Save weights (safetensors) and settings (JSON) into ``dir_path``; nothing is pickled.
+    # --- files: SaveLoadMixin; what only this model records ------------------------------------
+    def _saved_attributes(self) -> dict:
+        return {"training_stages": self.training_stages_}
 
-        Parameters
-        ----------
-        dir_path
-            Directory to create.
-        overwrite
-            Replace an existing directory's model files.
-        save_anndata
-            Also write the training AnnData as ``adata.h5ad`` (then :meth:`load` needs no AnnData).
-
-        Raises
-        ------
-        FileExistsError
-            ``dir_path`` exists and ``overwrite`` is False.
-        """
-        if os.path.exists(dir_path) and not overwrite:
-            raise FileExistsError(f"{dir_path!r} already exists. Pass `overwrite=True` or choose another directory.")
-        os.makedirs(dir_path, exist_ok=True)
-        history = {name: [float(v) for v in frame.iloc[:, 0].dropna()] for name, frame in (self.history_ or {}).items()}
-        attributes = {
-            "version": package_version(),
-            "model_class": type(self).__name__,
-            "init_params": self.init_params_,
-            "registry": self.registry_,
-            "genes": self.genes_,
-            "binning": {},
-            "history": history,
-            "training_stages": self.training_stages_,
-        }
-        write_model(dir_path, self.module.state_dict(), attributes)
-        if save_anndata:
-            self.adata.write_h5ad(os.path.join(dir_path, SAVED_ANNDATA_FILE))
-
-    @classmethod
-    def load(cls, dir_path: str, adata: AnnData | None = None, *, accelerator: str = "cpu") -> CellDiffusion:
-        """Load a model written by :meth:`save`, with ``adata`` (the training data) registered as its AnnData.
-
-        Only ``model.safetensors`` and ``model.json`` are read, by parsers that cannot run code.
-
-        Parameters
-        ----------
-        dir_path
-            Directory written by :meth:`save`.
-        adata
-            The training data, or any AnnData with exactly the model's genes, in order, and the
-            registered ``obs`` columns; ``None`` reads ``adata.h5ad`` written by
-            ``save(..., save_anndata=True)``.
-        accelerator
-            ``"cpu"`` or ``"cuda"``.
-
-        Returns
-        -------
-        :class:`~bioformers.CellDiffusion`
-            The trained model; ``adata`` is registered with scvi-tools as in :meth:`setup_anndata`.
-
-        Examples
-        --------
-        >>> import os, tempfile
-        >>> import bioformers as bf
-        >>> adata = bf.datasets.synthetic(n_obs=200, n_vars=50)
-        >>> bf.CellDiffusion.setup_anndata(adata, categorical_covariate_keys=["cell_type"])
-        >>> model = bf.CellDiffusion(adata, n_tokens=4, token_dim=8, n_hidden=32, n_layers=1, n_encoder_hidden=64)
-        >>> model.train(max_epochs=1, autoencoder_epochs=1, batch_size=50)
-        >>> path = os.path.join(tempfile.mkdtemp(), "diffusion")
-        >>> model.save(path, save_anndata=True)
-        >>> loaded = bf.CellDiffusion.load(path)
-        >>> loaded.condition_keys, loaded.training_stages_
-        (['cell_type'], {'autoencoder': 1, 'diffusion': 1})
-        """
-        state_dict, attributes, adata, init = read_registered(cls, dir_path, adata)
-        model = cls(adata, **init)
-        check_state_dict(model.module.state_dict(), state_dict, dir_path)
-        model.module.load_state_dict(state_dict)
-        model.history_ = {
-            name: pd.DataFrame({name: values}, index=pd.RangeIndex(len(values), name="epoch"))
-            for name, values in attributes["history"].items()
-        }
-        model.training_stages_ = dict(attributes.get("training_stages", {}))
-        model.module.stage = "diffusion"
-        model.is_trained_ = True
-        model.to_device("cuda" if accelerator in ("cuda", "gpu") else "cpu")
-        model.module.eval()
-        return model
+    def _restore(self, attributes: dict) -> None:
+        self.training_stages_ = dict(attributes.get("training_stages", {}))
+        self.module.stage = "diffusion"
 
 
 def _key_list(keys: Sequence[str] | None, argument: str) -> list[str]:

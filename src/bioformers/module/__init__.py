@@ -3,5 +3,12 @@
 from ._bioformer import BioFormerModule, check_module_arguments
 from ._decoder import BioFormerDecoderModule
 from ._diffusion import CellDiffusionModule
+from ._perturbation import BioFormerPerturbationModule
 
-__all__ = ["BioFormerDecoderModule", "BioFormerModule", "CellDiffusionModule", "check_module_arguments"]
+__all__ = [
+    "BioFormerDecoderModule",
+    "BioFormerModule",
+    "BioFormerPerturbationModule",
+    "CellDiffusionModule",
+    "check_module_arguments",
+]

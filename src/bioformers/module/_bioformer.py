@@ -64,10 +64,6 @@ class BioFormerModule(BaseModuleClass):
     n_extra_genes
         Gene tokens beyond the measured genes: perturbation targets that were not measured. They
         have an identity embedding but never a value (their value is the MASK value).
-    n_external
-        Categories of the external token added to every position (0: no external tokens). For
-        perturbations: 0 = not perturbed, 1 = perturbed; more categories leave room for e.g.
-        knock-down vs over-expression.
     n_batch
         Number of batches (0: no batch token). Each batch gets a learned token that the output heads
         read (the expression decoder and the masked-gene head), never the cell encoder: batch effects
@@ -104,7 +100,6 @@ class BioFormerModule(BaseModuleClass):
         nonzero_ratio: float = 0.5,
         expression_weight: float = 10.0,
         n_extra_genes: int = 0,
-        n_external: int = 0,
         n_batch: int = 0,
         batch_adversarial_weight: float = 0.0,
     ):
@@ -144,28 +139,8 @@ class BioFormerModule(BaseModuleClass):
             self.batch_classifier = nn.Sequential(
                 nn.Linear(n_hidden, n_hidden), nn.GELU(), nn.Linear(n_hidden, n_batch)
             )
-        self.external_embedding = None
-        if n_external:
-            # perturbation response: log-normalised expression = control mean + a change decoded from CLS
-            # for every gene + one decoded from each measured gene's own token where it is in the sequence.
-            # Only built with external tokens: unused parameters would break DDP pretraining.
-            self.external_embedding = nn.Embedding(n_external, n_hidden)
-            self.register_buffer("control_mean", torch.zeros(n_genes))
-            self.response_cls_head = nn.Linear(n_hidden, n_genes)
-            self.response_token_head = nn.Sequential(nn.Linear(n_hidden, n_hidden), nn.GELU(), nn.Linear(n_hidden, 1))
-            # gene x perturbed-gene interaction: change_j = <Q h_j, K h_perturbed>, the transformer analogue of
-            # the linear model of Ahlmann-Eltze et al. (G W P^T): a held-out target acts through its representation
-            self.response_query = nn.Linear(n_hidden, n_hidden, bias=False)
-            self.response_key = nn.Linear(n_hidden, n_hidden, bias=False)
         self.apply(_init_weights)
         nn.init.normal_(self.cls_token, std=0.02)
-        if n_external:
-            # "not perturbed" adds nothing, so a pretrained network starts fine-tuning unchanged,
-            # and the response starts at "no change" (the control mean)
-            nn.init.zeros_(self.external_embedding.weight[0])
-            nn.init.zeros_(self.response_cls_head.weight)
-            nn.init.zeros_(self.response_token_head[-1].weight)
-            nn.init.zeros_(self.response_query.weight)
 
     # --- scvi-tools module protocol -------------------------------------------------------------
     def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict[str, torch.Tensor]:
@@ -271,20 +246,35 @@ class BioFormerModule(BaseModuleClass):
             extra["batch_loss"] = batch_per_cell.mean().detach()
         return LossOutput(loss=per_cell.mean(), reconstruction_loss=per_cell, extra_metrics=extra)
 
-    def sample(self, *args, **kwargs):
-        """Not available for the encoder-only model: generating cells needs the decoder-only variant.
+    @auto_move_data
+    def sample(
+        self, bins: torch.Tensor, gene_mask: torch.Tensor, *, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Draw the genes in ``gene_mask`` from the masked-modelling head, given the rest of each cell.
+
+        The encoder generates no cell from nothing (that is the decoder-only network's
+        :meth:`~bioformers.module.BioFormerDecoderModule.sample`); what it can sample is the value of
+        hidden genes given the visible ones, one draw per gene from its predicted bin distribution.
 
         Parameters
         ----------
-        *args, **kwargs
-            Ignored.
+        bins
+            Binned cells, ``(cells, n_genes)``.
+        gene_mask
+            True at the genes to draw, ``(cells, n_genes)``; at most ``max_seq_len - 1`` per cell.
+        generator
+            Source of randomness of the draws.
 
-        Raises
-        ------
-        NotImplementedError
-            Always; use :class:`~bioformers.module.BioFormerDecoderModule`.
+        Returns
+        -------
+        :class:`~torch.Tensor`
+            ``bins`` with the masked genes replaced by draws, ``(cells, n_genes)``.
         """
-        raise NotImplementedError("The encoder-only BioFormer does not generate cells.")
+        rows, columns, probs = self._masked_probabilities(bins.long(), gene_mask.bool())
+        drawn = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        sampled = bins.long().clone()
+        sampled[rows, columns] = drawn
+        return sampled
 
     # --- building blocks used by the model class ---------------------------------------------------
     def _visible_profile(self, bins, genes, values, mask) -> torch.Tensor:
@@ -320,7 +310,7 @@ class BioFormerModule(BaseModuleClass):
         profile
             The cell's visible binned profile over all genes, scaled to [0, 1], ``(cells, n_genes)``.
         external
-            Each position's external-token category, like ``genes``; ``None``: none.
+            Each position's external-token category, like ``genes`` (:meth:`external_tokens`); ``None``: none.
         padding_mask
             True at positions that are padding (no attention to them); ``None``: none.
         attention_layer
@@ -335,13 +325,26 @@ class BioFormerModule(BaseModuleClass):
         """
         tokens = self.gene_embedding(genes) + self.value_encoder(values, mask)
         if external is not None:
-            if self.external_embedding is None:
-                raise ValueError("This network has no external tokens (it was built with `n_external=0`).")
-            tokens = tokens + self.external_embedding(external)
+            tokens = tokens + self.external_tokens(external)
         cls = (self.cls_token + self.profile_encoder(profile)).to(tokens.dtype).unsqueeze(1)
         if padding_mask is not None:
             padding_mask = torch.cat([padding_mask.new_zeros(padding_mask.shape[0], 1), padding_mask], dim=1)
         return self.encoder(torch.cat([cls, tokens], dim=1), padding_mask, attention_layer=attention_layer)
+
+    def external_tokens(self, external: torch.Tensor) -> torch.Tensor:
+        """Embedding of each position's external-token category; only networks with external tokens have them.
+
+        Parameters
+        ----------
+        external
+            Categories, ``(cells, length)``.
+
+        Raises
+        ------
+        ValueError
+            Always here; :class:`~bioformers.module.BioFormerPerturbationModule` has external tokens.
+        """
+        raise ValueError("This network has no external tokens: use `BioFormerPerturbationModule` for perturbations.")
 
     def batch_token(self, batch_index: torch.Tensor | None, n_cells: int, dtype: torch.dtype) -> torch.Tensor | None:
         """Each cell's batch token, ``(cells, n_hidden)``; the mean token when the batch is not given.
@@ -465,123 +468,25 @@ class BioFormerModule(BaseModuleClass):
         best : :class:`~torch.Tensor`
             Most likely bin, ``(cells, n_genes)``; -1 where not masked.
         """
-        bins, gene_mask = bins.long(), gene_mask.bool()
+        bins = bins.long()
+        rows, columns, probs = self._masked_probabilities(bins, gene_mask.bool())
+        expected = torch.full(bins.shape, float("nan"), device=bins.device)
+        best = torch.full(bins.shape, -1, dtype=torch.long, device=bins.device)
+        expected[rows, columns] = (probs * torch.arange(self.n_bins, device=bins.device)).sum(dim=-1)
+        best[rows, columns] = probs.argmax(dim=-1)
+        return expected, best
+
+    def _masked_probabilities(
+        self, bins: torch.Tensor, gene_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Cell and gene index of every masked gene and its predicted bin distribution ``(masked, n_bins)``."""
         genes, values = select_genes(bins, self.max_seq_len - 1, random=False, include=gene_mask)
         mask = gene_mask.gather(1, genes)
         hidden, _ = self.encode(genes, values, mask, profile=self._visible_profile(bins, genes, values, mask))
         batch = self.batch_token(None, len(bins), hidden.dtype)
         probs = self.predict_bins(hidden[:, 1:], batch)[mask].float().softmax(dim=-1)
-        rows, cols = mask.nonzero(as_tuple=True)
-        expected = torch.full(bins.shape, float("nan"), device=bins.device)
-        best = torch.full(bins.shape, -1, dtype=torch.long, device=bins.device)
-        expected[rows, genes[rows, cols]] = (probs * torch.arange(self.n_bins, device=bins.device)).sum(dim=-1)
-        best[rows, genes[rows, cols]] = probs.argmax(dim=-1)
-        return expected, best
-
-    # --- perturbation response -------------------------------------------------------------------
-    def perturbation_tokens(
-        self, bins: torch.Tensor, targets: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The sequence of control cells whose ``targets`` are perturbed.
-
-        A measured target is always in the sequence (its position is never dropped) and carries
-        external token 1 on top of its control value; an unmeasured target is an extra token at the
-        end with no value (MASK) and external token 1. Slots without an unmeasured target are padding.
-
-        Parameters
-        ----------
-        bins
-            Binned control cells, ``(cells, n_genes)``.
-        targets
-            Vocabulary indices ``(cells, slots)``, -1 for an empty slot.
-
-        Returns
-        -------
-        tuple of :class:`~torch.Tensor`
-            Genes, values, value mask (True: no value), external tokens and padding mask, each
-            ``(cells, length)``.
-        """
-        n_genes = bins.shape[1]
-        measured = (targets >= 0) & (targets < n_genes)
-        # scatter_add of 0/1 flags, not index assignment: no data-dependent shapes
-        perturbed = (
-            torch.zeros(bins.shape, device=bins.device).scatter_add(
-                1, torch.where(measured, targets, 0), measured.float()
-            )
-            > 0
-        )
-        genes, values = select_genes(
-            bins, self.max_seq_len - 1 - targets.shape[1], random=self.training, include=perturbed
-        )
-        sequence = torch.zeros_like(genes, dtype=torch.bool)
-        extra = targets >= n_genes
-        return (
-            torch.cat([genes, torch.where(extra, targets, 0)], dim=1),
-            torch.cat([values, torch.zeros_like(targets)], dim=1),
-            torch.cat([sequence, extra], dim=1),
-            torch.cat([perturbed.gather(1, genes), extra], dim=1).long(),
-            torch.cat([sequence, ~extra], dim=1),
-        )
-
-    @auto_move_data
-    def predict_response(self, bins: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Log-normalised expression of each control cell after perturbing its ``targets``, ``(cells, n_genes)``.
-
-        The prediction is the control mean plus a change decoded from CLS for every gene, plus, for
-        measured genes in the sequence, a change decoded from the gene's own token (which attends to
-        the perturbed tokens) and a bilinear interaction of that token with the mean state of the
-        perturbed tokens.
-
-        Parameters
-        ----------
-        bins
-            Binned control cells, ``(cells, n_genes)``.
-        targets
-            Vocabulary indices ``(cells, slots)``, -1 for an empty slot (see :meth:`perturbation_tokens`).
-
-        Returns
-        -------
-        :class:`~torch.Tensor`
-            ``(cells, n_genes)``.
-        """
-        bins = bins.long()
-        genes, values, no_value, external, padding = self.perturbation_tokens(bins, targets)
-        hidden, _ = self.encode(
-            genes,
-            values,
-            no_value,
-            profile=self._visible_profile(bins, genes, values, None),
-            external=external,
-            padding_mask=padding,
-        )
-        change = self.response_cls_head(hidden[:, 0]).float()
-        tokens = hidden[:, 1:]
-        marked = (external > 0).to(tokens.dtype)
-        perturbed_state = (tokens * marked[..., None]).sum(dim=1) / marked.sum(dim=1, keepdim=True).clamp(min=1)
-        interaction = (self.response_query(tokens) * self.response_key(perturbed_state)[:, None]).sum(dim=-1)
-        token_change = (self.response_token_head(tokens).squeeze(-1) + interaction).float()
-        measured = (genes < self.n_genes) & ~padding
-        change = change.scatter_add(1, torch.where(measured, genes, 0), torch.where(measured, token_change, 0.0))
-        return self.control_mean + change
-
-    def response_loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
-        """Weighted mean squared error of :meth:`predict_response` against the perturbed cells' expression.
-
-        Parameters
-        ----------
-        batch
-            ``bins`` (control cells), ``targets``, ``expression`` (the paired perturbed cells,
-            log-normalised) and ``weight`` (per gene; larger on each perturbation's responding genes).
-
-        Returns
-        -------
-        :class:`~scvi.module.base.LossOutput`
-            The loss per cell and its mean.
-        """
-        predicted = self.predict_response(batch["bins"], batch["targets"])
-        weight = batch["weight"].float()
-        per_cell = ((predicted - batch["expression"].float()).pow(2) * weight).sum(dim=1) / weight.sum(dim=1)
-        return LossOutput(loss=per_cell.mean(), reconstruction_loss=per_cell)
+        rows, positions = mask.nonzero(as_tuple=True)
+        return rows, genes[rows, positions], probs
 
     @auto_move_data
     def attention(self, bins: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy as copy_module
+from contextlib import ExitStack
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -13,19 +14,17 @@ from scipy import sparse
 from sklearn.model_selection import train_test_split
 
 from .._keys import DEFAULT_KEY, Keys
-from .._private import forget
 from .._record import params_record
 from .._validation import check_anndata, did_you_mean, shown
-from ..model import BioFormer
+from ..model import BioFormer, BioFormerDecoder
 from ..pp._genes import DEFAULT_MIN_GENE_COVERAGE
 from ..train import default_precision
 from ..train._annotate import fit_classifier
-from ._pretrain import query_anndata, query_binning
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
-    from ..pp._genes import GeneAlignment
+    from ..model.base import Query
 
 #: Training settings of each ``fine_tune`` mode when not given: (max_epochs, head learning rate).
 DEFAULTS = {"head": (100, 1e-2), "all": (10, 1e-4)}
@@ -174,11 +173,9 @@ def annotate(
     validation = _validation_mask(codes[labelled], len(classes), validation_size, seed)
 
     genes_ref = model.align_genes(adata, gene_symbols=gene_symbols, min_gene_coverage=min_gene_coverage)
-    bin_ref = query_binning(adata, model, layer, genes=genes_ref)
-    genes_query, bin_query = genes_ref, bin_ref
+    genes_query = genes_ref
     if query is not None:
         genes_query = model.align_genes(query, gene_symbols=gene_symbols, min_gene_coverage=min_gene_coverage)
-        bin_query = query_binning(query, model, layer, copy=copy, genes=genes_query)
     precision = train_kwargs.pop("precision", None)
     accelerator = train_kwargs.pop("accelerator", "auto")
     common = {
@@ -196,15 +193,14 @@ def annotate(
     all_precision = precision or default_precision(accelerator)
     head_epochs, head_lr = (max_epochs, lr) if fine_tune == "head" else DEFAULTS["head"]
 
-    work_ref = query_anndata(adata, model, layer)
-    work_query = work_ref if query is None else query_anndata(query, model, layer)
-    try:
-        bin_ref(work_ref)
+    with ExitStack() as stack:
+        reference_cells = stack.enter_context(model.prepare_query(adata, layer=layer, genes=genes_ref))
+        query_cells = reference_cells
         if query is not None:
-            bin_query(work_query)
+            query_cells = stack.enter_context(model.prepare_query(query, layer=layer, copy=copy, genes=genes_query))
         same = query is None
         embedding = model.get_latent_representation(
-            work_ref, indices=None if same else labelled, genes=genes_ref, counts_layer=layer
+            reference_cells.adata, indices=None if same else labelled, genes=genes_ref, counts_layer=layer
         )
         plan = fit_classifier(
             embedding[labelled] if same else embedding,
@@ -222,12 +218,12 @@ def annotate(
             query_cls = (
                 embedding
                 if same
-                else model.get_latent_representation(work_query, genes=genes_query, counts_layer=layer)
+                else model.get_latent_representation(query_cells.adata, genes=genes_query, counts_layer=layer)
             )
         else:
             # linear probe, then fine-tuning from it (LP-FT): a random head would first pull the encoder off course
             history = {f"head_{name}": values for name, values in history.items()}
-            bins = _binned(model, work_ref, genes_ref, layer, labelled, batch_size)
+            bins = _binned(reference_cells, labelled, batch_size)
             plan = fit_classifier(
                 bins,
                 codes[labelled],
@@ -241,11 +237,8 @@ def annotate(
                 **common,
             )
             history |= {name: np.asarray(values, dtype=np.float64) for name, values in plan.history.items()}
-            query_cls = _encoded(plan.encoder, model, work_query, genes_query, layer, batch_size)
+            query_cls = _encoded(plan.encoder, model, query_cells, batch_size)
         probabilities = _softmax(plan.head, query_cls)
-    finally:
-        forget(model, work_ref)
-        forget(model, work_query)
 
     record = {
         "params": params_record(
@@ -289,7 +282,7 @@ def annotate(
 
 
 def _check_model(model: BioFormer) -> None:
-    if not isinstance(model, BioFormer):
+    if not isinstance(model, BioFormer | BioFormerDecoder):
         raise TypeError(
             f"`model` must be a trained bf.BioFormer (from `bf.tl.pretrain` or `bf.BioFormer.load`), not "
             f"{type(model).__name__}."
@@ -371,18 +364,18 @@ def _softmax(head: torch.nn.Module, cls: np.ndarray | torch.Tensor) -> np.ndarra
         return head(torch.as_tensor(cls).float().cpu()).softmax(dim=1).numpy()
 
 
-def _binned(model: BioFormer, work: AnnData, genes: GeneAlignment, layer, indices, batch_size) -> sparse.csr_matrix:
+def _binned(query: Query, indices, batch_size) -> sparse.csr_matrix:
     """Binned cells as the model reads them (model genes, model binning), gathered as one sparse matrix."""
-    batches = model._batches(work, indices, batch_size, genes=genes, counts_layer=layer)
+    batches = query.batches(indices, batch_size=batch_size)
     return sparse.vstack([sparse.csr_matrix(bins.cpu().numpy()) for bins in batches], format="csr")
 
 
 @torch.inference_mode()
-def _encoded(encoder, model: BioFormer, work: AnnData, genes: GeneAlignment, layer, batch_size) -> torch.Tensor:
-    """CLS states of every cell of ``work`` from a fine-tuned copy of the model's network."""
+def _encoded(encoder, model: BioFormer, query: Query, batch_size) -> torch.Tensor:
+    """CLS states of every cell of the query from a fine-tuned copy of the model's network."""
     encoder = encoder.to(model.device).eval()
     chunks = []
-    with model._inference_context():
-        for bins in model._batches(work, None, batch_size, genes=genes, counts_layer=layer):
+    with model.inference_context():
+        for bins in query.batches(batch_size=batch_size):
             chunks.append(encoder.embed(bins).float().cpu())
     return torch.cat(chunks)

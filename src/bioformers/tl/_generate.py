@@ -14,6 +14,7 @@ from .._conditions import Conditions, condition_table
 from .._keys import DEFAULT_KEY, Keys
 from .._record import params_record
 from ..pp._binning import bin_centers
+from ._models import require_decoder
 
 if TYPE_CHECKING:
     from ..model import BioFormer, CellDiffusion
@@ -152,7 +153,7 @@ def generate(
             batch_size=batch_size,
             keys=keys,
         )
-    model.require_decoder("`bf.tl.generate`")
+    require_decoder(model, "`bf.tl.generate`")
     diffusion_only = {"n_steps": n_steps, "guidance": guidance, "eta": eta, "allow_unseen": allow_unseen or None}
     _refuse_other_model_arguments(diffusion_only, "a CellDiffusion")
     args = model.registry_["setup_args"]

@@ -11,12 +11,11 @@ import scanpy as sc
 from scanpy import logging as logg
 
 from .._keys import DEFAULT_KEY, Keys
-from .._private import forget
 from .._record import params_record
 from .._validation import check_anndata, check_n_groups, check_obs_key, did_you_mean, shown
 from ..pp._binning import bin_centers
 from ..pp._genes import DEFAULT_MIN_GENE_COVERAGE
-from ._pretrain import query_anndata, query_binning, write_query_binning
+from ._models import require_encoder
 
 if TYPE_CHECKING:
     from ..model import BioFormer
@@ -114,22 +113,18 @@ def predict(
     """
     keys = Keys(key_added)
     check_anndata(adata, copy=copy, backed=True)
+    require_encoder(model, "Predicting expression")
     model.check_prediction_args(mask_ratio=mask_ratio)
     genes = model.align_genes(adata, gene_symbols=gene_symbols, min_gene_coverage=min_gene_coverage)
-    bin_if_needed = query_binning(adata, model, layer, copy=copy, genes=genes)
-    work = query_anndata(adata, model, layer)
-    try:
-        bin_if_needed(work)
+    with model.prepare_query(adata, layer=layer, copy=copy, genes=genes) as query:
         expected, best = model.get_predicted_bins(
-            work,
+            query.adata,
             mask_ratio=mask_ratio,
             batch_size=batch_size,
             genes=genes,
             counts_layer=layer,
             chunk_size=chunk_size,
         )
-    finally:
-        forget(model, work)
     centers = bin_centers(model.binning_, model.module.n_bins)
     if centers is not None:
         expected = np.interp(expected, np.arange(centers.size), centers)
@@ -147,7 +142,7 @@ def predict(
         )
     }
     adata = adata.copy() if copy else adata
-    write_query_binning(adata, work, model)
+    query.write_binning(adata)
     adata.layers[keys.predicted] = expected.astype(np.float32)
     adata.layers[keys.predicted_bins] = best.astype(np.int16)
     adata.uns[keys.predicted] = record
@@ -245,11 +240,11 @@ def attention_grn(
     """
     keys = Keys(key_added)
     check_anndata(adata, copy=copy, backed=True)
+    require_encoder(model, "Reading attention")
     model.check_prediction_args(layer=layer)
     if n_cells is not None and n_cells < 1:
         raise ValueError(f"`n_cells` must be a positive number of cells or None, not {n_cells}.")
     groups = _groups(adata, groupby, max_groups=max_groups) if groupby is not None else {}
-    bin_if_needed = query_binning(adata, model, layer=None, copy=copy)
     rng = np.random.default_rng(seed)
 
     def subsample(cells: np.ndarray) -> np.ndarray:
@@ -258,14 +253,10 @@ def attention_grn(
     chosen = subsample(np.arange(adata.n_obs))
     group_cells = {group: subsample(cells) for group, cells in groups.items()}
 
-    work = query_anndata(adata, model, None)
-    try:
-        bin_if_needed(work)
+    with model.prepare_query(adata, copy=copy) as query:
         kwargs = {"layer": layer, "keep_heads": keep_heads, "batch_size": batch_size}
-        overall = model.get_attention(work, indices=chosen, **kwargs)
-        per_group = {group: model.get_attention(work, indices=cells, **kwargs) for group, cells in group_cells.items()}
-    finally:
-        forget(model, work)
+        overall = model.get_attention(query.adata, indices=chosen, **kwargs)
+        per_group = {g: model.get_attention(query.adata, indices=cells, **kwargs) for g, cells in group_cells.items()}
     received = overall.mean(axis=-1) if keep_heads else overall
     record = {
         "params": params_record(
@@ -280,7 +271,7 @@ def attention_grn(
     }
 
     adata = adata.copy() if copy else adata
-    write_query_binning(adata, work, model)
+    query.write_binning(adata)
     adata.varp[keys.attention] = overall
     for group, matrix in per_group.items():
         adata.varp[keys.attention_group(group)] = matrix

@@ -17,7 +17,6 @@ from .._keys import DEFAULT_KEY, Keys
 from .._private import forget
 from .._record import params_record
 from .._validation import check_anndata, check_obs_key, did_you_mean, shown
-from ._pretrain import query_anndata, query_binning, write_query_binning
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -175,14 +174,12 @@ def in_silico_perturb(
     if isinstance(n_random, bool) or not isinstance(n_random, int | np.integer) or n_random < 0:
         raise ValueError(f"`n_random` must be a whole number >= 0 (0: no random-gene baseline), not {n_random!r}.")
     chosen, target_cells, groups = _cells(adata, groupby=groupby, groups=groups, target=target, cells=cells)
-    bin_if_needed = query_binning(adata, model, layer, copy=copy)
     binned_layer = model.registry_["setup_args"]["layer"]
     top = int(model.module.n_bins) - 1
     value = 0 if mode == "delete" else top
 
-    work = query_anndata(adata, model, layer)
-    try:
-        bin_if_needed(work)
+    with model.prepare_query(adata, layer=layer, copy=copy) as query:
+        work = query.adata
         binned = sparse.csr_matrix(work.layers[binned_layer])
         frequency = _frequency(binned[chosen])
         gene_index = pd.Index(model.genes_).get_indexer(names)
@@ -205,8 +202,6 @@ def in_silico_perturb(
             batch_size=batch_size,
         )
         logg.info("    finished", time=start)
-    finally:
-        forget(model, work)
 
     table = _summary(shift, toward, frequency, all_genes, model.genes_, n_genes=len(names))
     random_table = table.iloc[len(names) :].copy()
@@ -237,7 +232,7 @@ def in_silico_perturb(
         record["random"] = random_table
 
     adata = adata.copy() if copy else adata
-    write_query_binning(adata, work, model)
+    query.write_binning(adata)
     adata.obsm[keys.in_silico_shift] = pd.DataFrame(shift[:, : len(names)], index=adata.obs_names.copy(), columns=names)
     written = f"added\n    'obsm[{keys.in_silico_shift!r}]', embedding shift per cell and gene"
     if toward is not None:

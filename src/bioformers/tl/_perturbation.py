@@ -29,6 +29,7 @@ from ..model import BioFormer
 from ..module import check_module_arguments
 from ..pp._binning import BINNING_ARGS, bin_matrix
 from ..pp._rank import bin_as_recorded
+from ._models import require_encoder
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -159,7 +160,7 @@ def train_perturbation(
     check_counts(counts, where=matrix_name(layer), require_integer=binning.get("method", "value") == "value")
     _check_group_sizes(labels, min_cells)
     if model is not None:
-        model.require_encoder("Perturbation fine-tuning")
+        require_encoder(model, "Perturbation fine-tuning")
         model.check_genes(adata)
         architecture = _architecture(model)
         architecture["max_seq_len"] = max_seq_len or architecture["max_seq_len"]

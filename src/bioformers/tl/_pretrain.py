@@ -4,36 +4,34 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-import pandas as pd
 import scvi
 from scanpy import logging as logg
 
 from .._keys import DEFAULT_KEY, Keys
-from .._private import forget, private_anndata, registered_columns
+from .._private import private_anndata
 from .._record import params_record
 from .._validation import (
     check_anndata,
-    check_backed_writable,
+    check_batch_size,
     check_counts,
     check_obs_key,
     get_matrix,
     matrix_name,
     warn_genes_without_counts,
 )
-from ..model import BioFormer
+from ..model import BioFormer, BioFormerDecoder
 from ..module import check_module_arguments
 from ..pp import bin as bin_values
 from ..pp import rank as rank_values
-from ..pp._binning import BINNING_ARGS
 from ..pp._genes import DEFAULT_MIN_GENE_COVERAGE
-from ..pp._rank import DEFAULT_N_RANKS, bin_as_recorded
+from ..pp._rank import DEFAULT_N_RANKS
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from anndata import AnnData
 
-    from ..pp._genes import GeneAlignment
+
+#: The model class of each ``architecture``.
+MODEL_CLASSES = {"encoder": BioFormer, "decoder": BioFormerDecoder}
 
 
 def pretrain(
@@ -59,7 +57,7 @@ def pretrain(
     seed: int = 0,
     key_added: str = DEFAULT_KEY,
     **train_kwargs,
-) -> BioFormer:
+) -> BioFormer | BioFormerDecoder:
     """Train a BioFormer on ``adata`` and write its cell embedding into it.
 
     Bins the counts if ``layers["<key_added>_binned"]`` is missing, registers the AnnData, trains,
@@ -106,7 +104,8 @@ def pretrain(
     architecture
         ``"encoder"`` (masked gene modelling, CLS embedding) or ``"decoder"`` (causal, next-gene
         objective over genes in descending order of value; generates cells with
-        :func:`bioformers.tl.generate`). See :class:`bioformers.BioFormer`.
+        :func:`bioformers.tl.generate`). Picks the model class: :class:`bioformers.BioFormer` or
+        :class:`bioformers.BioFormerDecoder`.
     batch_adversarial_weight
         Encoder with ``batch_key``: weight of an adversarial batch classifier on the embedding (0: off;
         see :class:`bioformers.BioFormer`).
@@ -131,9 +130,9 @@ def pretrain(
 
     Returns
     -------
-    :class:`~bioformers.BioFormer`
-        The trained model. Sets the following fields of ``adata`` (``bioformers`` in the names is
-        ``key_added``):
+    :class:`~bioformers.BioFormer` or :class:`~bioformers.BioFormerDecoder`
+        The trained model (the decoder for ``architecture="decoder"``). Sets the following fields of
+        ``adata`` (``bioformers`` in the names is ``key_added``):
 
         ``adata.obsm['X_bioformers']`` : :class:`~numpy.ndarray` ``float32`` (n_obs, n_hidden)
             The CLS cell embedding.
@@ -168,25 +167,19 @@ def pretrain(
         if binning not in ("value", "segment", "rank"):
             raise ValueError(f"`binning` must be 'value', 'segment' or 'rank', not {binning!r}.")
         check_counts(get_matrix(adata, layer), where=matrix_name(layer), require_integer=binning == "value")
-    if architecture not in ("encoder", "decoder"):
+    if architecture not in MODEL_CLASSES:
         raise ValueError(f"`architecture` must be 'encoder' or 'decoder', not {architecture!r}.")
     if batch_adversarial_weight < 0:
         raise ValueError(f"`batch_adversarial_weight` must be >= 0, not {batch_adversarial_weight}.")
-    sizes = {
-        "n_hidden": n_hidden,
-        "n_layers": n_layers,
-        "n_heads": n_heads,
-        "max_seq_len": max_seq_len,
-        "value_encoder": value_encoder,
-        "mask_ratio": mask_ratio,
-        "nonzero_ratio": nonzero_ratio,
-    }
-    check_module_arguments(**sizes)
-    if adata.n_obs < batch_size:
-        raise ValueError(
-            f"The AnnData has {adata.n_obs} cells, fewer than one batch (batch_size={batch_size}). "
-            f"Pass `batch_size={max(adata.n_obs // 2, 1)}` or smaller."
-        )
+    sizes = {"n_hidden": n_hidden, "n_layers": n_layers, "n_heads": n_heads, "max_seq_len": max_seq_len}
+    sizes["value_encoder"] = value_encoder
+    objective = {"mask_ratio": mask_ratio, "nonzero_ratio": nonzero_ratio}
+    check_module_arguments(**sizes, **objective)
+    if architecture == "encoder":  # the decoder's objective (next gene) has no masking
+        objective["batch_adversarial_weight"] = batch_adversarial_weight
+    else:
+        objective = {}
+    check_batch_size(adata.n_obs, batch_size)
 
     scvi.settings.seed = seed
     work = private_anndata(adata, obs=[batch_key, labels_key], layers=[keys.binned, layer], uns=[keys.binned])
@@ -195,8 +188,9 @@ def pretrain(
     elif must_bin:
         bin_values(work, method=binning, n_bins=n_bins, layer=layer, key_added=key_added)
     warn_genes_without_counts(work.layers[keys.binned], where=matrix_name(layer if must_bin else keys.binned))
-    BioFormer.setup_anndata(work, layer=keys.binned, batch_key=batch_key, labels_key=labels_key)
-    model = BioFormer(work, **sizes, architecture=architecture, batch_adversarial_weight=batch_adversarial_weight)
+    model_cls = MODEL_CLASSES[architecture]
+    model_cls.setup_anndata(work, layer=keys.binned, batch_key=batch_key, labels_key=labels_key)
+    model = model_cls(work, **sizes, **objective)
     model.train(max_epochs=max_epochs, batch_size=batch_size, lr=lr, **train_kwargs)
     binned = (work.layers[keys.binned], work.uns[keys.binned]) if must_bin else None
     if not model.is_global_zero:
@@ -213,6 +207,8 @@ def pretrain(
             binning=binning,
             n_bins=n_bins,
             **sizes,
+            mask_ratio=mask_ratio,
+            nonzero_ratio=nonzero_ratio,
             architecture=architecture,
             batch_adversarial_weight=batch_adversarial_weight,
             max_epochs=len(model.loss_history()["train_loss"]),
@@ -234,87 +230,6 @@ def _write_binned(adata: AnnData, key: str, binned: tuple | None) -> None:
     """Write the binned layer and its record, computed on a private AnnData (nothing when it was not binned)."""
     if binned is not None:
         adata.layers[key], adata.uns[key] = binned
-
-
-def query_binning(
-    adata: AnnData,
-    model: BioFormer,
-    layer: str | None,
-    *,
-    copy: bool = False,
-    genes: GeneAlignment | None = None,
-) -> Callable[[AnnData], None]:
-    """Check ``adata`` against ``model`` and return the step that bins it like the training data.
-
-    Everything is checked here, before the caller writes anything; the returned function bins
-    into the layer the model reads (``"bioformers_binned"`` by default) when that layer is missing,
-    and does nothing otherwise. Value binning scales cells to the training data's ``target_sum``
-    (to the query's own mean total for models trained before it was recorded). A backed AnnData is
-    never binned whole: the model reads and bins it in chunks (its counts are checked chunk by chunk).
-
-    ``genes`` is the query's alignment to the model's genes (:meth:`bioformers.BioFormer.align_genes`);
-    `None` requires exactly the model's genes. A query with other genes is not binned into a layer
-    either: its bins depend on the model's genes (cells' totals are summed over them), so the model
-    reads its counts rearranged into the model's genes and bins them chunk by chunk; here the counts
-    of the model's genes are checked.
-    """
-    check_backed_writable(adata, copy=copy)
-    if genes is None:
-        model.check_genes(adata)
-    # the model reads the layer it was set up with, whatever the caller's key_added
-    binned_layer = model.registry_["setup_args"]["layer"]
-    if binned_layer in adata.layers or adata.isbacked:
-        return lambda adata: None
-    binning = {k: model.binning_[k] for k in BINNING_ARGS if k in model.binning_}
-    normalize = binning.get("normalize", True) and binning.get("method", "value") == "value"
-    if genes is not None and not genes.is_identity:
-        counts, where = get_matrix(adata, layer), matrix_name(layer)
-        aligned = genes.take(counts)
-        genes.check_cells(counts, aligned, where=where)
-        check_counts(aligned, where=f"{where} (the model's genes)", require_integer=bool(normalize))
-        return lambda adata: None
-    if not binned_layer.endswith("_binned"):
-        raise KeyError(
-            f"The model reads binned values from `layers[{binned_layer!r}]`, which this AnnData lacks. "
-            f"Bin it the way the training data was binned ({binning}) into that layer first."
-        )
-    check_counts(
-        get_matrix(adata, layer),
-        where=f"adata.layers[{layer!r}]" if layer else "adata.X",
-        require_integer=bool(normalize),
-    )
-    return lambda adata: bin_as_recorded(adata, binning, layer=layer, key_added=binned_layer.removesuffix("_binned"))
-
-
-def query_anndata(adata: AnnData, model: BioFormer, layer: str | None) -> AnnData:
-    """Where a tool bins and reads a query: a private AnnData sharing ``adata``'s matrices.
-
-    scvi-tools' registration and the binned layer land in it, not in ``adata``; a backed ``adata`` is
-    itself returned, as the model streams it without registering or writing anything.
-
-    Cell embeddings and predictions never read the batch or label of a cell, but scvi-tools'
-    registration wants the columns the model was set up with, with known values. So a query without
-    them, or from a batch the model never saw, gets a placeholder (the first known value) in the
-    private AnnData.
-    """
-    if adata.isbacked:
-        return adata
-    binned_layer = model.registry_["setup_args"]["layer"]
-    work = private_anndata(adata, obs=registered_columns(model), layers=[binned_layer, layer], uns=[binned_layer])
-    for kind in ("batch", "labels"):
-        key = model.registry_["setup_args"].get(f"{kind}_key")
-        known = model.condition_categories(kind)
-        if key is not None and (key not in work.obs or not work.obs[key].astype(str).isin(known).all()):
-            work.obs[key] = pd.Categorical([known[0]] * work.n_obs, categories=known)
-    return work
-
-
-def write_query_binning(adata: AnnData, work: AnnData, model: BioFormer) -> None:
-    """Write the binned layer and its record that :func:`query_binning`'s step added to ``work``, if it binned."""
-    binned_layer = model.registry_["setup_args"]["layer"]
-    if work is not adata and binned_layer not in adata.layers and binned_layer in work.layers:
-        adata.layers[binned_layer] = work.layers[binned_layer]
-        adata.uns[binned_layer] = work.uns[binned_layer]
 
 
 def embed(
@@ -414,17 +329,12 @@ def embed(
     keys = Keys(key_added)
     check_anndata(adata, copy=copy, backed=True)
     genes = model.align_genes(adata, gene_symbols=gene_symbols, min_gene_coverage=min_gene_coverage)
-    bin_if_needed = query_binning(adata, model, layer, copy=copy, genes=genes)
-    work = query_anndata(adata, model, layer)
-    try:
-        bin_if_needed(work)
+    with model.prepare_query(adata, layer=layer, copy=copy, genes=genes) as query:
         embedding = model.get_latent_representation(
-            work, batch_size=batch_size, genes=genes, counts_layer=layer, chunk_size=chunk_size
+            query.adata, batch_size=batch_size, genes=genes, counts_layer=layer, chunk_size=chunk_size
         )
-    finally:
-        forget(model, work)
     adata = adata.copy() if copy else adata
-    write_query_binning(adata, work, model)
+    query.write_binning(adata)
     adata.obsm[keys.embedding] = embedding
     logg.info(f"added\n    'obsm[{keys.embedding!r}]', cell embeddings")
     return adata if copy else None

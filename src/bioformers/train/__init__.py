@@ -2,16 +2,16 @@
 
 from ._checkpoint import CHECKPOINT_JSON, CHECKPOINT_TENSORS, SafeCheckpointIO, find_checkpoint, read_checkpoint
 from ._guard import NonFiniteLossError, TrainingSession
-from ._plan import BioFormerTrainingPlan, PerturbationTrainingPlan, default_precision
+from ._plan import PerturbationTrainingPlan, WarmupCosineTrainingPlan, default_precision
 
 __all__ = [
     "CHECKPOINT_JSON",
     "CHECKPOINT_TENSORS",
-    "BioFormerTrainingPlan",
     "NonFiniteLossError",
     "PerturbationTrainingPlan",
     "SafeCheckpointIO",
     "TrainingSession",
+    "WarmupCosineTrainingPlan",
     "default_precision",
     "find_checkpoint",
     "read_checkpoint",

@@ -9,13 +9,13 @@ import torch
 from scvi.train import TrainingPlan
 
 
-class BioFormerTrainingPlan(TrainingPlan):
+class WarmupCosineTrainingPlan(TrainingPlan):
     """scvi-tools' :class:`~scvi.train.TrainingPlan` with a transformer schedule.
 
     Parameters
     ----------
     module
-        The :class:`~bioformers.module.BioFormerModule`.
+        The network (any of :mod:`bioformers.module`).
     lr
         Peak learning rate, reached after warm-up.
     weight_decay
@@ -38,7 +38,7 @@ class BioFormerTrainingPlan(TrainingPlan):
     >>> model = bf.BioFormer(adata, n_hidden=16, n_layers=1, n_heads=2)
     >>> model.train(max_epochs=1, batch_size=32, plan_kwargs={"min_lr_ratio": 0.1})
     >>> type(model.trainer.lightning_module).__name__, model.trainer.lightning_module.min_lr_ratio
-    ('BioFormerTrainingPlan', 0.1)
+    ('WarmupCosineTrainingPlan', 0.1)
     """
 
     def __init__(
@@ -147,7 +147,7 @@ def default_precision(accelerator: str = "auto") -> str:
     return "bf16-mixed" if _cpu_has_fast_bf16() else "32-true"
 
 
-class PerturbationTrainingPlan(BioFormerTrainingPlan):
+class PerturbationTrainingPlan(WarmupCosineTrainingPlan):
     """The same optimiser and schedule, on the perturbation-response loss.
 
     Batches come from :class:`~bioformers.data.PerturbationPairs`;
@@ -157,9 +157,9 @@ class PerturbationTrainingPlan(BioFormerTrainingPlan):
     Parameters
     ----------
     module
-        The :class:`~bioformers.module.BioFormerModule` of a model set up with a perturbation column.
+        The network (any of :mod:`bioformers.module`).of a model set up with a perturbation column.
     lr, weight_decay, warmup_fraction, min_lr_ratio, **kwargs
-        As in :class:`~bioformers.train.BioFormerTrainingPlan`.
+        As in :class:`~bioformers.train.WarmupCosineTrainingPlan`.
 
     Examples
     --------

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
 WEIGHTS_FILE = "model.safetensors"
 ATTRIBUTES_FILE = "model.json"
@@ -140,14 +140,39 @@ def _read_attributes(path: str) -> dict[str, Any]:
     return attributes
 
 
-def check_model_class(attributes: Mapping[str, Any], expected: str, dir_path: str) -> None:
-    """Raise unless the model files were written by ``expected`` (files without a record are BioFormers)."""
+def check_model_class(attributes: Mapping[str, Any], accepted: Sequence[str], dir_path: str) -> None:
+    """Raise unless the model files were written by one of the ``accepted`` classes (no record: a BioFormer)."""
     found = attributes.get("model_class", "BioFormer")
-    if found != expected:
+    if found not in accepted:
         raise ValueError(
-            f"{str(dir_path)!r} holds a {found}, not a {expected}. Load it with "
+            f"{str(dir_path)!r} holds a {found}, not a {accepted[0]}. Load it with "
             f"`bf.{found}.load({str(dir_path)!r}, adata)`."
         )
+
+
+#: Arguments of bioformers 0.1's single BioFormer class that only its encoder network used.
+_ENCODER_ONLY_ARGS = ("mask_ratio", "nonzero_ratio", "expression_weight", "batch_adversarial_weight")
+
+
+def upgrade_legacy(attributes: dict[str, Any]) -> dict[str, Any]:
+    """``model.json`` attributes of bioformers 0.1 in today's terms; others unchanged.
+
+    Up to 0.1 one ``BioFormer`` class held both networks, chosen by its ``architecture`` argument;
+    now the encoder is ``BioFormer`` and the decoder ``BioFormerDecoder``, neither with that
+    argument. Weights and registry are the same, so only the class name and arguments change.
+    """
+    init = attributes.get("init_params", {})
+    args = init.get("non_kwargs", {})
+    if attributes.get("model_class", "BioFormer") != "BioFormer" or "architecture" not in args:
+        return attributes
+    args = dict(args)
+    architecture = args.pop("architecture")
+    upgraded = dict(attributes) | {"init_params": dict(init) | {"non_kwargs": args}}
+    if architecture == "decoder":
+        for name in _ENCODER_ONLY_ARGS:
+            args.pop(name, None)
+        upgraded["model_class"] = "BioFormerDecoder"
+    return upgraded
 
 
 def check_state_dict(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], dir_path: str) -> None:

@@ -1,0 +1,241 @@
+"""Predictions of the encoder network: expected bins of every gene, masked genes, attention between genes."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from ...data import prediction_masks
+from ...pp._genes import DEFAULT_MIN_GENE_COVERAGE
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from anndata import AnnData
+
+    from ...pp._genes import GeneAlignment
+
+
+class MaskedPredictionMixin:
+    """Expression decoded from CLS, masked gene modelling and attention, for models whose network is an encoder.
+
+    Needs :class:`~bioformers.model.base.QueryMixin` (cells are read through its token batches) and a
+    module with ``embed``, ``predict_expression``, ``predict_masked`` and ``attention``
+    (:class:`~bioformers.module.BioFormerModule`).
+    """
+
+    def check_prediction_args(self, *, mask_ratio: float | None = None, layer: int = -1) -> None:
+        """Raise a ``ValueError`` for a ``mask_ratio`` outside (0, 1) or a ``layer`` the model lacks.
+
+        Parameters
+        ----------
+        mask_ratio
+            As in :meth:`get_predicted_bins`; ``None`` is always valid.
+        layer
+            As in :meth:`get_attention`: a transformer block, negative counting from the end.
+        """
+        if mask_ratio is not None and not 0 < mask_ratio < 1:
+            raise ValueError(f"`mask_ratio` must be None or lie in (0, 1), not {mask_ratio}.")
+        n_layers = len(self.module.encoder.blocks)
+        if not -n_layers <= layer < n_layers:
+            raise ValueError(f"`layer={layer}` does not exist; the model has {n_layers} layers (0 to {n_layers - 1}).")
+
+    @torch.inference_mode()
+    def get_predicted_bins(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        *,
+        mask_ratio: float | None = None,
+        batch_size: int | None = None,
+        gene_symbols: str | None = None,
+        min_gene_coverage: float = DEFAULT_MIN_GENE_COVERAGE,
+        genes: GeneAlignment | None = None,
+        counts_layer: str | None = None,
+        chunk_size: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Expected and most likely bin of every model gene of every cell, both ``(n_cells, n_model_genes)``.
+
+        Deterministic, like :meth:`get_latent_representation`, and read in chunks the same way.
+        Columns follow the model's genes (``model.genes_``), whatever the layout of ``adata``; model
+        genes ``adata`` lacks are predicted too, from cells in which they read as unexpressed.
+
+        Parameters
+        ----------
+        adata
+            Cells to predict; ``None`` means the training data. Genes matched by name, and streamed
+            when backed, without the binned layer or with other genes, as in
+            :meth:`get_latent_representation`.
+        indices
+            Cells to predict; ``None`` means all.
+        mask_ratio
+            ``None``: decode every gene from the unmasked cell's CLS state (denoised expression;
+            the most likely bin is the rounded expectation). A fraction in (0, 1): the genes of each
+            cell's sequence are hidden in ``ceil(1 / mask_ratio)`` disjoint groups and each group is
+            predicted from the rest by the masked-modelling head (imputation); genes that did not fit
+            in the sequence (unexpressed genes of cells with more than ``max_seq_len - 1`` genes)
+            keep the CLS decoding.
+        batch_size
+            Cells per forward pass.
+        gene_symbols, min_gene_coverage, genes, counts_layer, chunk_size
+            As in :meth:`get_latent_representation`.
+
+        Returns
+        -------
+        expected : :class:`~numpy.ndarray`
+            ``float32`` ``(n_cells, n_model_genes)``, the expected bin.
+        best : :class:`~numpy.ndarray`
+            ``int64`` ``(n_cells, n_model_genes)``, the most likely bin. Nothing is written into
+            ``adata``; :func:`bioformers.tl.predict` writes both into ``layers``.
+
+        Examples
+        --------
+        >>> import bioformers as bf
+        >>> adata = bf.datasets.synthetic(n_obs=200, n_vars=50)
+        >>> model = bf.tl.pretrain(adata, n_layers=1, n_hidden=16, n_heads=2, max_epochs=1, batch_size=32)
+        >>> expected, best = model.get_predicted_bins(indices=range(5), mask_ratio=0.2)
+        >>> expected.shape, best.shape
+        ((5, 50), (5, 50))
+        """
+        self.check_prediction_args(mask_ratio=mask_ratio)
+        if adata is not None and genes is None:
+            genes = self.align_genes(adata, gene_symbols=gene_symbols, min_gene_coverage=min_gene_coverage)
+        batches = self.binned_batches(
+            adata, indices, batch_size or 128, genes=genes, counts_layer=counts_layer, chunk_size=chunk_size
+        )
+        expected_chunks, best_chunks = [], []
+        with self.inference_context():
+            for bins in batches:
+                expected = self.module.predict_expression(bins)
+                best = expected.round().long()
+                if mask_ratio is not None:
+                    for gene_mask in prediction_masks(bins.long(), self.module.max_seq_len - 1, mask_ratio):
+                        masked_expected, masked_best = self.module.predict_masked(bins, gene_mask)
+                        expected = torch.where(gene_mask, masked_expected, expected)
+                        best = torch.where(gene_mask, masked_best, best)
+                expected_chunks.append(expected.float().cpu())
+                best_chunks.append(best.cpu())
+        return torch.cat(expected_chunks).numpy(), torch.cat(best_chunks).numpy()
+
+    @torch.inference_mode()
+    def get_masked_predictions(
+        self,
+        mask: np.ndarray,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        *,
+        batch_size: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Predict the genes marked in ``mask`` from the rest of each cell, with their values hidden.
+
+        The low-level call behind masked-prediction benchmarks: the caller chooses exactly which
+        genes are hidden, so other methods can be scored on the same masks.
+
+        Parameters
+        ----------
+        mask
+            Boolean ``(n_cells, n_genes)`` for the chosen cells (dense or scipy sparse); at most
+            ``max_seq_len - 1`` genes per cell.
+        adata, indices, batch_size
+            As in :meth:`get_predicted_bins`.
+
+        Returns
+        -------
+        expected : :class:`~numpy.ndarray`
+            ``float32`` ``(n_cells, n_genes)``, the expected bin; NaN where ``mask`` is False.
+        best : :class:`~numpy.ndarray`
+            ``int64`` ``(n_cells, n_genes)``, the most likely bin; -1 where ``mask`` is False.
+
+        Examples
+        --------
+        >>> import bioformers as bf
+        >>> adata = bf.datasets.synthetic(n_obs=200, n_vars=50)
+        >>> model = bf.tl.pretrain(adata, n_layers=1, n_hidden=16, n_heads=2, max_epochs=1, batch_size=32)
+        >>> mask = bf.metrics.balanced_mask(adata.layers["bioformers_binned"][:20], n_per_cell=4)
+        >>> expected, best = model.get_masked_predictions(mask, indices=range(20))
+        >>> int((best >= 0).sum()) == int(mask.sum())  # predictions only where hidden
+        True
+        """
+        mask = (mask.toarray() if hasattr(mask, "toarray") else np.asarray(mask)).astype(bool)
+        n_cells = (adata if adata is not None else self.adata).n_obs if indices is None else len(indices)
+        if mask.shape != (n_cells, self.genes_.size):
+            raise ValueError(
+                f"`mask` has shape {mask.shape}; expected (n_cells, n_genes) = {(n_cells, self.genes_.size)}."
+            )
+        most = int(mask.sum(axis=1).max(initial=0))
+        if most > self.module.max_seq_len - 1:
+            raise ValueError(
+                f"`mask` hides up to {most} genes of a cell, more than fit in a sequence "
+                f"(max_seq_len - 1 = {self.module.max_seq_len - 1}). Hide fewer genes per cell."
+            )
+        size = batch_size or 128
+        expected_chunks, best_chunks = [], []
+        with self.inference_context():
+            for start, bins in zip(range(0, n_cells, size), self.binned_batches(adata, indices, size), strict=True):
+                gene_mask = torch.from_numpy(mask[start : start + len(bins)]).to(bins.device)
+                expected, best = self.module.predict_masked(bins, gene_mask)
+                expected_chunks.append(expected.float().cpu())
+                best_chunks.append(best.cpu())
+        return torch.cat(expected_chunks).numpy(), torch.cat(best_chunks).numpy()
+
+    @torch.inference_mode()
+    def get_attention(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        *,
+        layer: int = -1,
+        keep_heads: bool = False,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Attention between genes in ``layer``, averaged over the cells where both genes occur.
+
+        Each cell's attention matrix (query gene x key gene; CLS left out) is added into a gene x
+        gene sum and a count of how often each pair shared a sequence; the result is sum / count
+        (0 for pairs that never met). Cells are processed in chunks through the explicit attention
+        path, so memory does not grow with the number of cells; training and embedding keep the
+        fused kernel.
+
+        Parameters
+        ----------
+        adata, indices
+            As in :meth:`get_latent_representation`.
+        layer
+            Transformer block whose attention is read (negative counts from the end).
+        keep_heads
+            Keep one matrix per head, ``(n_genes, n_genes, n_heads)``; otherwise heads are averaged.
+        batch_size
+            Cells per forward pass.
+
+        Returns
+        -------
+        :class:`~numpy.ndarray`
+            ``float32`` ``(n_genes, n_genes)`` (query gene x key gene), or ``(n_genes, n_genes, n_heads)``
+            with ``keep_heads``. Nothing is written into ``adata``; :func:`bioformers.tl.attention_grn`
+            writes it into ``varp``.
+
+        Examples
+        --------
+        >>> import bioformers as bf
+        >>> adata = bf.datasets.synthetic(n_obs=200, n_vars=50)
+        >>> model = bf.tl.pretrain(adata, n_layers=1, n_hidden=16, n_heads=2, max_epochs=1, batch_size=32)
+        >>> model.get_attention(indices=range(50), keep_heads=True).shape
+        (50, 50, 2)
+        """
+        self.check_prediction_args(layer=layer)
+        n = self.genes_.size
+        n_maps = self.module.encoder.blocks[0].attn.n_heads if keep_heads else 1
+        total = torch.zeros(n_maps, n * n, dtype=torch.float64, device=self.device)
+        count = torch.zeros(n * n, dtype=torch.float64, device=self.device)
+        with self.inference_context():
+            for bins in self.binned_batches(adata, indices, batch_size or 32):
+                genes, weights = self.module.attention(bins, layer)
+                weights = weights.double() if keep_heads else weights.double().mean(dim=1, keepdim=True)
+                pair = (genes[:, :, None] * n + genes[:, None, :]).flatten()
+                count.index_add_(0, pair, torch.ones_like(pair, dtype=torch.float64))
+                for head in range(n_maps):
+                    total[head].index_add_(0, pair, weights[:, head].flatten())
+        mean = (total / count.clamp(min=1)).float().cpu().numpy().reshape(n_maps, n, n)
+        return np.moveaxis(mean, 0, -1) if keep_heads else mean[0]

@@ -1,0 +1,182 @@
+"""Registering binned gene tokens (and batch, label, perturbation columns) with scvi-tools, for every token model."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+from scipy import sparse
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
+from scvi.data.fields import CategoricalObsField, LayerField
+
+from ..._keys import PERTURBATION_KEY, Keys
+from ..._validation import check_anndata, check_control, check_dtype, check_obs_key, did_you_mean, get_matrix, shown
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+
+class TokenSetupMixin:
+    """``setup_anndata`` of the models that read binned gene tokens, and what their registry tells.
+
+    :meth:`_init_tokens` records, from the training AnnData, what every such model keeps: its genes,
+    its gene-token vocabulary and how the data was binned (so queries are binned alike).
+    """
+
+    def _init_tokens(self, adata: AnnData, extra_genes: list[str] | None = None) -> None:
+        layer = self.registry_["setup_args"]["layer"]
+        #: How the training data was binned (its ``uns['bioformers_binned']['params']``); queries are binned alike.
+        self.binning_ = dict(adata.uns.get(layer, {}).get("params", {}))
+        #: The model's genes, in order (the training data's ``var_names``).
+        self.genes_ = np.asarray(adata.var_names).astype(str)
+        #: Every gene token (the model's genes, then perturbation targets that are not measured genes).
+        self.vocabulary_ = np.concatenate([self.genes_, np.asarray(extra_genes or [], dtype=str)])
+
+    def _n_bins(self, n_bins: int | None) -> int:
+        """``n_bins``, or the bin vocabulary of the registered data (largest bin + 1)."""
+        if n_bins is not None:
+            return n_bins
+        return int(self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY).max()) + 1
+
+    # model.json: the bin vocabulary and the binning, so that a loaded model bins queries as in training
+    def _saved_attributes(self) -> dict:
+        return super()._saved_attributes() | {"n_bins": int(self.module.n_bins), "binning": self.binning_}
+
+    @classmethod
+    def _saved_init(cls, init: dict, attributes: dict) -> dict:
+        if init.get("n_bins") is None and "n_bins" in attributes:
+            # the bin vocabulary of the training data, not the largest bin of the AnnData given to `load`
+            init = init | {"n_bins": attributes["n_bins"]}
+        return super()._saved_init(init, attributes)
+
+    def _restore(self, attributes: dict) -> None:
+        super()._restore(attributes)
+        self.binning_ = attributes["binning"]
+
+    def _n_categories(self, kind: Literal["labels", "batch"]) -> int:
+        """Categories of the registered ``labels_key`` / ``batch_key`` column (0 when not registered)."""
+        if self.registry_["setup_args"].get(f"{kind}_key") is None:
+            return 0
+        return self.summary_stats.n_labels if kind == "labels" else self.summary_stats.n_batch
+
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        layer: str | None = None,
+        batch_key: str | None = None,
+        labels_key: str | None = None,
+        perturbation_key: str | None = None,
+        control: str = "control",
+        **kwargs,
+    ) -> None:
+        """Register the binned values (and optional batch, label and perturbation columns) with scvi-tools.
+
+        scvi-tools writes its bookkeeping into ``adata`` (``uns['_scvi_uuid']``, ``obs['_scvi_batch']``,
+        ...), so a view is refused: call ``.copy()`` on it first. Every check runs before that.
+
+        Parameters
+        ----------
+        adata
+            AnnData with binned values from :func:`bioformers.pp.bin`: non-negative whole numbers,
+            no cell without an expressed gene.
+        layer
+            Layer holding the binned values; ``None`` means ``"bioformers_binned"``.
+        batch_key
+            Column of ``adata.obs`` with batches, without missing values (as for the other columns).
+        labels_key
+            Column of ``adata.obs`` with cell labels.
+        perturbation_key
+            Column of ``adata.obs`` naming each cell's perturbation: ``control`` or the perturbed
+            gene(s), combinations joined by ``+`` (``"STAT1+JAK2"``). A model set up with it has
+            external tokens that mark perturbed genes, and a gene token for every target that is not
+            a measured gene; see :func:`bioformers.tl.train_perturbation`.
+        control
+            The label of control cells in ``perturbation_key``.
+        **kwargs
+            Passed to scvi-tools' :meth:`~scvi.data.AnnDataManager.register_fields` (e.g.
+            ``source_registry``, which :meth:`load` uses to register data as at training).
+
+        Returns
+        -------
+        None
+            Registers ``adata`` with scvi-tools, which sets:
+
+            ``adata.obs['_scvi_batch']``, ``adata.obs['_scvi_labels']`` : ``int8``
+                Codes of ``batch_key`` and ``labels_key`` (all 0 when not given).
+            ``adata.obs['_scvi_perturbation']`` : ``int8``
+                Codes of ``perturbation_key``, when given.
+            ``adata.uns['_scvi_uuid']``, ``adata.uns['_scvi_manager_uuid']`` : :class:`str`
+                The identifiers that tie ``adata`` to its registration.
+
+        Examples
+        --------
+        >>> import bioformers as bf
+        >>> adata = bf.datasets.synthetic(n_obs=100, n_vars=30)
+        >>> bf.pp.bin(adata)
+        >>> bf.BioFormer.setup_anndata(adata, batch_key="batch")
+        >>> adata.obs["_scvi_batch"].value_counts().sort_index().tolist()
+        [50, 50]
+        """
+        check_anndata(adata, backed=True)
+        layer = Keys().binned if layer is None else layer
+        if layer not in adata.layers:
+            raise KeyError(
+                f"Layer {layer!r} with binned values not found (layers: {shown(adata.layers.keys())})."
+                f"{did_you_mean(layer, adata.layers.keys())} Run `bf.pp.bin(adata)` first, or pass `layer=` "
+                "naming the layer `bf.pp.bin` wrote."
+            )
+        _check_bins(get_matrix(adata, layer), layer)
+        check_obs_key(adata, batch_key, argument="batch_key")
+        check_obs_key(adata, labels_key, argument="labels_key")
+        check_obs_key(adata, perturbation_key, argument="perturbation_key")
+        if perturbation_key is not None:
+            check_control(adata.obs[perturbation_key], control, perturbation_key)
+        setup_method_args = cls._get_setup_method_args(**locals())
+        fields = [
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
+            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
+            CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
+        ]
+        if perturbation_key is not None:
+            fields.append(CategoricalObsField(PERTURBATION_KEY, perturbation_key))
+        adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(adata, **kwargs)
+        cls.register_manager(adata_manager)
+
+    def condition_categories(self, kind: Literal["labels", "batch"]) -> list[str]:
+        """The categories of the registered ``labels_key`` or ``batch_key`` column.
+
+        Parameters
+        ----------
+        kind
+            ``"labels"`` or ``"batch"``.
+
+        Returns
+        -------
+        list of str
+            The categories, in the order of their codes; empty when the column was not registered.
+        """
+        key = {"labels": "labels_key", "batch": "batch_key"}[kind]
+        if self.registry_["setup_args"].get(key) is None:
+            return []
+        registry_key = REGISTRY_KEYS.LABELS_KEY if kind == "labels" else REGISTRY_KEYS.BATCH_KEY
+        return [str(c) for c in self.adata_manager.get_state_registry(registry_key).categorical_mapping]
+
+
+def _check_bins(X, layer: str) -> None:
+    values = X.data if sparse.issparse(X) else np.asarray(X)
+    check_dtype(values, where=f"adata.layers[{layer!r}]")
+    is_bins = np.isfinite(values).all() and values.min(initial=0) >= 0 and np.array_equal(values, np.round(values))
+    if not is_bins:
+        raise ValueError(
+            f"Layer {layer!r} does not hold bin indices (non-negative integers). Bin raw counts with `bf.pp.bin`."
+        )
+    n_empty = int((np.asarray((X != 0).sum(axis=1)).ravel() == 0).sum())
+    if n_empty:
+        raise ValueError(
+            f"Layer {layer!r} has {n_empty} cell(s) with no expressed gene, which carry no information. Remove them "
+            f"first, e.g. `adata = adata[adata.layers[{layer!r}].getnnz(axis=1) > 0].copy()` (or "
+            "`sc.pp.filter_cells(adata, min_counts=1)` before binning)."
+        )
