@@ -14,7 +14,8 @@ from ._masked import (
     npv,
     sensitivity,
 )
-from ._perturbation import mean_collapse, mean_profiles, perturbation_baselines, perturbation_scores, top_de_genes
+from ._perturbation import mean_collapse, mean_profiles, perturbation_scores, top_de_genes
+from ._perturbation_baselines import perturbation_baselines
 
 __all__ = [
     "LinearBaseline",

@@ -13,7 +13,6 @@ generated cells must be on the same one.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from numbers import Integral
 from typing import Literal
 
 import anndata as ad
@@ -30,6 +29,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.utils.sparsefuncs import mean_variance_axis
 
 from .._validation import check_anndata, check_dtype, check_obs_key, get_matrix, matrix_name, shown
+from ._checks import _check_int, _check_methods
 from ._perturbation import _pearson
 
 _Baseline = Literal["resample", "independent_genes", "mean_noise"]
@@ -271,7 +271,7 @@ def generation_baselines(
     [20, 20, 20]
     """
     check_anndata(train, name="train", writes=False)
-    methods = _check_methods(methods)
+    methods = _check_methods(methods, _BASELINES, what="baseline")
     _check_int(seed, "seed", 0)
     X = _values(train, layer, "train")
     labels, order = _group_labels(train, groupby, "train")
@@ -509,19 +509,3 @@ def _check_n_per_group(n_per_group, labels: np.ndarray, known: list[str], groupb
     if not any(counts.values()):
         raise ValueError("`n_per_group` asks for no cells at all; give at least one group a positive number.")
     return {group: int(counts[group]) for group in known if counts.get(group, 0) > 0}
-
-
-def _check_methods(methods) -> list[str]:
-    methods = [methods] if isinstance(methods, str) else list(methods)
-    unknown = [method for method in methods if method not in _BASELINES]
-    if unknown or not methods:
-        raise ValueError(
-            f"Unknown baseline(s) {shown(unknown) if unknown else '(none given)'}; `methods=` takes some of "
-            f"{shown(_BASELINES)}."
-        )
-    return list(dict.fromkeys(methods))
-
-
-def _check_int(value, name: str, low: int) -> None:
-    if not isinstance(value, Integral) or isinstance(value, bool) or value < low:
-        raise ValueError(f"`{name}={value!r}` must be an integer >= {low}.")

@@ -1,4 +1,4 @@
-"""Perturbation response: score predicted mean expression after a perturbation, and baselines to compare with.
+"""Perturbation response: score predicted mean expression after a perturbation against the observed.
 
 Everything works on log-normalised expression (``sc.pp.normalize_total(adata, target_sum=1e4)``
 then ``sc.pp.log1p(adata)``) and on the mean profile of each perturbation, read from an
@@ -12,31 +12,26 @@ otherwise (a combination written ``"A+B"``).
   profiles, on all genes and on the top DE genes, of the profiles and of their change from the
   control mean (the delta, the part a model has to predict).
 * :func:`mean_collapse`: whether the predicted changes differ between perturbations at all.
-* :func:`perturbation_baselines`: what a model has to beat: no change, the mean training
-  response, the linear model of Ahlmann-Eltze et al. (2025) and an MLP on control cells.
+
+The baselines to compare with are in :mod:`._perturbation_baselines`, which reads the groups,
+checks its arguments and averages cells with the helpers of this module.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from numbers import Integral, Real
-from typing import Literal
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import scanpy as sc
 from scipy import sparse
-from sklearn.decomposition import PCA
-from sklearn.neural_network import MLPRegressor
-from threadpoolctl import threadpool_limits
 
-from .._validation import did_you_mean, get_matrix
-from ..data import COMBINATION_SEPARATOR
+from .._docs import DOC_PERTURBATION_KEY, doc_layer_lognorm, doc_params
+from .._validation import check_control, did_you_mean, get_matrix, matrix_name, shown
+from ._checks import _check_int
 
-_Method = Literal["no_change", "train_mean", "linear", "mlp"]
-_METHODS: tuple[_Method, ...] = ("no_change", "train_mean", "linear", "mlp")
 _SCORE_COLUMNS = (
     "pearson",
     "pearson_top",
@@ -49,11 +44,9 @@ _SCORE_COLUMNS = (
 # A vector whose spread is below this share of its size is constant up to rounding, e.g. the
 # "no change" baseline's delta: its correlation is undefined (NaN), not the correlation of noise.
 _CONSTANT_RTOL = 1e-10
-_MLP_HIDDEN = (256,)
-_MLP_MAX_PERTURBED = 3000  # perturbed training cells paired with a control cell, at most
-_MLP_MAX_CONTROL = 1000  # control -> control training pairs, at most
 
 
+@doc_params(layer=doc_layer_lognorm("adata"))
 def mean_profiles(
     adata: ad.AnnData, *, perturbation_key: str = "perturbation", layer: str | None = None
 ) -> pd.DataFrame:
@@ -68,8 +61,7 @@ def mean_profiles(
         Log-normalised expression, with the group of each cell in ``obs[perturbation_key]``.
     perturbation_key
         Column of `adata.obs` with the group labels (control or perturbation).
-    layer
-        Layer with the log-normalised expression; `None`: `adata.X`.
+    {layer}
 
     Returns
     -------
@@ -92,6 +84,7 @@ def mean_profiles(
     return _means(_expression(adata, layer), labels, adata.var_names, perturbation_key)
 
 
+@doc_params(perturbation_key=DOC_PERTURBATION_KEY, layer=doc_layer_lognorm("adata"))
 def top_de_genes(
     adata: ad.AnnData,
     *,
@@ -114,14 +107,10 @@ def top_de_genes(
     adata
         Log-normalised expression, with control and perturbed cells labelled in
         ``obs[perturbation_key]``.
-    perturbation_key
-        Column of `adata.obs` with the control label or the perturbation of each cell.
-    control
-        Label of the control cells.
+    {perturbation_key}
     n_top_genes
         Number of genes per perturbation; all genes if there are fewer.
-    layer
-        Layer with the log-normalised expression; `None`: `adata.X`.
+    {layer}
     perturbations
         Perturbations to rank genes for; `None`: every label with cells other than `control`.
         Each needs at least 2 cells, as does `control`.
@@ -151,6 +140,7 @@ def top_de_genes(
     return _rank_genes(_expression(adata, layer), labels, adata.var_names, control, perturbations, n_top_genes)
 
 
+@doc_params(perturbation_key=DOC_PERTURBATION_KEY, layer=doc_layer_lognorm("observed"))
 def perturbation_scores(
     predicted: ad.AnnData | pd.DataFrame,
     observed: ad.AnnData,
@@ -179,14 +169,10 @@ def perturbation_scores(
     observed
         Observed log-normalised expression, including control cells, labelled in
         ``obs[perturbation_key]``; the same genes as `predicted`, in any order.
-    perturbation_key
-        Column of ``obs`` with the control label or the perturbation of each cell.
-    control
-        Label of the control cells.
+    {perturbation_key}
     n_top_genes
         Number of top DE genes of each perturbation.
-    layer
-        Layer of `observed` with the log-normalised expression; `None`: `observed.X`.
+    {layer}
     top_genes
         Precomputed :func:`top_de_genes` output (perturbation -> genes) to use instead, so that
         several predictors are scored on identical gene sets and the t-tests run once.
@@ -315,144 +301,6 @@ def mean_collapse(
     return value
 
 
-def perturbation_baselines(
-    train: ad.AnnData,
-    perturbations: Sequence[str],
-    *,
-    perturbation_key: str = "perturbation",
-    control: str = "control",
-    methods: _Method | Sequence[_Method] = _METHODS,
-    n_components: int = 10,
-    ridge: float = 0.1,
-    n_cells: int = 300,
-    seed: int = 0,
-    layer: str | None = None,
-) -> dict[str, pd.DataFrame]:
-    """Predict the mean profiles of perturbations with simple baselines fitted on training cells.
-
-    ``"no_change"``
-        The control mean: nothing happens.
-    ``"train_mean"``
-        The control mean plus the mean delta of the training perturbations (a combination is a
-        perturbation of its own), the "mean" baseline of Ahlmann-Eltze et al. (2025).
-    ``"linear"``
-        The linear model of Ahlmann-Eltze et al. (2025). The gene embedding ``G`` (genes x K) is
-        the top K principal components of the genes, each gene an observation described by its
-        expression in every training cell, centred per gene (so that ``G`` describes how genes
-        vary together across cells rather than how highly they are expressed) and scaled by
-        ``1 / sqrt(n_cells)`` (so that the size of ``G``, and so the effect of `ridge`, does not
-        grow with the number of cells); a perturbation is the row of ``G`` of its target (the
-        sum of the rows for a combination). With the training deltas ``Y`` (genes x
-        perturbations) and their mean over perturbations ``b``, the ridge solution
-        ``W = (GᵀG + λI)⁻¹ Gᵀ (Y − b) P (PᵀP + λI)⁻¹`` of ``min ||Y − b − G W Pᵀ||² + λ ||W||²``
-        predicts ``control + b + G W pᵀ``. Only targets
-        that are measured genes have an embedding: training perturbations of other targets are
-        left out of the fit (and of ``b``), and a requested perturbation of such a target gets a
-        row of NaN, since the model cannot represent it.
-    ``"mlp"``
-        The MLP baseline of the BioFormers paper: a scikit-learn
-        :class:`~sklearn.neural_network.MLPRegressor` (one hidden layer of 256 units, early
-        stopping) maps a control cell's expression and a multi-hot indicator of the perturbed
-        targets to the expression of a perturbed cell. The indicator has one column per measured
-        gene, then one per unmeasured training target. Training pairs: each training perturbed
-        cell (at most 3,000, drawn at random) with a random control cell, plus up to 1,000
-        control cells each with a random control cell and an all-zero indicator. A perturbation
-        is predicted as the mean output over `n_cells` random control cells. A requested target
-        outside the indicator's columns (unmeasured and not in training) has no column: it is
-        predicted as if that target were not perturbed.
-
-    Parameters
-    ----------
-    train
-        Log-normalised training expression: the control cells and the training perturbations,
-        labelled in ``obs[perturbation_key]``.
-    perturbations
-        Perturbations to predict: target gene names, combinations as ``"A+B"``. They may be
-        among the training perturbations (a split of cells rather than of perturbations).
-    perturbation_key
-        Column of `train.obs` with the control label or the perturbation of each cell.
-    control
-        Label of the control cells.
-    methods
-        The baselines to compute (one name or several), of ``"no_change"``, ``"train_mean"``,
-        ``"linear"`` and ``"mlp"``.
-    n_components
-        Dimension K of the linear model's gene embedding; capped at the rank of the centred
-        genes x cells matrix (at most the number of genes, and of cells minus one).
-    ridge
-        Ridge penalty λ of the linear model; 0.1 as in Ahlmann-Eltze et al., whose embedding
-        (from pseudobulk profiles) has a different scale, so the same λ is not the same penalty.
-    n_cells
-        Number of control cells the MLP's prediction is averaged over (all, if fewer).
-    seed
-        Seed of the MLP's initialisation and of every cell drawn at random.
-    layer
-        Layer of `train` with the log-normalised expression; `None`: `train.X`.
-
-    Returns
-    -------
-    dict
-        Method -> predicted mean profiles, one row per requested perturbation (index
-        ``"perturbation"``), one column per gene of `train.var_names`.
-
-    Examples
-    --------
-    >>> import scanpy as sc
-    >>> import bioformers as bf
-    >>> adata = bf.datasets.synthetic_perturbation(n_obs=400, n_vars=30)
-    >>> sc.pp.normalize_total(adata, target_sum=1e4)
-    >>> sc.pp.log1p(adata)
-    >>> held_out = adata.obs["perturbation"].cat.categories[1]
-    >>> train = adata[adata.obs["perturbation"] != held_out].copy()
-    >>> predicted = bf.metrics.perturbation_baselines(train, [held_out], methods=["no_change", "linear"])
-    >>> predicted["linear"].shape
-    (1, 30)
-    """
-    methods = _check_methods(methods)
-    labels = _labels(train, perturbation_key)
-    counts = _group_sizes(labels)
-    _check_control(counts, control, perturbation_key)
-    perturbations = _check_requested(perturbations, control)
-    _check_int(n_components, "n_components", 1)
-    _check_int(n_cells, "n_cells", 1)
-    if not isinstance(ridge, Real) or isinstance(ridge, bool) or not ridge >= 0:
-        raise ValueError(f"`ridge={ridge!r}` must be a non-negative number (Ahlmann-Eltze et al. use 0.1).")
-    training = [group for group in counts.index if group != control and counts[group] > 0]
-    needs_training = [method for method in methods if method != "no_change"]
-    if needs_training and not training:
-        raise ValueError(
-            f"`train` has no perturbed cells (only {control!r}), so {needs_training} cannot be fitted. "
-            "Pass training cells of some perturbations, or `methods=['no_change']`."
-        )
-    gene_index = pd.Index(train.var_names)
-    fitted = [group for group in training if _measured(group, gene_index)]
-    if "linear" in methods and not fitted:
-        raise ValueError(
-            f"No training perturbation targets a measured gene (of {training}), so the linear baseline has no "
-            "embedding to fit on. Leave out 'linear' from `methods=`."
-        )
-    X = _expression(train, layer)
-
-    profiles = _means(X, labels, train.var_names, perturbation_key)
-    control_mean = profiles.loc[control].to_numpy()
-    index = pd.Index(perturbations, name="perturbation")
-    predictions = {}
-    for method in methods:
-        if method == "no_change":
-            values = np.tile(control_mean, (len(perturbations), 1))
-        elif method == "train_mean":
-            values = np.tile(profiles.loc[training].to_numpy().mean(axis=0), (len(perturbations), 1))
-        elif method == "linear":
-            delta = profiles.loc[fitted].to_numpy() - control_mean
-            values = control_mean + _linear_deltas(
-                X, gene_index, fitted, delta, perturbations, n_components=n_components, ridge=float(ridge)
-            )
-        else:
-            values = _mlp_profiles(X, labels, gene_index, control, training, perturbations, n_cells=n_cells, seed=seed)
-        predictions[method] = pd.DataFrame(values, index=index.copy(), columns=train.var_names.copy())
-    return predictions
-
-
 def _means(X, labels: pd.Categorical, genes: pd.Index, perturbation_key: str) -> pd.DataFrame:
     """Mean of each group with cells: a sparse group indicator times `X`, which is never densified."""
     codes = labels.codes
@@ -503,116 +351,6 @@ def _rank_genes(
     return {group: [str(gene) for gene in ranked[group]] for group in perturbations}
 
 
-def _linear_deltas(
-    X,
-    genes: pd.Index,
-    fitted: list[str],
-    delta: np.ndarray,
-    perturbations: list[str],
-    *,
-    n_components: int,
-    ridge: float,
-) -> np.ndarray:
-    """Deltas of `perturbations` from the linear model fitted on the deltas (perturbations x genes) of `fitted`."""
-    G = _gene_embedding(X, n_components)
-    Y = delta.T  # genes x perturbations
-    b = Y.mean(axis=1, keepdims=True)
-    P = np.stack([_embed(G, genes, group) for group in fitted])
-    identity = np.eye(G.shape[1])
-    # pinv of a symmetric positive (semi)definite matrix: the inverse for ridge > 0, least squares for ridge = 0
-    W = (
-        np.linalg.pinv(G.T @ G + ridge * identity, hermitian=True)
-        @ G.T
-        @ (Y - b)
-        @ P
-        @ np.linalg.pinv(P.T @ P + ridge * identity, hermitian=True)
-    )
-    result = np.full((len(perturbations), G.shape[0]), np.nan)
-    for row, group in enumerate(perturbations):
-        if _measured(group, genes):
-            result[row] = b[:, 0] + G @ W @ _embed(G, genes, group)
-    return result
-
-
-def _embed(G: np.ndarray, genes: pd.Index, group: str) -> np.ndarray:
-    """A perturbation's embedding: the sum of the gene-embedding rows of its targets."""
-    return G[genes.get_indexer(_targets(group))].sum(axis=0)
-
-
-def _gene_embedding(X, n_components: int) -> np.ndarray:
-    """Principal components of the genes: PCA loadings of `X` (cells x genes, centred per gene) x singular values.
-
-    Each gene's row is its coordinates on the top principal axes of the cells, i.e. the gene described
-    by its centred expression across the cells. Divided by ``sqrt(n_cells)`` (the standard deviation
-    along each axis) so that a fixed ridge penalty does not fade on large data. scikit-learn's
-    ``covariance_eigh`` solver centres a sparse `X` implicitly, through the genes x genes covariance.
-    """
-    n_cells, n_genes = X.shape
-    limit = max(1, min(n_components, n_genes, n_cells - 1))
-    pca = PCA(n_components=limit, svd_solver="covariance_eigh").fit(X.astype(np.float64))
-    # the centred matrix has rank at most min(genes, cells - 1); further components are rounding noise
-    keep = pca.explained_variance_ > _CONSTANT_RTOL * max(pca.explained_variance_[0], 0.0)
-    keep[0] = True
-    return pca.components_[keep].T * (pca.singular_values_[keep] / np.sqrt(n_cells))
-
-
-def _mlp_profiles(
-    X,
-    labels: pd.Categorical,
-    genes: pd.Index,
-    control: str,
-    training: list[str],
-    perturbations: list[str],
-    *,
-    n_cells: int,
-    seed: int,
-) -> np.ndarray:
-    """Mean MLP output over random control cells for each perturbation (see `perturbation_baselines`)."""
-    unmeasured = list(dict.fromkeys(t for group in training for t in _targets(group) if t not in genes))
-    vocabulary = pd.Index([*genes, *unmeasured])
-
-    def indicator(group: str | None) -> np.ndarray:
-        row = np.zeros(len(vocabulary), dtype=np.float32)
-        if group is not None:
-            columns = vocabulary.get_indexer(_targets(group))
-            row[columns[columns >= 0]] = 1.0
-        return row
-
-    rng = np.random.default_rng(seed)
-    names = np.asarray(labels, dtype=object)
-    control_cells = np.flatnonzero(names == control)
-    perturbed = np.flatnonzero(np.isin(names, training))
-    if perturbed.size > _MLP_MAX_PERTURBED:
-        perturbed = np.sort(rng.choice(perturbed, size=_MLP_MAX_PERTURBED, replace=False))
-    control_out = control_cells
-    if control_out.size > _MLP_MAX_CONTROL:
-        control_out = np.sort(rng.choice(control_out, size=_MLP_MAX_CONTROL, replace=False))
-    outputs = np.concatenate([perturbed, control_out])
-    inputs = rng.choice(control_cells, size=outputs.size, replace=True)
-    groups = [*names[perturbed], *[None] * control_out.size]
-    features = np.hstack([_rows(X, inputs), np.stack([indicator(group) for group in groups])])
-    chosen = rng.choice(control_cells, size=min(n_cells, control_cells.size), replace=False)
-    base = _rows(X, np.sort(chosen))
-    mlp = MLPRegressor(hidden_layer_sizes=_MLP_HIDDEN, early_stopping=True, random_state=seed)
-    # Products of a few thousand rows: a second BLAS thread gains little and, on a busy machine,
-    # stalls the fit twentyfold.
-    with threadpool_limits(limits=1, user_api="blas"):
-        mlp.fit(features, _rows(X, outputs))
-        return np.stack(
-            [
-                mlp.predict(
-                    np.hstack([base, np.broadcast_to(indicator(group), (base.shape[0], len(vocabulary)))])
-                ).mean(axis=0)
-                for group in perturbations
-            ]
-        )
-
-
-def _rows(X, index: np.ndarray) -> np.ndarray:
-    rows = X[index]
-    return (rows.toarray() if sparse.issparse(rows) else np.asarray(rows)).astype(np.float32)
-
-
 def _score_profile(predicted: np.ndarray, observed: np.ndarray, control: np.ndarray, top: np.ndarray) -> dict:
     if not np.isfinite(predicted).all():
         return dict.fromkeys(_SCORE_COLUMNS, np.nan)
@@ -647,7 +385,7 @@ def _is_constant(norm: float, values: np.ndarray) -> bool:
 def _labels(adata: ad.AnnData, perturbation_key: str) -> pd.Categorical:
     if perturbation_key not in adata.obs:
         raise KeyError(
-            f"`adata.obs[{perturbation_key!r}]` not found (columns: {_shown(adata.obs.columns) or 'none'})."
+            f"`adata.obs[{perturbation_key!r}]` not found (columns: {shown(adata.obs.columns)})."
             f"{did_you_mean(perturbation_key, adata.obs.columns)} "
             "Pass `perturbation_key=` naming the column with the control label or the perturbation of each cell."
         )
@@ -667,10 +405,9 @@ def _expression(adata: ad.AnnData, layer: str | None):
     X = get_matrix(adata, layer)
     values = X.data if sparse.issparse(X) else np.asarray(X)
     if values.size and values.max() > 1 and np.array_equal(values, np.round(values)):
-        where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
         warnings.warn(
-            f"{where} holds only integers, like raw counts; perturbation metrics and baselines expect log-normalised "
-            "expression: `sc.pp.normalize_total(adata, target_sum=1e4)` then `sc.pp.log1p(adata)`.",
+            f"{matrix_name(layer)} holds only integers, like raw counts; perturbation metrics and baselines expect "
+            "log-normalised expression: `sc.pp.normalize_total(adata, target_sum=1e4)` then `sc.pp.log1p(adata)`.",
             UserWarning,
             stacklevel=3,
         )
@@ -678,11 +415,8 @@ def _expression(adata: ad.AnnData, layer: str | None):
 
 
 def _check_control(counts: pd.Series, control: str, perturbation_key: str) -> None:
-    if control not in counts.index:
-        raise ValueError(
-            f"Control label {control!r} not found in `obs[{perturbation_key!r}]` "
-            f"(labels: {_shown(counts.index[counts > 0])}). Pass `control=` with the label of the control cells."
-        )
+    """`control` must be a label of `perturbation_key` (:func:`check_control`) and have cells: deltas need them."""
+    check_control(pd.Series(counts.index), control, perturbation_key)
     if counts[control] == 0:
         raise ValueError(
             f"No cell is labelled {control!r} in `obs[{perturbation_key!r}]`: deltas are taken from the control "
@@ -713,8 +447,8 @@ def _check_perturbations(
     unknown = [group for group in perturbations if group not in known]
     if unknown:
         raise ValueError(
-            f"Perturbation(s) {_shown(unknown)} have no cells in `{where}.obs[{perturbation_key!r}]`. "
-            f"Known perturbations: {_shown(known)}."
+            f"Perturbation(s) {shown(unknown)} have no cells in `{where}.obs[{perturbation_key!r}]`. "
+            f"Known perturbations: {shown(known)}."
         )
     return perturbations
 
@@ -727,7 +461,7 @@ def _check_requested(perturbations: Sequence[str], control: str) -> list[str]:
         raise ValueError("`perturbations` is empty; pass the perturbation labels to use.")
     duplicated = sorted({group for group in perturbations if perturbations.count(group) > 1})
     if duplicated:
-        raise ValueError(f"`perturbations` lists {_shown(duplicated)} more than once; pass each once.")
+        raise ValueError(f"`perturbations` lists {shown(duplicated)} more than once; pass each once.")
     if control in perturbations:
         raise ValueError(
             f"`perturbations` contains the control label {control!r}; the control is the reference, not a perturbation."
@@ -735,22 +469,11 @@ def _check_requested(perturbations: Sequence[str], control: str) -> list[str]:
     return perturbations
 
 
-def _check_methods(methods) -> list[str]:
-    methods = [methods] if isinstance(methods, str) else list(methods)
-    unknown = [method for method in methods if method not in _METHODS]
-    if unknown or not methods:
-        raise ValueError(
-            f"Unknown method(s) {_shown(unknown) if unknown else '(none given)'}; `methods=` takes some of "
-            f"{_shown(_METHODS)}."
-        )
-    return list(dict.fromkeys(methods))
-
-
 def _check_top_genes(top_genes: Mapping[str, Sequence[str]], perturbations: pd.Index, genes: pd.Index) -> dict:
     missing = [group for group in perturbations if group not in top_genes]
     if missing:
         raise ValueError(
-            f"`top_genes` has no genes for {_shown(missing)}. Pass `top_de_genes(observed, ...)` computed for every "
+            f"`top_genes` has no genes for {shown(missing)}. Pass `top_de_genes(observed, ...)` computed for every "
             "predicted perturbation, or `top_genes=None`."
         )
     checked = {}
@@ -758,7 +481,7 @@ def _check_top_genes(top_genes: Mapping[str, Sequence[str]], perturbations: pd.I
         selected = [top_genes[group]] if isinstance(top_genes[group], str) else list(top_genes[group])
         unknown = [gene for gene in selected if gene not in genes]
         if unknown or not selected:
-            problem = f"unknown genes {_shown(unknown)}" if unknown else "no genes"
+            problem = f"unknown genes {shown(unknown)}" if unknown else "no genes"
             raise ValueError(f"`top_genes[{group!r}]` has {problem}; pass names from `observed.var_names`.")
         checked[group] = selected
     return checked
@@ -774,7 +497,7 @@ def _predicted_profiles(predicted, *, perturbation_key: str, control: str) -> pd
         profiles.columns = profiles.columns.astype(str)
         if profiles.index.has_duplicates:
             raise ValueError(
-                f"`predicted` has duplicated rows {_shown(profiles.index[profiles.index.duplicated()].unique())}; "
+                f"`predicted` has duplicated rows {shown(profiles.index[profiles.index.duplicated()].unique())}; "
                 "pass one mean profile per perturbation."
             )
         try:
@@ -796,13 +519,12 @@ def _predicted_profiles(predicted, *, perturbation_key: str, control: str) -> pd
 def _align_genes(profiles: pd.DataFrame, genes: pd.Index, name: str, reference: str) -> pd.DataFrame:
     """`profiles` with its columns in the order of `genes`; a ValueError if the gene sets differ."""
     if profiles.columns.has_duplicates:
-        raise ValueError(f"`{name}` has duplicated genes {_shown(profiles.columns[profiles.columns.duplicated()])}.")
+        raise ValueError(f"`{name}` has duplicated genes {shown(profiles.columns[profiles.columns.duplicated()])}.")
     missing, extra = genes.difference(profiles.columns), profiles.columns.difference(genes)
     if len(missing) or len(extra):
         raise ValueError(
             f"`{name}` and `{reference}` must have the same genes (any order): missing from `{name}`: "
-            f"{_shown(missing) if len(missing) else 'none'}; not in `{reference}`: "
-            f"{_shown(extra) if len(extra) else 'none'}. Subset both to the same genes."
+            f"{shown(missing)}; not in `{reference}`: {shown(extra)}. Subset both to the same genes."
         )
     return profiles[genes]
 
@@ -811,7 +533,7 @@ def _profile_matrix(predicted, control_mean) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(predicted, pd.DataFrame) and isinstance(control_mean, pd.Series):
         missing = predicted.columns.difference(control_mean.index)
         if len(missing):
-            raise ValueError(f"`control_mean` has no value for genes {_shown(missing)} of `predicted`.")
+            raise ValueError(f"`control_mean` has no value for genes {shown(missing)} of `predicted`.")
         control_mean = control_mean.reindex(predicted.columns)
     values = np.asarray(predicted, dtype=np.float64)
     control_values = np.asarray(control_mean, dtype=np.float64).ravel()
@@ -821,22 +543,3 @@ def _profile_matrix(predicted, control_mean) -> tuple[np.ndarray, np.ndarray]:
             f"{values.shape} and {control_values.shape}."
         )
     return values, control_values
-
-
-def _targets(group: str) -> list[str]:
-    return [target.strip() for target in str(group).split(COMBINATION_SEPARATOR)]
-
-
-def _measured(group: str, genes: pd.Index) -> bool:
-    return all(target in genes for target in _targets(group))
-
-
-def _check_int(value, name: str, low: int) -> None:
-    if not isinstance(value, Integral) or isinstance(value, bool) or value < low:
-        raise ValueError(f"`{name}={value!r}` must be an integer >= {low}.")
-
-
-def _shown(values, limit: int = 10) -> str:
-    values = [str(value) for value in values]
-    shown = ", ".join(map(repr, values[:limit]))
-    return shown + (f" and {len(values) - limit} more" if len(values) > limit else "")

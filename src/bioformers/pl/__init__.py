@@ -1,8 +1,9 @@
 """Plots that read what `bf.tl` wrote."""
 
+from ._binning import binning, predicted_vs_observed
 from ._embedding import embedding
 from ._generated import generated_vs_real
-from ._genes import attention, binning, gene_programs, grn, predicted_vs_observed
+from ._grn import attention, gene_programs, grn
 from ._history import history
 from ._in_silico import in_silico
 from ._perturbation import perturbation, perturbation_scores

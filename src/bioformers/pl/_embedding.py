@@ -11,6 +11,7 @@ import pandas as pd
 import scanpy as sc
 from scipy import sparse
 
+from .._docs import DOC_SHOW, doc_params
 from .._keys import Keys
 from .._validation import check_anndata, check_obsm_key, did_you_mean
 from ._utils import _finish
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
+@doc_params(show=DOC_SHOW)
 def embedding(
     adata: AnnData,
     *,
@@ -60,11 +62,7 @@ def embedding(
         Neighbours of the graph the UMAP is computed from.
     ax
         Axes to draw into (single `color` only).
-    show
-        Show the plot and return nothing. Default: show in an interactive session
-        (when Scanpy's `settings.autoshow` is on), otherwise return the Axes.
-    return_fig
-        Return the Figure instead of the Axes.
+    {show}
     **kwargs
         Passed to :func:`scanpy.pl.embedding` (e.g. `palette`, `size`, `legend_loc`, `title`).
 

@@ -12,8 +12,10 @@ import scanpy as sc
 from matplotlib.lines import Line2D
 from scipy import sparse
 
+from .._docs import DOC_SHOW, doc_params
 from .._validation import check_anndata, did_you_mean, matrix_name, shown
-from ..metrics._generation import _check_int, _group_labels, _moments, _values
+from ..metrics._checks import _check_int
+from ..metrics._generation import _group_labels, _moments, _values
 from ..metrics._perturbation import _pearson
 from ._utils import _finish
 
@@ -34,6 +36,7 @@ _MIN_CELLS = 5
 _TARGET_SUM = 1e4
 
 
+@doc_params(show=DOC_SHOW)
 def generated_vs_real(
     real: ad.AnnData,
     generated: ad.AnnData,
@@ -106,11 +109,7 @@ def generated_vs_real(
         keep it fast; `None`: every cell. The means always use every cell.
     seed
         Seed of the cells drawn, the PCA, the neighbour graph, the UMAP and the drawing order.
-    show
-        Show the plot and return nothing. Default: show in an interactive session
-        (when Scanpy's `settings.autoshow` is on), otherwise return the Axes.
-    return_fig
-        Return the Figure instead of the Axes.
+    {show}
 
     Returns
     -------

@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
+from .._docs import DOC_RETURNS_AX, DOC_SHOW_AX, doc_params
 from .._keys import Keys
 from .._validation import did_you_mean
 from ._utils import _finish
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
+@doc_params(show_ax=DOC_SHOW_AX, returns_ax=DOC_RETURNS_AX)
 def history(
     model_or_adata: Any,
     *,
@@ -35,18 +37,11 @@ def history(
         trained on (its `uns[key_added]['history']`).
     key_added
         Base key used by `bf.tl.pretrain` (default ``"bioformers"``); only for an AnnData.
-    ax
-        Axes to draw into; a new figure by default.
-    show
-        Show the plot and return nothing. Default: show in an interactive session
-        (when Scanpy's `settings.autoshow` is on), otherwise return the Axes.
-    return_fig
-        Return the Figure instead of the Axes.
+    {show_ax}
 
     Returns
     -------
-    :class:`~matplotlib.axes.Axes`, :class:`~matplotlib.figure.Figure` or None
-        The Axes, the Figure if `return_fig`, or None if shown.
+    {returns_ax}
 
     Examples
     --------

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Literal
 import matplotlib.pyplot as plt
 import numpy as np
 
+from .._docs import DOC_RETURNS_AX, DOC_SHOW_AX_SIZED, doc_key_added_read, doc_params
 from .._keys import Keys
 from .._validation import did_you_mean, shown
 from ._utils import _finish
@@ -27,6 +28,9 @@ _BAND_COLOR = "0.85"
 _BAND = (5, 95)
 
 
+@doc_params(
+    show_ax=DOC_SHOW_AX_SIZED, returns_ax=DOC_RETURNS_AX, key_added=doc_key_added_read("`bf.tl.in_silico_perturb`")
+)
 def in_silico(
     adata: AnnData,
     genes: str | Sequence[str] | None = None,
@@ -55,20 +59,12 @@ def in_silico(
         Genes to show, in this order (one name or a list); `None`: every perturbed gene, strongest first.
     kind
         ``"shift"``, ``"toward"`` or ``"cells"``.
-    key_added
-        Base key used by `bf.tl.in_silico_perturb` (default ``"bioformers"``).
-    ax
-        Axes to draw into; a new figure, sized to the number of genes, by default.
-    show
-        Show the plot and return nothing. Default: show in an interactive session
-        (when Scanpy's `settings.autoshow` is on), otherwise return the Axes.
-    return_fig
-        Return the Figure instead of the Axes.
+    {key_added}
+    {show_ax}
 
     Returns
     -------
-    :class:`~matplotlib.axes.Axes`, :class:`~matplotlib.figure.Figure` or None
-        The Axes, the Figure if `return_fig`, or None if shown.
+    {returns_ax}
 
     Examples
     --------

@@ -8,10 +8,19 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from .._docs import (
+    DOC_PERTURBATION_KEY,
+    DOC_RETURNS_AX,
+    DOC_SHOW_AX,
+    DOC_SHOW_AX_SIZED,
+    doc_layer_lognorm,
+    doc_params,
+)
+from .._validation import shown
+from ..metrics._checks import _check_int
 from ..metrics._perturbation import (
     _align_genes,
     _check_control,
-    _check_int,
     _check_perturbations,
     _check_t_test_sizes,
     _expression,
@@ -21,10 +30,8 @@ from ..metrics._perturbation import (
     _pearson,
     _predicted_profiles,
     _rank_genes,
-    _shown,
 )
-from ._genes import _gene_index
-from ._utils import _finish
+from ._utils import _finish, _gene_index
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -38,6 +45,12 @@ _PREDICTED_COLOR = "tab:orange"
 _LABEL_COLUMNS = ("method", "split", "perturbation")
 
 
+@doc_params(
+    perturbation_key=DOC_PERTURBATION_KEY,
+    layer=doc_layer_lognorm("observed"),
+    show_ax=DOC_SHOW_AX_SIZED,
+    returns_ax=DOC_RETURNS_AX,
+)
 def perturbation(
     predicted: AnnData | pd.DataFrame,
     observed: AnnData,
@@ -75,24 +88,13 @@ def perturbation(
         of `perturbation` in `observed` (`bf.metrics.top_de_genes`), most significant first.
     n_top_genes
         Number of top DE genes shown when `genes` is `None`.
-    perturbation_key
-        Column of ``obs`` with the control label or the perturbation of each cell.
-    control
-        Label of the control cells.
-    layer
-        Layer of `observed` with the log-normalised expression; `None`: `observed.X`.
-    ax
-        Axes to draw into; a new figure, sized to the number of genes, by default.
-    show
-        Show the plot and return nothing. Default: show in an interactive session
-        (when Scanpy's `settings.autoshow` is on), otherwise return the Axes.
-    return_fig
-        Return the Figure instead of the Axes.
+    {perturbation_key}
+    {layer}
+    {show_ax}
 
     Returns
     -------
-    :class:`~matplotlib.axes.Axes`, :class:`~matplotlib.figure.Figure` or None
-        The Axes, the Figure if `return_fig`, or None if shown.
+    {returns_ax}
 
     Examples
     --------
@@ -115,7 +117,7 @@ def perturbation(
     profiles = _predicted_profiles(predicted, perturbation_key=perturbation_key, control=control)
     if perturbation not in profiles.index:
         raise ValueError(
-            f"`predicted` has no prediction for {perturbation!r}; it predicts {_shown(profiles.index)}. "
+            f"`predicted` has no prediction for {perturbation!r}; it predicts {shown(profiles.index)}. "
             "Pass one of those, or predict this perturbation first."
         )
     profiles = _align_genes(profiles, observed.var_names, "predicted", "observed")
@@ -157,6 +159,7 @@ def perturbation(
     return _finish(ax, show=show, return_fig=return_fig)
 
 
+@doc_params(show_ax=DOC_SHOW_AX, returns_ax=DOC_RETURNS_AX)
 def perturbation_scores(
     scores: pd.DataFrame,
     *,
@@ -180,18 +183,11 @@ def perturbation_scores(
         of several methods joined by ``pd.concat({method: scores, ...}, names=["method"])``.
     metric
         The column to plot, e.g. ``"pearson_delta"`` or ``"mse_top"``.
-    ax
-        Axes to draw into; a new figure by default.
-    show
-        Show the plot and return nothing. Default: show in an interactive session
-        (when Scanpy's `settings.autoshow` is on), otherwise return the Axes.
-    return_fig
-        Return the Figure instead of the Axes.
+    {show_ax}
 
     Returns
     -------
-    :class:`~matplotlib.axes.Axes`, :class:`~matplotlib.figure.Figure` or None
-        The Axes, the Figure if `return_fig`, or None if shown.
+    {returns_ax}
 
     Examples
     --------
@@ -212,8 +208,7 @@ def perturbation_scores(
     if metric not in table.columns:
         available = [column for column in table.columns if column not in _LABEL_COLUMNS]
         raise KeyError(
-            f"Metric {metric!r} is not a column of `scores`. Available: {_shown(available) or 'none'}; pass one "
-            "with `metric=`."
+            f"Metric {metric!r} is not a column of `scores`. Available: {shown(available)}; pass one with `metric=`."
         )
     values = pd.to_numeric(table[metric], errors="coerce").to_numpy(dtype=np.float64)
     methods = table["method"].astype(str).to_numpy()

@@ -1,4 +1,4 @@
-"""What every `bf.pl` function shares."""
+"""What the `bf.pl` functions share: how a plot is returned, and genes looked up by name."""
 
 from __future__ import annotations
 
@@ -8,7 +8,13 @@ import matplotlib
 import matplotlib.pyplot as plt
 import scanpy as sc
 
+from .._validation import shown
+
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import numpy as np
+    from anndata import AnnData
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
@@ -23,3 +29,15 @@ def _finish(axes: Axes | list[Axes], *, show: bool | None, return_fig: bool) -> 
         plt.show()
         return None
     return axes
+
+
+def _gene_index(adata: AnnData, genes: Sequence[str]) -> np.ndarray:
+    """Positions of `genes` in `adata.var_names`, or a KeyError naming the unknown ones."""
+    genes = list(genes)
+    missing = [gene for gene in genes if gene not in adata.var_names]
+    if missing:
+        raise KeyError(
+            f"Genes not found: {shown(missing, 5)}. Check `adata.var_names` "
+            f"(e.g. {', '.join(adata.var_names[:3])}, ...)."
+        )
+    return adata.var_names.get_indexer(genes)

@@ -1,4 +1,4 @@
-"""Gene-level plots: attention and similarity GRNs, gene programs, binning and predicted bins."""
+"""Gene regulatory networks: attention between genes, a gene's strongest partners, gene programs."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import MaxNLocator
 from scipy import sparse
 from scipy.cluster import hierarchy
 from scipy.spatial.distance import squareform
 
+from .._docs import DOC_RETURNS_AX, DOC_SHOW_AX, DOC_SHOW_AX_SIZED, doc_key_added_read, doc_params
 from .._keys import Keys
 from .._validation import did_you_mean
-from ._utils import _finish
+from ._utils import _finish, _gene_index
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -27,6 +27,7 @@ _PROGRAMS_TOOL = "`bf.tl.gene_programs(adata, model)`"
 _UNASSIGNED = "unassigned"
 
 
+@doc_params(show_ax=DOC_SHOW_AX_SIZED, returns_ax=DOC_RETURNS_AX, key_added=doc_key_added_read("`bf.tl.attention_grn`"))
 def attention(
     adata: AnnData,
     genes: str | Sequence[str] | None = None,
@@ -59,23 +60,15 @@ def attention(
     group
         A group of the ``groupby`` column passed to `bf.tl.attention_grn`: plot that group's
         matrix instead of the one over all cells.
-    key_added
-        Base key used by `bf.tl.attention_grn` (default ``"bioformers"``).
+    {key_added}
     cmap
         Colormap of the heatmap.
-    ax
-        Axes to draw into; a new figure, sized to the number of genes, by default.
-    show
-        Show the plot and return nothing. Default: show in an interactive session
-        (when Scanpy's `settings.autoshow` is on), otherwise return the Axes.
-    return_fig
-        Return the Figure instead of the Axes.
+    {show_ax}
 
     Returns
     -------
-    :class:`~matplotlib.axes.Axes`, :class:`~matplotlib.figure.Figure` or None
-        The Axes, the Figure if `return_fig`, or None if shown. Matrices kept per head
-        (``keep_heads=True``) are averaged over heads.
+    {returns_ax}
+        Matrices kept per head (``keep_heads=True``) are averaged over heads.
 
     Examples
     --------
@@ -116,6 +109,7 @@ def attention(
     return _finish(ax, show=show, return_fig=return_fig)
 
 
+@doc_params(show_ax=DOC_SHOW_AX, returns_ax=DOC_RETURNS_AX)
 def grn(
     adata: AnnData,
     gene: str,
@@ -151,18 +145,11 @@ def grn(
         Number of partners drawn.
     key_added
         Base key of the default GRNs.
-    ax
-        Axes to draw into; a new figure by default.
-    show
-        Show the plot and return nothing. Default: show in an interactive session
-        (when Scanpy's `settings.autoshow` is on), otherwise return the Axes.
-    return_fig
-        Return the Figure instead of the Axes.
+    {show_ax}
 
     Returns
     -------
-    :class:`~matplotlib.axes.Axes`, :class:`~matplotlib.figure.Figure` or None
-        The Axes, the Figure if `return_fig`, or None if shown.
+    {returns_ax}
 
     Examples
     --------
@@ -244,6 +231,7 @@ def grn(
     return _finish(ax, show=show, return_fig=return_fig)
 
 
+@doc_params(show_ax=DOC_SHOW_AX_SIZED, returns_ax=DOC_RETURNS_AX, key_added=doc_key_added_read("`bf.tl.gene_programs`"))
 def gene_programs(
     adata: AnnData,
     program: str,
@@ -267,22 +255,14 @@ def gene_programs(
     program
         A program label of ``adata.var[f"{key_added}_program"]`` (``"0"`` is the largest);
         ``"unassigned"`` is no program.
-    key_added
-        Base key used by `bf.tl.gene_programs` (default ``"bioformers"``).
+    {key_added}
     cmap
         Colormap of the heatmap; a diverging one suits the signed similarity.
-    ax
-        Axes to draw into; a new figure, sized to the number of genes, by default.
-    show
-        Show the plot and return nothing. Default: show in an interactive session
-        (when Scanpy's `settings.autoshow` is on), otherwise return the Axes.
-    return_fig
-        Return the Figure instead of the Axes.
+    {show_ax}
 
     Returns
     -------
-    :class:`~matplotlib.axes.Axes`, :class:`~matplotlib.figure.Figure` or None
-        The Axes, the Figure if `return_fig`, or None if shown.
+    {returns_ax}
 
     Examples
     --------
@@ -335,175 +315,9 @@ def gene_programs(
     return _finish(ax, show=show, return_fig=return_fig)
 
 
-def binning(
-    adata: AnnData,
-    *,
-    key_added: str = "bioformers",
-    log: bool = True,
-    ax: Axes | None = None,
-    show: bool | None = None,
-    return_fig: bool = False,
-) -> Axes | Figure | None:
-    """Bar chart of how many values fall into each bin of `bf.pp.bin`.
-
-    Bin 0 (not expressed, grey) counts the zeros of the sparse layer, cells x genes minus the
-    stored nonzeros, without densifying it. Every bin of the vocabulary is shown, empty ones too.
-
-    Parameters
-    ----------
-    adata
-        Annotated data with the binned layer.
-    key_added
-        Base key used by `bf.pp.bin` (default ``"bioformers"``).
-    log
-        Logarithmic count axis; zeros usually outnumber every other bin by far.
-    ax
-        Axes to draw into; a new figure by default.
-    show
-        Show the plot and return nothing. Default: show in an interactive session
-        (when Scanpy's `settings.autoshow` is on), otherwise return the Axes.
-    return_fig
-        Return the Figure instead of the Axes.
-
-    Returns
-    -------
-    :class:`~matplotlib.axes.Axes`, :class:`~matplotlib.figure.Figure` or None
-        The Axes, the Figure if `return_fig`, or None if shown.
-
-    Examples
-    --------
-    >>> import bioformers as bf
-    >>> adata = bf.datasets.synthetic()
-    >>> bf.pp.bin(adata)
-    >>> ax = bf.pl.binning(adata, show=False)
-    >>> print(ax.get_title())
-    value binning (exact up to 8, 3 bins/octave above)
-    47.8% of values are 0
-    """
-    keys = Keys(key_added)
-    binned = _binned(adata, keys)
-    record = adata.uns.get(keys.binned, {})
-    counts = _bin_counts(binned, n_tokens=int(record.get("n_tokens", 0)))
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(max(4.0, min(10.0, 2 + 0.12 * counts.size)), 3.5))
-    colors = ["0.6", *["tab:blue"] * (counts.size - 1)]
-    ax.bar(np.arange(counts.size), counts, width=0.85, color=colors)
-    if log:
-        ax.set_yscale("log")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("bin (0 = not expressed)")
-    ax.set_ylabel("values (cells x genes)")
-    ax.set_title(f"{_binning_description(record.get('params', {}))}\n{counts[0] / counts.sum():.1%} of values are 0")
-    return _finish(ax, show=show, return_fig=return_fig)
-
-
-def predicted_vs_observed(
-    adata: AnnData,
-    genes: str | Sequence[str] | None = None,
-    *,
-    key_added: str = "bioformers",
-    cmap: str = "viridis",
-    ax: Axes | None = None,
-    show: bool | None = None,
-    return_fig: bool = False,
-) -> Axes | Figure | None:
-    """Observed bin against the most likely predicted bin, from `bf.pp.bin` and `bf.tl.predict`.
-
-    A confusion heatmap: column ``o`` shows how the values observed in bin ``o`` are spread over
-    the predicted bins, as shares of that column (so rare high bins are as visible as common
-    ones; empty columns stay blank). Perfect predictions lie on the dashed diagonal. The title
-    gives the exact-match share over all values and over the expressed (nonzero) ones, since
-    zeros dominate the first. The most likely bin is compared rather than the expected value,
-    because it is on the scale of the observed bins for both binning methods.
-
-    Parameters
-    ----------
-    adata
-        Annotated data with the binned layer and the predicted bins.
-    genes
-        Restrict to these genes (one name or a list); `None`: all genes.
-    key_added
-        Base key used by `bf.pp.bin` and `bf.tl.predict` (default ``"bioformers"``).
-    cmap
-        Colormap of the heatmap.
-    ax
-        Axes to draw into; a new figure by default.
-    show
-        Show the plot and return nothing. Default: show in an interactive session
-        (when Scanpy's `settings.autoshow` is on), otherwise return the Axes.
-    return_fig
-        Return the Figure instead of the Axes.
-
-    Returns
-    -------
-    :class:`~matplotlib.axes.Axes`, :class:`~matplotlib.figure.Figure` or None
-        The Axes, the Figure if `return_fig`, or None if shown.
-
-    Examples
-    --------
-    >>> import bioformers as bf
-    >>> adata = bf.datasets.synthetic(n_obs=100, n_vars=30)
-    >>> bf.pp.bin(adata)
-    >>> # stands in for bf.tl.predict(adata, model): a perfect prediction
-    >>> adata.layers["bioformers_predicted_bins"] = adata.layers["bioformers_binned"].toarray()
-    >>> ax = bf.pl.predicted_vs_observed(adata, show=False)
-    >>> ax.get_title()
-    'exact bin for 100.0% of values, 100.0% of expressed'
-    """
-    keys = Keys(key_added)
-    observed = _binned(adata, keys)
-    if keys.predicted_bins not in adata.layers:
-        raise KeyError(
-            f"`adata.layers[{keys.predicted_bins!r}]` not found."
-            f"{did_you_mean(keys.predicted_bins, adata.layers.keys())} Run `bf.tl.predict(adata, model)` first."
-        )
-    predicted = adata.layers[keys.predicted_bins]
-    if genes is not None:
-        index = _gene_index(adata, [genes] if isinstance(genes, str) else genes)
-        observed, predicted = observed[:, index], predicted[:, index]
-    predicted = predicted.toarray() if sparse.issparse(predicted) else np.asarray(predicted)
-    confusion = _confusion(sparse.csr_matrix(observed), predicted.astype(np.int64))
-
-    total, expressed = confusion.sum(), confusion[:, 1:].sum()
-    exact, exact_expressed = np.trace(confusion), np.trace(confusion) - confusion[0, 0]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        shares = confusion / confusion.sum(axis=0, keepdims=True)
-    n = confusion.shape[0]
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(5.5, 4.5))
-    image = ax.imshow(
-        np.ma.masked_invalid(shares), origin="lower", cmap=cmap, vmin=0, vmax=1, interpolation="nearest", aspect="auto"
-    )
-    ax.plot([-0.5, n - 0.5], [-0.5, n - 0.5], color="white", linestyle="--", linewidth=0.8)
-    ax.figure.colorbar(image, ax=ax, label="share of the observed bin")
-    ax.grid(False)  # as in `_heatmap`
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("observed bin")
-    ax.set_ylabel("predicted bin (most likely)")
-    which = "" if genes is None else f"{genes if isinstance(genes, str) else f'{index.size} genes'}: "
-    share_expressed = f"{exact_expressed / expressed:.1%}" if expressed else "n/a"
-    ax.set_title(f"{which}exact bin for {exact / total:.1%} of values, {share_expressed} of expressed")
-    return _finish(ax, show=show, return_fig=return_fig)
-
-
 def _check_top(top: int) -> None:
     if not isinstance(top, int | np.integer) or isinstance(top, bool) or top < 1:
         raise ValueError(f"`top={top!r}` must be a positive number of genes.")
-
-
-def _gene_index(adata: AnnData, genes: Sequence[str]) -> np.ndarray:
-    """Positions of `genes` in `adata.var_names`, or a KeyError naming the unknown ones."""
-    genes = list(genes)
-    missing = [gene for gene in genes if gene not in adata.var_names]
-    if missing:
-        shown = ", ".join(map(repr, missing[:5])) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise KeyError(
-            f"Genes not found: {shown}. Check `adata.var_names` (e.g. {', '.join(adata.var_names[:3])}, ...)."
-        )
-    return adata.var_names.get_indexer(genes)
 
 
 def _head_mean(matrix) -> np.ndarray:
@@ -579,53 +393,3 @@ def _missing_attention(adata: AnnData, keys: Keys, group: str | None) -> str:
         f"`adata.varp[{keys.attention_group(group)!r}]` not found: no attention GRN for group {group!r}.{known} "
         "Run `bf.tl.attention_grn(adata, model, groupby=...)` with the column that holds the group."
     )
-
-
-def _binned(adata: AnnData, keys: Keys):
-    if keys.binned not in adata.layers:
-        raise KeyError(
-            f"`adata.layers[{keys.binned!r}]` not found.{did_you_mean(keys.binned, adata.layers.keys())} "
-            "Run `bf.pp.bin(adata)` first."
-        )
-    return adata.layers[keys.binned]
-
-
-def _bin_counts(binned, *, n_tokens: int = 0) -> np.ndarray:
-    """Number of values in each bin; the zeros of a sparse matrix are counted, not materialised."""
-    if sparse.issparse(binned):
-        data = np.asarray(binned.data, dtype=np.int64)
-        counts = np.bincount(data, minlength=max(n_tokens, 1))
-        counts[0] += binned.shape[0] * binned.shape[1] - data.size
-        return counts
-    return np.bincount(np.asarray(binned, dtype=np.int64).ravel(), minlength=max(n_tokens, 1))
-
-
-def _confusion(observed: sparse.csr_matrix, predicted: np.ndarray) -> np.ndarray:
-    """Counts ``[predicted bin, observed bin]`` without densifying the observed bins.
-
-    Every value starts as observed 0; the stored nonzeros are then moved to their own column.
-    """
-    coo = observed.tocoo()
-    stored = coo.data != 0
-    rows, cols, data = coo.row[stored], coo.col[stored], coo.data[stored].astype(np.int64)
-    n = int(max(predicted.max(initial=0), data.max(initial=0))) + 1
-    confusion = np.zeros((n, n), dtype=np.int64)
-    confusion[:, 0] = np.bincount(predicted.ravel(), minlength=n)
-    moved = predicted[rows, cols]
-    confusion[:, 0] -= np.bincount(moved, minlength=n)
-    np.add.at(confusion, (moved, data), 1)
-    return confusion
-
-
-def _binning_description(params: dict) -> str:
-    method = params.get("method")
-    if method == "segment":
-        return f"segment binning ({params.get('n_bins')} bins per cell)"
-    if method == "value":
-        details = [f"exact up to {params.get('cutoff', 8):g}", f"{params.get('bins_per_octave', 3)} bins/octave above"]
-        if "n_bins" in params:
-            details.append(f"capped at {params['n_bins']}")
-        return f"value binning ({', '.join(details)})"
-    if method == "rank":
-        return f"rank tokens (top {params.get('n_ranks')} genes of each cell ranked, the rest 1)"
-    return "binning"
