@@ -37,20 +37,35 @@ import pandas as pd
 from scipy import linalg, sparse
 from threadpoolctl import threadpool_limits
 
+from .._docs import doc_params
+
 _SCORES = ("sensitivity", "hel_sensitivity")
 
+#: The arguments of every score of one predictor's masked predictions.
+_DOC_SCORED = """\
+true_bins
+    True bins, ``(cells, genes)``, dense or sparse.
+pred_bins
+    Predicted bins, same shape, dense or sparse.
+mask
+    Boolean, same shape: `True` at the positions the predictor could not see."""
 
+#: The arguments of the predictions of :class:`LinearBaseline`.
+_DOC_BINS_MASK = """\
+bins
+    Bins of the cells to predict, ``(cells, genes)`` with the training genes, dense or
+    sparse. Masked values are never read.
+mask
+    Boolean, same shape: `True` at the hidden positions, replaced by the gene's training mean."""
+
+
+@doc_params(scored=_DOC_SCORED)
 def sensitivity(true_bins, pred_bins, mask) -> float:
     """Share of masked expressed positions whose bin is predicted exactly.
 
     Parameters
     ----------
-    true_bins
-        True bins, ``(cells, genes)``, dense or sparse.
-    pred_bins
-        Predicted bins, same shape, dense or sparse.
-    mask
-        Boolean, same shape: `True` at the positions the predictor could not see.
+    {scored}
 
     Returns
     -------
@@ -75,17 +90,13 @@ def sensitivity(true_bins, pred_bins, mask) -> float:
     return float(np.mean(pred[expressed] == true[expressed]))
 
 
+@doc_params(scored=_DOC_SCORED)
 def hel_sensitivity(true_bins, pred_bins, mask, *, cutoff_bin: int) -> float:
     """High-expression-level sensitivity: share of masked high positions predicted within one bin.
 
     Parameters
     ----------
-    true_bins
-        True bins, ``(cells, genes)``, dense or sparse.
-    pred_bins
-        Predicted bins, same shape, dense or sparse.
-    mask
-        Boolean, same shape: `True` at the positions the predictor could not see.
+    {scored}
     cutoff_bin
         Positions with a true bin strictly above this bin are "high". For
         ``bf.pp.bin(method="value", cutoff=c)`` it is the bin of the count ``c``,
@@ -116,6 +127,7 @@ def hel_sensitivity(true_bins, pred_bins, mask, *, cutoff_bin: int) -> float:
     return float(np.mean(np.abs(pred[high] - true[high]) <= 1))
 
 
+@doc_params(scored=_DOC_SCORED)
 def npv(true_bins, pred_bins, mask) -> float:
     """Negative predictive value: share of masked positions predicted 0 that are truly 0.
 
@@ -124,12 +136,7 @@ def npv(true_bins, pred_bins, mask) -> float:
 
     Parameters
     ----------
-    true_bins
-        True bins, ``(cells, genes)``, dense or sparse.
-    pred_bins
-        Predicted bins, same shape, dense or sparse.
-    mask
-        Boolean, same shape: `True` at the positions the predictor could not see.
+    {scored}
 
     Returns
     -------
@@ -219,17 +226,13 @@ def balanced_mask(true_bins, n_per_cell: int, *, seed: int = 0) -> np.ndarray:
     return mask
 
 
+@doc_params(scored=_DOC_SCORED)
 def bin_confusion(true_bins, pred_bins, mask, *, true_bin: int = 1) -> pd.DataFrame:
     """Predicted bins of the masked positions whose true bin is `true_bin` (the paper's Table 3).
 
     Parameters
     ----------
-    true_bins
-        True bins, ``(cells, genes)``, dense or sparse.
-    pred_bins
-        Predicted bins, same shape, dense or sparse.
-    mask
-        Boolean, same shape: `True` at the positions the predictor could not see.
+    {scored}
     true_bin
         The true bin to break down.
 
@@ -489,16 +492,13 @@ class LinearBaseline:
         self.n_genes_ = n_genes
         return self
 
+    @doc_params(bins_mask=_DOC_BINS_MASK)
     def predict_values(self, bins, mask) -> np.ndarray:
         """Continuous predictions of every position, with the masked values hidden from the regressions.
 
         Parameters
         ----------
-        bins
-            Bins of the cells to predict, ``(cells, genes)`` with the training genes, dense or
-            sparse. Masked values are never read.
-        mask
-            Boolean, same shape: `True` at the hidden positions, replaced by the gene's training mean.
+        {bins_mask}
 
         Returns
         -------
@@ -523,16 +523,13 @@ class LinearBaseline:
         )  # column g holds gene g's coefficients at the rows of its predictors
         return np.asarray(X @ weights) + self.intercept_
 
+    @doc_params(bins_mask=_DOC_BINS_MASK)
     def predict(self, bins, mask) -> np.ndarray:
         """Predicted bins of every position, with the masked values hidden from the regressions.
 
         Parameters
         ----------
-        bins
-            Bins of the cells to predict, ``(cells, genes)`` with the training genes, dense or
-            sparse. Masked values are never read.
-        mask
-            Boolean, same shape: `True` at the hidden positions, replaced by the gene's training mean.
+        {bins_mask}
 
         Returns
         -------

@@ -17,7 +17,7 @@ from .._validation import check_anndata, did_you_mean, matrix_name, shown
 from ..metrics._checks import _check_int
 from ..metrics._generation import _group_labels, _moments, _values
 from ..metrics._perturbation import _pearson
-from ._utils import _finish
+from ._utils import _finish, _legend_outside
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -194,15 +194,7 @@ def generated_vs_real(
         only = {g: "real only" for g in groups["real"] if g not in shared}
         only |= {g: "generated only" for g in groups["generated"] if g not in shared}
         handles = [_marker(colors[g], f"{g} ({only[g]})" if g in only else g) for g in pooled_groups]
-        axes[3].legend(
-            handles=handles,
-            title=groupby,
-            loc="upper left",
-            bbox_to_anchor=(1.01, 1.0),
-            frameon=False,
-            fontsize=8,
-            ncols=1 if len(handles) <= 16 else 2,
-        )
+        _legend_outside(axes[3], handles, title=groupby)
     return _finish(axes, show=show, return_fig=return_fig)
 
 
@@ -300,15 +292,7 @@ def _mean_panel_groups(
     _diagonal(ax, [x, y])
     ax.set_title(f"mean per gene and {groupby} ({len(names)} genes)")
     handles = [_marker(colors[group], f"{group}: r = {_format_r(_pearson(*means[group]))}") for group in shared]
-    ax.legend(
-        handles=handles,
-        title=f"{groupby} (in both)",
-        loc="upper left",
-        bbox_to_anchor=(1.01, 1.0),
-        frameon=False,
-        fontsize=8,
-        ncols=1 if len(shared) <= 16 else 2,
-    )
+    _legend_outside(ax, handles, title=f"{groupby} (in both)")
 
 
 def _diagonal(ax: Axes, means: list[np.ndarray]) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 from .._docs import DOC_RETURNS_AX, DOC_SHOW_AX_SIZED, doc_key_added_read, doc_params
 from .._keys import Keys
 from .._validation import did_you_mean, shown
-from ._utils import _finish
+from ._utils import _finish, _legend_outside
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -141,9 +141,10 @@ def in_silico(
     groups = params.get("groups")
     cells = f"in {', '.join(map(str, groups))}" if groups is not None and len(groups) else f"{params['n_cells']} cells"
     ax.set_title(f"in-silico {params['mode']}, {cells}" + (f", target {target}" if target is not None else ""))
-    if ax.get_legend_handles_labels()[0]:
+    handles = ax.get_legend_handles_labels()[0]
+    if handles:
         # outside the axes: bars reach either side, and the band can span the whole width
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
+        _legend_outside(ax, handles)
     return _finish(ax, show=show, return_fig=return_fig)
 
 

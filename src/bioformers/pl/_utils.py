@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
     import numpy as np
     from anndata import AnnData
+    from matplotlib.artist import Artist
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
@@ -29,6 +30,19 @@ def _finish(axes: Axes | list[Axes], *, show: bool | None, return_fig: bool) -> 
         plt.show()
         return None
     return axes
+
+
+def _legend_outside(ax: Axes, handles: Sequence[Artist], *, title: str | None = None) -> None:
+    """A legend right of the axes, aligned with their top: one column, two past 16 entries."""
+    ax.legend(
+        handles=handles,
+        title=title,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        frameon=False,
+        fontsize=8,
+        ncols=1 if len(handles) <= 16 else 2,
+    )
 
 
 def _gene_index(adata: AnnData, genes: Sequence[str]) -> np.ndarray:
