@@ -13,8 +13,9 @@ otherwise (a combination written ``"A+B"``).
   control mean (the delta, the part a model has to predict).
 * :func:`mean_collapse`: whether the predicted changes differ between perturbations at all.
 
-The baselines to compare with are in :mod:`._perturbation_baselines`, which reads the groups,
-checks its arguments and averages cells with the helpers of this module.
+The baselines to compare with, :func:`~bioformers.metrics.perturbation_baselines`, live in
+``_perturbation_baselines.py``, which reads the groups, checks its arguments and averages cells
+with the helpers of this module.
 """
 
 from __future__ import annotations
