@@ -44,7 +44,14 @@ def main() -> None:
     screen = bf.datasets.synthetic_perturbation(n_obs=120, n_vars=30, seed=4)
     scvi.settings.seed = 0
     perturbation = bf.tl.train_perturbation(
-        screen, perturbation_key="perturbation", n_hidden=16, n_layers=1, n_heads=2, max_epochs=1, batch_size=32, **TRAIN
+        screen,
+        perturbation_key="perturbation",
+        n_hidden=16,
+        n_layers=1,
+        n_heads=2,
+        max_epochs=1,
+        batch_size=32,
+        **TRAIN,
     )
     perturbation.save(os.path.join(HERE, "perturbation"), save_anndata=True)
     expected["perturbation_embedding"] = perturbation.get_latent_representation()

@@ -39,6 +39,8 @@ class Query:
 
     Attributes
     ----------
+    model
+        The model the query is prepared for.
     adata
         What the model reads: a private AnnData sharing the query's matrices (with the binned layer
         when it was binned here), or the query itself when it is backed (streamed, never registered).
