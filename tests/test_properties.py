@@ -18,7 +18,7 @@ from scipy import sparse
 
 import bioformers as bf
 from bioformers.data import cell_uniforms, mask_positions, n_masked, prediction_masks, select_genes
-from bioformers.pp._binning import bin_matrix
+from bioformers.pp._tokens import bin_matrix
 
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 DTYPES = [np.float32, np.float64, np.int32, np.int64]

@@ -8,8 +8,8 @@ from scipy import sparse
 
 import bioformers as bf
 from bioformers.data import binned_batches
-from bioformers.pp._binning import bin_matrix
 from bioformers.pp._rank import rank_matrix
+from bioformers.pp._tokens import bin_matrix
 
 KEY = "bioformers_binned"
 

@@ -20,7 +20,8 @@ from anndata.abc import CSCDataset
 from scipy import sparse
 
 from .._validation import check_counts, get_matrix
-from ..pp._binning import BINNING_ARGS, bin_matrix, cell_totals
+from ..pp._counts import cell_totals
+from ..pp._tokens import BINNING_ARGS, bin_matrix
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence

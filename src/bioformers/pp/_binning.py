@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-from numbers import Integral
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from scanpy import logging as logg
 from scipy import sparse
 
-from .._keys import Keys
 from .._record import params_record
 from .._validation import check_anndata, check_counts, get_matrix, matrix_name
+from ._counts import canonical_csr, row_ids, row_totals
+from ._layer import MAX_TOKEN, is_int, write_tokens
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
 _DEFAULT_SEGMENT_BINS = 50
-_MAX_BIN = np.iinfo(np.int16).max
-#: The arguments of :func:`bin` that define how values are binned: a query must be binned with the same ones.
-BINNING_ARGS = ("method", "n_bins", "cutoff", "bins_per_octave", "normalize", "target_sum", "n_ranks", "gene_medians")
 
 
 def bin(
@@ -140,20 +137,20 @@ def bin(
         )
     if n_bins is None and method == "segment":
         n_bins = _DEFAULT_SEGMENT_BINS
-    if n_bins is not None and not _is_int(n_bins, 1, _MAX_BIN):
-        raise ValueError(f"`n_bins={n_bins!r}` must be an integer from 1 to {_MAX_BIN}, or None.")
+    if n_bins is not None and not is_int(n_bins, 1, MAX_TOKEN):
+        raise ValueError(f"`n_bins={n_bins!r}` must be an integer from 1 to {MAX_TOKEN}, or None.")
     if not (np.isfinite(cutoff) and cutoff > 1):
         raise ValueError(
             f"`cutoff={cutoff!r}` must be a finite number > 1: counts up to `cutoff` keep their exact value."
         )
-    if not _is_int(bins_per_octave, 1, _MAX_BIN):
+    if not is_int(bins_per_octave, 1, MAX_TOKEN):
         raise ValueError(f"`bins_per_octave={bins_per_octave!r}` must be a positive integer (the paper uses 3).")
     if target_sum is not None and not (np.isfinite(target_sum) and target_sum > 0):
         raise ValueError(f"`target_sum={target_sum!r}` must be a positive number, or None for the mean total count.")
     check_counts(X, where=where, require_integer=method == "value" and normalize)
 
     start = logg.info(f"binning {where} (method={method!r})")
-    binned, target_sum = bin_matrix(
+    binned, target_sum = bin_counts(
         X,
         method=method,
         n_bins=n_bins,
@@ -174,63 +171,59 @@ def bin(
         layer=layer,
     )
 
-    adata = adata.copy() if copy else adata
-    key = Keys(key_added).binned
-    adata.layers[key] = binned
-    adata.uns[key] = {"params": params, "n_tokens": n_tokens}
-    logg.info(
-        "    finished",
-        time=start,
-        deep=(
-            f"added\n    {key!r}, binned values (adata.layers)\n"
-            f"    {key!r}, binning parameters and `n_tokens={n_tokens}` (adata.uns)"
-        ),
+    return write_tokens(
+        adata,
+        binned,
+        params,
+        n_tokens,
+        key_added=key_added,
+        copy=copy,
+        start=start,
+        tokens_are="binned values",
+        params_are="binning parameters",
     )
-    return adata if copy else None
 
 
-def bin_matrix(
+def bin_counts(
     X,
     *,
-    method: Literal["value", "segment", "rank"] = "value",
+    method: Literal["value", "segment"] = "value",
     n_bins: int | None = None,
     cutoff: float = 8,
     bins_per_octave: int = 3,
     normalize: bool = True,
     target_sum: float | None = None,
-    n_ranks: int | None = None,
-    gene_medians: np.ndarray | None = None,
 ) -> tuple[sparse.csr_matrix, float | None]:
     """The arithmetic of :func:`bin` on one matrix, without its checks of arguments and counts.
-
-    ``method="rank"`` gives the rank tokens of :func:`bioformers.pp.rank` (with ``n_ranks``,
-    ``target_sum`` and ``gene_medians``), so that one call bins a query however the training data was.
 
     Every row is binned on its own, given ``target_sum``, so binning a matrix in chunks of rows
     gives exactly the bins of binning it whole (with ``target_sum=None`` only if each chunk is the
     whole matrix: the default total is the mean over the rows given).
 
+    Parameters
+    ----------
+    X
+        Counts, sparse or dense (cells x genes).
+    method, n_bins, cutoff, bins_per_octave, normalize, target_sum
+        As for :func:`bin`.
+
     Returns
     -------
-    The bins, an ``int16`` CSR matrix of the shape of ``X``, and the total every row was scaled to
-    (`None` when nothing was scaled).
+    binned : :class:`~scipy.sparse.csr_matrix`
+        The bins, ``int16``, of the shape of ``X``.
+    target_sum : float or None
+        The total every row was scaled to; `None` when nothing was scaled.
     """
-    if method == "rank":
-        from ._rank import DEFAULT_N_RANKS, DEFAULT_TARGET_SUM, rank_matrix  # _rank builds on this module's helpers
-
-        target_sum = DEFAULT_TARGET_SUM if target_sum is None else target_sum
-        ranked, _ = rank_matrix(X, n_ranks=n_ranks or DEFAULT_N_RANKS, target_sum=target_sum, gene_medians=gene_medians)
-        return ranked, float(target_sum)
-    counts = _canonical_csr(X)
+    counts = canonical_csr(X)
     if method == "value":
         scale = normalize and counts.shape[0] > 0
-        totals = _cell_totals(counts) if scale else None
+        totals = row_totals(counts) if scale else None
         if scale and target_sum is None:
             target_sum = totals.mean()
         bins = _value_bins(counts, cutoff=cutoff, bins_per_octave=bins_per_octave, totals=totals, target_sum=target_sum)
         if n_bins is not None:
             np.minimum(bins, n_bins, out=bins)
-        if bins.size and bins.max() > _MAX_BIN:
+        if bins.size and bins.max() > MAX_TOKEN:
             raise ValueError(
                 f"The largest bin ({bins.max():.0f}) does not fit in int16. Cap it with `n_bins=`, "
                 "or lower `bins_per_octave=` or `cutoff=`."
@@ -241,34 +234,6 @@ def bin_matrix(
         target_sum = None
     binned = sparse.csr_matrix((bins.astype(np.int16), counts.indices, counts.indptr), shape=counts.shape)
     return binned, target_sum
-
-
-def cell_totals(X) -> np.ndarray:
-    """Total count of every row, ``(n_rows,)`` float64, summed exactly as :func:`bin` sums them."""
-    return _cell_totals(_canonical_csr(X))
-
-
-def _is_int(value, low: int, high: int) -> bool:
-    return isinstance(value, Integral) and not isinstance(value, bool) and low <= value <= high
-
-
-def _canonical_csr(X) -> sparse.csr_matrix:
-    """CSR with sorted indices, summed duplicates and no explicit zeros, without touching ``X``.
-
-    Converting every input to this one form first is what makes CSR, CSC and dense agree exactly.
-    """
-    counts = sparse.csr_matrix(X if sparse.issparse(X) else np.asarray(X), dtype=np.float64, copy=True)
-    counts.sum_duplicates()
-    counts.eliminate_zeros()
-    return counts
-
-
-def _row_ids(counts: sparse.csr_matrix) -> np.ndarray:
-    return np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
-
-
-def _cell_totals(counts: sparse.csr_matrix) -> np.ndarray:
-    return np.bincount(_row_ids(counts), weights=counts.data, minlength=counts.shape[0])
 
 
 def _value_bins(
@@ -282,7 +247,7 @@ def _value_bins(
     """Value bins of the stored counts; rows are scaled to ``target_sum`` when ``totals`` are given."""
     x = counts.data
     if totals is not None:
-        x = x * target_sum / totals[_row_ids(counts)]
+        x = x * target_sum / totals[row_ids(counts)]
     bins = np.floor(x + 0.5)  # half-up rounding; the bin of (0, 1] is 1, set next
     np.maximum(bins, 1, out=bins)
     high = x > cutoff
@@ -291,7 +256,7 @@ def _value_bins(
 
 
 def _segment_bins(counts: sparse.csr_matrix, *, n_bins: int) -> np.ndarray:
-    rows = _row_ids(counts)
+    rows = row_ids(counts)
     order = np.lexsort((counts.data, rows))
     sorted_rows, sorted_values = rows[order], counts.data[order]
     # A tie group (same row, same value) ends where the next element differs in row or value;

@@ -11,11 +11,10 @@ import pandas as pd
 from scanpy import logging as logg
 from scipy import sparse
 
-from .._keys import Keys
 from .._record import params_record
 from .._validation import check_anndata, check_counts, get_matrix, matrix_name, shown
-from ._binning import _MAX_BIN, BINNING_ARGS, _canonical_csr, _cell_totals, _is_int, _row_ids
-from ._binning import bin as bin_values
+from ._counts import canonical_csr, row_ids, row_totals
+from ._layer import MAX_TOKEN, is_int, write_tokens
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -127,9 +126,9 @@ def rank(
     check_anndata(adata, copy=copy, backed=True)
     X = get_matrix(adata, layer)
     where = matrix_name(layer)
-    if not _is_int(n_ranks, 1, _MAX_BIN):
+    if not is_int(n_ranks, 1, MAX_TOKEN):
         raise ValueError(
-            f"`n_ranks={n_ranks!r}` must be an integer from 1 to {_MAX_BIN}: the number of top genes per cell "
+            f"`n_ranks={n_ranks!r}` must be an integer from 1 to {MAX_TOKEN}: the number of top genes per cell "
             f"with a token of their own (default {DEFAULT_N_RANKS})."
         )
     if not (isinstance(target_sum, Real) and not isinstance(target_sum, bool) and 0 < target_sum < np.inf):
@@ -150,19 +149,17 @@ def rank(
         layer=layer,
     )
 
-    adata = adata.copy() if copy else adata
-    key = Keys(key_added).binned
-    adata.layers[key] = tokens
-    adata.uns[key] = {"params": params, "n_tokens": int(n_ranks) + 1}
-    logg.info(
-        "    finished",
-        time=start,
-        deep=(
-            f"added\n    {key!r}, rank tokens (adata.layers)\n"
-            f"    {key!r}, ranking parameters, gene medians and `n_tokens={n_ranks + 1}` (adata.uns)"
-        ),
+    return write_tokens(
+        adata,
+        tokens,
+        params,
+        int(n_ranks) + 1,
+        key_added=key_added,
+        copy=copy,
+        start=start,
+        tokens_are="rank tokens",
+        params_are="ranking parameters, gene medians",
     )
-    return adata if copy else None
 
 
 def rank_matrix(
@@ -182,9 +179,9 @@ def rank_matrix(
     The rank tokens, an ``int16`` CSR matrix of the shape of ``X``, and the gene medians used,
     ``float64`` (n_cols,).
     """
-    counts = _canonical_csr(X)
-    rows = _row_ids(counts)
-    scaled = counts.data * target_sum / _cell_totals(counts)[rows]
+    counts = canonical_csr(X)
+    rows = row_ids(counts)
+    scaled = counts.data * target_sum / row_totals(counts)[rows]
     if gene_medians is None:
         gene_medians = _nonzero_medians(scaled, counts.indices, counts.shape[1])
     relative = scaled / np.asarray(gene_medians, dtype=np.float64)[counts.indices]
@@ -237,17 +234,3 @@ def _medians_for(gene_medians, var_names: pd.Index) -> np.ndarray:
             "expressed in the reference."
         )
     return medians
-
-
-def bin_as_recorded(adata: AnnData, params: Mapping, *, layer: str | None, key_added: str) -> None:
-    """Bin ``adata`` in place as a binning record says: :func:`rank` for rank tokens, :func:`bin` otherwise.
-
-    ``params`` is ``adata.uns["<key>_binned"]["params"]`` of the training data (``model.binning_``);
-    only the arguments that define the tokens are used (``BINNING_ARGS``).
-    """
-    options = {k: params[k] for k in BINNING_ARGS if k in params}
-    if options.get("method") == "rank":
-        del options["method"]
-        rank(adata, layer=layer, key_added=key_added, **options)
-    else:
-        bin_values(adata, layer=layer, key_added=key_added, **options)
