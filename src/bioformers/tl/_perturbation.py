@@ -27,8 +27,7 @@ from ..data import log_normalize, perturbation_targets
 from ..metrics import top_de_genes
 from ..model import BioFormer
 from ..module import check_module_arguments
-from ..pp._binning import BINNING_ARGS, bin_matrix
-from ..pp._rank import bin_as_recorded
+from ..pp._tokens import BINNING_ARGS, bin_as_recorded, bin_matrix
 from ._models import require_encoder
 
 if TYPE_CHECKING:

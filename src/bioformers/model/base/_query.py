@@ -21,9 +21,8 @@ from scvi import REGISTRY_KEYS
 from ..._private import forget, private_anndata, registered_columns
 from ..._validation import check_backed_writable, check_counts, get_matrix, matrix_name
 from ...data import binned_batches
-from ...pp._binning import BINNING_ARGS
 from ...pp._genes import DEFAULT_MIN_GENE_COVERAGE, GeneAlignment, align_genes, match_genes
-from ...pp._rank import bin_as_recorded
+from ...pp._tokens import BINNING_ARGS, bin_as_recorded
 from ...train import default_precision
 
 if TYPE_CHECKING:
