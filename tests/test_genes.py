@@ -128,7 +128,7 @@ def brute_force_attention(model, adata, layer):
     total, count = np.zeros((n, n)), np.zeros((n, n))
     bins = torch.as_tensor(adata.layers["bioformers_binned"].toarray())
     model.module.eval()
-    with torch.inference_mode(), model._inference_context():
+    with torch.inference_mode(), model.inference_context():
         for cell in range(adata.n_obs):
             genes, weights = model.module.attention(bins[cell : cell + 1], layer)
             genes, weights = genes[0].numpy(), weights[0].float().mean(0).numpy()

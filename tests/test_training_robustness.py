@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import Callback
 from safetensors import safe_open
 
 import bioformers as bf
-from bioformers.module import BioFormerModule
+from bioformers.module import BioFormerModule, BioFormerPerturbationModule
 from bioformers.train import CHECKPOINT_JSON, CHECKPOINT_TENSORS, NonFiniteLossError
 
 TINY_MODEL = {"n_hidden": 16, "n_layers": 1, "n_heads": 2, "max_seq_len": 24}
@@ -320,13 +320,13 @@ def test_perturbation_training_interrupt_and_nan(_screen, monkeypatch):
     response = model.get_perturbation_response(model.adata.layers["bioformers_binned"][:5], np.full((5, 1), 0))
     assert np.isfinite(response).all()
 
-    response_loss = BioFormerModule.response_loss
+    response_loss = BioFormerPerturbationModule.response_loss
 
     def infinite(self, batch):
         output = response_loss(self, batch)
         output.loss = output.loss * float("inf")
         return output
 
-    monkeypatch.setattr(BioFormerModule, "response_loss", infinite)
+    monkeypatch.setattr(BioFormerPerturbationModule, "response_loss", infinite)
     with pytest.raises(NonFiniteLossError, match="the loss is inf"):
         bf.tl.train_perturbation(_screen.copy(), **PERTURBATION)
