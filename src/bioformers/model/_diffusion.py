@@ -31,6 +31,7 @@ from ..module._diffusion import CellDiffusionModule
 from ..train import TrainingSession, WarmupCosineTrainingPlan, default_precision
 from .base import ConditionsMixin, SaveLoadMixin
 from .base._query import validated
+from .base._training import train_in_session
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -363,18 +364,18 @@ class CellDiffusion(ConditionsMixin, SaveLoadMixin, UnsupervisedTrainingMixin, B
                 session = TrainingSession(
                     self.module, run={"stage": stage, "max_epochs": epochs, "seed": scvi.settings.seed}
                 )
-                self.module.train()
-                with session.guard(self):
-                    super().train(
-                        max_epochs=epochs,
-                        batch_size=batch_size,
-                        accelerator=accelerator,
-                        devices=devices,
-                        plan_kwargs=plan_kwargs,
-                        precision=precision,
-                        gradient_clip_val=gradient_clip_val,
-                        **session.trainer_kwargs(dict(trainer_kwargs)),
-                    )
+                train_in_session(
+                    self,
+                    session,
+                    max_epochs=epochs,
+                    batch_size=batch_size,
+                    accelerator=accelerator,
+                    devices=devices,
+                    plan_kwargs=plan_kwargs,
+                    precision=precision,
+                    gradient_clip_val=gradient_clip_val,
+                    **session.trainer_kwargs(dict(trainer_kwargs)),
+                )
                 self.training_stages_[stage] = self.training_stages_.get(stage, 0) + int(self.trainer.current_epoch)
                 if stage == "autoencoder":
                     self._fit_latent_scale(batch_size)

@@ -166,16 +166,27 @@ class TokenTrainingMixin(UnsupervisedTrainingMixin):
         self.module.encoder.activation_checkpointing = activation_checkpointing
         if compile:
             self.module.encoder.compile()
-        # Lightning 2.6 keeps the modules' mode, and a trained model is left in eval mode (no dropout)
-        self.module.train()
-        with session.guard(self):
-            super().train(
-                max_epochs=max_epochs,
-                batch_size=batch_size,
-                accelerator=accelerator,
-                devices=devices,
-                plan_kwargs=plan_kwargs,
-                precision=precision,
-                gradient_clip_val=gradient_clip_val,
-                **trainer_kwargs,
-            )
+        train_in_session(
+            self,
+            session,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            accelerator=accelerator,
+            devices=devices,
+            plan_kwargs=plan_kwargs,
+            precision=precision,
+            gradient_clip_val=gradient_clip_val,
+            **trainer_kwargs,
+        )
+
+
+def train_in_session(model: UnsupervisedTrainingMixin, session: TrainingSession, **train_kwargs) -> None:
+    """scvi-tools' :meth:`~scvi.model.base.UnsupervisedTrainingMixin.train` of ``model`` under ``session``'s guards.
+
+    ``train_kwargs`` go to scvi-tools and on to Lightning; the trainer arguments among them have
+    passed through ``session.trainer_kwargs`` (its callbacks and checkpoints).
+    """
+    # Lightning 2.6 keeps the modules' mode, and a trained model is left in eval mode (no dropout)
+    model.module.train()
+    with session.guard(model):
+        UnsupervisedTrainingMixin.train(model, **train_kwargs)
