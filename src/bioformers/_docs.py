@@ -78,13 +78,17 @@ def doc_layer_lognorm(name: str = "adata") -> str:
     return f"layer\n    Layer of `{name}` with the log-normalised expression; `None`: `{name}.X`."
 
 
-# Tools (`bf.tl`) and models ----------------------------------------------------------------------
+# Tools (`bf.tl`) ----------------------------------------------------------------------------------
+
+#: The sentence on views of a tool that writes into ``adata`` unless ``copy=True``: a line of its
+#: own at the end of ``adata``'s description.
+DOC_VIEW = "A view is taken only with ``copy=True``; otherwise call ``.copy()`` first."
 
 #: ``adata`` of a tool that reads cells with exactly the model's genes and may write into them.
-DOC_ADATA = """\
+DOC_ADATA = f"""\
 adata
-    Cells with exactly the model's genes, in the model's order; in memory or backed. A view is
-    taken only with ``copy=True``; otherwise call ``.copy()`` first."""
+    Cells with exactly the model's genes, in the model's order; in memory or backed.
+    {DOC_VIEW}"""
 
 #: ``model`` of a tool that needs a trained model.
 DOC_MODEL = """\
@@ -99,19 +103,233 @@ layer
 #: ``gene_symbols`` and ``min_gene_coverage`` of a tool that matches genes to the model's by name.
 DOC_GENE_MATCHING = """\
 gene_symbols
-    Column of ``adata.var`` holding the gene names the model knows; ``None`` matches ``adata.var_names``.
+    Column of ``adata.var`` holding the gene names the model knows (e.g. ``"feature_name"``);
+    ``None`` matches ``adata.var_names``.
 min_gene_coverage
     Smallest fraction of the model's genes that must be found in ``adata``."""
+
+#: ``batch_size`` of a tool or method that runs the network over cells.
+DOC_BATCH_SIZE = """\
+batch_size
+    Cells per forward pass."""
+
+#: ``chunk_size`` of a tool that streams a backed AnnData.
+DOC_CHUNK_SIZE = """\
+chunk_size
+    Cells read and binned at a time from a backed AnnData; ``None``: 4,096."""
 
 #: ``key_added`` of a tool that writes results into the AnnData.
 DOC_KEY_ADDED = """\
 key_added
     Base key of everything written."""
 
+#: ``batch_size`` and ``chunk_size`` of a tool that streams a backed AnnData through the network.
+DOC_BATCH_CHUNK_SIZE = f"{DOC_BATCH_SIZE}\n{DOC_CHUNK_SIZE}"
+
+#: ``key_added`` of a tool that returns a new AnnData.
+DOC_KEY_ADDED_RETURNED = """\
+key_added
+    Base key of what the returned AnnData holds."""
+
 #: ``copy`` of a tool that writes results into the AnnData.
 DOC_COPY = """\
 copy
     Return a modified copy instead of writing into ``adata``."""
+
+#: ``key_added`` and ``copy`` of a tool that writes results into the AnnData.
+DOC_KEY_ADDED_COPY = f"{DOC_KEY_ADDED}\n{DOC_COPY}"
+
+#: The Returns entry of a tool with ``copy``; the fields it sets follow, indented by 4 more.
+DOC_RETURNS_COPY = """\
+:class:`~anndata.AnnData` or None
+    A copy of ``adata`` with the results if ``copy=True``, else `None`. Sets (``bioformers`` in
+    the names is ``key_added``):"""
+
+#: The field of the Returns section of a tool that bins a query like the training data.
+DOC_BINNED_WRITTEN = """\
+``adata.layers['bioformers_binned']``, ``adata.uns['bioformers_binned']``
+    The value tokens and their record, binned like the training data; only when it binned."""
+
+#: ``batch_size`` of a function that trains.
+DOC_MINIBATCH = """\
+batch_size
+    Cells per minibatch."""
+
+#: ``lr`` of a function that trains.
+DOC_LR = """\
+lr
+    Peak learning rate."""
+
+# Models (`bioformers.BioFormer`, ...) and their networks (`bioformers.module`) --------------------
+
+#: ``adata`` of a model's constructor.
+DOC_ADATA_REGISTERED = """\
+adata
+    AnnData registered with :meth:`setup_anndata`."""
+
+#: ``**kwargs`` of a model's ``setup_anndata``.
+DOC_SETUP_KWARGS = """\
+**kwargs
+    Passed to scvi-tools' :meth:`~scvi.data.AnnDataManager.register_fields` (e.g.
+    ``source_registry``, which :meth:`load` uses to register data as at training)."""
+
+#: The Returns entry of a model's ``setup_anndata``; the fields it sets follow, indented by 4 more
+#: and ending with :data:`DOC_SCVI_FIELDS`.
+DOC_RETURNS_SETUP = """\
+None
+    Registers ``adata`` with scvi-tools, which sets:"""
+
+#: The last fields of the Returns section of a model's ``setup_anndata``: those every model sets.
+DOC_SCVI_FIELDS = """\
+``adata.obs['_scvi_perturbation']`` : ``int8``
+    Codes of ``perturbation_key``, when given.
+``adata.uns['_scvi_uuid']``, ``adata.uns['_scvi_manager_uuid']`` : :class:`str`
+    The identifiers that tie ``adata`` to its registration."""
+
+#: ``n_hidden`` of the transformer over gene tokens.
+DOC_N_HIDDEN = """\
+n_hidden
+    Width of the token representations, and so of the cell embedding."""
+
+#: ``n_layers`` of the transformer over gene tokens.
+DOC_N_LAYERS = """\
+n_layers
+    Number of transformer blocks."""
+
+#: ``n_heads`` of the transformer over gene tokens.
+DOC_N_HEADS = """\
+n_heads
+    Attention heads per block."""
+
+#: ``max_seq_len`` of the encoder over gene tokens.
+DOC_MAX_SEQ_LEN = """\
+max_seq_len
+    Longest sequence (CLS included). Cells with more genes keep every expressed gene plus
+    sampled unexpressed ones."""
+
+#: ``value_encoder`` of the transformer over gene tokens.
+DOC_VALUE_ENCODER = """\
+value_encoder
+    ``"linear"`` on the bin index or ``"embedding"``: a learned vector per bin."""
+
+#: The size of the encoder over gene tokens, in the order of its arguments.
+DOC_NETWORK = f"""\
+{DOC_N_HIDDEN}
+{DOC_N_LAYERS}
+{DOC_N_HEADS}
+dropout
+    Dropout in attention and feed-forward layers.
+{DOC_MAX_SEQ_LEN}
+{DOC_VALUE_ENCODER}"""
+
+#: ``mask_ratio`` of masked gene modelling.
+DOC_MASK_RATIO = """\
+mask_ratio
+    Masked gene modelling: fraction of each cell's positions that are masked."""
+
+#: ``nonzero_ratio`` of masked gene modelling.
+DOC_NONZERO_RATIO = """\
+nonzero_ratio
+    Fraction of the masked positions drawn from expressed genes (the rest are unexpressed), so
+    the model is not rewarded for predicting zero everywhere."""
+
+#: The objective of the encoder over gene tokens, in the order of its arguments.
+DOC_OBJECTIVE = f"""\
+{DOC_MASK_RATIO}
+{DOC_NONZERO_RATIO}
+expression_weight
+    Weight of the loss of the expression decoded from CLS; 0 trains masked modelling alone."""
+
+#: ``n_bins`` of a network that reads bins.
+DOC_N_BINS = """\
+n_bins
+    Number of bin values (largest bin index + 1)."""
+
+#: ``n_encoder_hidden`` and ``dropout`` of the latent-token diffusion model.
+DOC_DIFFUSION_WIDTHS = """\
+n_encoder_hidden
+    Width of the autoencoder's hidden layers.
+dropout
+    Dropout in the denoiser."""
+
+#: ``condition_dropout`` of the latent-token diffusion model.
+DOC_CONDITION_DROPOUT = """\
+condition_dropout
+    Probability that a training cell's conditions are all replaced by "none", and, separately,
+    that each one is."""
+
+#: ``bins`` of a network method that reads binned cells.
+DOC_BINS = """\
+bins
+    Binned cells, ``(cells, n_genes)``."""
+
+#: ``inference_outputs`` and ``generative_outputs`` of a network's ``loss``.
+DOC_LOSS_OUTPUTS = """\
+inference_outputs, generative_outputs
+    What :meth:`inference` and :meth:`generative` returned."""
+
+#: The parameters of a network's ``loss``.
+DOC_LOSS_INPUTS = f"""\
+tensors
+    The minibatch.
+{DOC_LOSS_OUTPUTS}"""
+
+
+def doc_returns_loss(metrics: str) -> str:
+    """The Returns entry of a network's ``loss``, whose extra metrics are ``metrics`` (e.g. ``"``mlm_loss``"``)."""
+    return f":class:`~scvi.module.base.LossOutput`\n    The loss per cell and its mean; {metrics} as extra metrics."
+
+
+#: ``n_heads`` of a layer with multi-head attention.
+DOC_NN_N_HEADS = """\
+n_heads
+    Number of attention heads; must divide ``n_hidden``."""
+
+# Value tokens (`bf.pp`) ---------------------------------------------------------------------------
+
+#: ``X`` of a function on a count matrix.
+DOC_X_COUNTS = """\
+X
+    Counts, sparse or dense (cells x genes)."""
+
+#: ``layer`` of a function that makes value tokens from counts.
+DOC_COUNTS_LAYER = """\
+layer
+    Layer holding the counts; `None` uses ``adata.X``."""
+
+#: The ``target_sum`` Returns entry of the arithmetic of value binning on a matrix.
+DOC_RETURNS_TARGET_SUM = """\
+target_sum : float or None
+    The total every row was scaled to; `None` when nothing was scaled."""
+
+#: ``key_added`` of a function that writes value tokens.
+DOC_TOKENS_KEY_ADDED = """\
+key_added
+    Base key: results go to ``adata.layers[f"{key_added}_binned"]`` and
+    ``adata.uns[f"{key_added}_binned"]``."""
+
+
+def doc_tokens(made: str, making: str) -> dict[str, str]:
+    """``adata``, ``copy`` and the Returns entry of a function that writes value tokens into ``adata``.
+
+    ``made`` and ``making`` name what it does (``"binned"``, ``"binning"``); the keys of the
+    result are the placeholders ``tokens_adata``, ``tokens_copy`` and ``returns_tokens``, to pass
+    as ``@doc_params(**doc_tokens(...))``. The fields set follow the Returns entry, indented by 4 more.
+    """
+    return {
+        "tokens_adata": (
+            "adata\n"
+            f"    Annotated data matrix with counts (cells x genes). A view is {made} only with\n"
+            "    ``copy=True``; otherwise call ``.copy()`` on it first. A backed AnnData works with a\n"
+            "    ``layer`` in memory, not with ``adata.X`` on disk."
+        ),
+        "tokens_copy": f"copy\n    Whether to return a {made} copy of ``adata`` instead of {making} it in place.",
+        "returns_tokens": (
+            ":class:`~anndata.AnnData` or None\n"
+            f"    A {made} copy of ``adata`` if ``copy=True``, else `None`. Sets (``bioformers`` in the\n"
+            "    names is ``key_added``):"
+        ),
+    }
 
 
 def doc_params(**snippets: str) -> Callable[[_F], _F]:

@@ -13,6 +13,7 @@ from scanpy import logging as logg
 from scipy import sparse
 from sklearn.model_selection import train_test_split
 
+from .._docs import DOC_KEY_ADDED, DOC_MINIBATCH, DOC_MODEL, doc_params
 from .._keys import DEFAULT_KEY, Keys
 from .._record import params_record
 from .._validation import check_anndata, did_you_mean, shown
@@ -36,6 +37,7 @@ WEIGHT_DECAY = 0.01
 MIN_CELLS_PER_CLASS = 2
 
 
+@doc_params(model=DOC_MODEL, batch_size=DOC_MINIBATCH, key_added=DOC_KEY_ADDED)
 def annotate(
     adata: AnnData,
     model: BioFormer,
@@ -81,8 +83,8 @@ def annotate(
     ----------
     adata
         The labelled reference: raw counts (or the model's binned layer), in memory or backed.
-    model
-        A trained :class:`bioformers.BioFormer` (e.g. from :func:`bioformers.tl.pretrain`).
+    {model}
+        For example from :func:`bioformers.tl.pretrain`.
     labels_key
         Column of ``adata.obs`` with the cell types; missing values mark unlabelled cells.
     query
@@ -100,8 +102,7 @@ def annotate(
         Smallest fraction of the model's genes that the reference and the query must have.
     max_epochs
         Passes over the training cells; ``None``: 100 for ``"head"``, 10 for ``"all"``.
-    batch_size
-        Cells per minibatch.
+    {batch_size}
     lr
         Peak learning rate of the head (cosine decay); ``None``: 1e-2 for ``"head"``, 1e-3 for ``"all"``.
     validation_size
@@ -113,8 +114,7 @@ def annotate(
     seed
         Seed of the validation split, the head's initialisation, the order of cells and, with
         ``"all"``, of dropout and gene sampling.
-    key_added
-        Base key of everything written.
+    {key_added}
     copy
         Return an annotated copy of the query (of ``adata`` when ``query=None``) instead of writing into it.
     **train_kwargs

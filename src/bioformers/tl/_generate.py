@@ -11,6 +11,7 @@ from scanpy import logging as logg
 from scipy import sparse
 
 from .._conditions import Conditions, condition_table
+from .._docs import DOC_KEY_ADDED_RETURNED, doc_params
 from .._keys import DEFAULT_KEY, Keys
 from .._record import params_record
 from ..pp._binning import bin_centers
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from ..model import BioFormer, CellDiffusion
 
 
+@doc_params(key_added=DOC_KEY_ADDED_RETURNED)
 def generate(
     model: BioFormer | CellDiffusion,
     conditions: Conditions = None,
@@ -83,8 +85,7 @@ def generate(
         most likely genes and bins.
     batch_size
         Cells generated at once.
-    key_added
-        Base key of what is written into the returned AnnData.
+    {key_added}
 
     Returns
     -------

@@ -10,6 +10,19 @@ import pandas as pd
 import scanpy as sc
 from scanpy import logging as logg
 
+from .._docs import (
+    DOC_ADATA,
+    DOC_BATCH_CHUNK_SIZE,
+    DOC_BATCH_SIZE,
+    DOC_BINNED_WRITTEN,
+    DOC_GENE_MATCHING,
+    DOC_KEY_ADDED_COPY,
+    DOC_LAYER,
+    DOC_MODEL,
+    DOC_RETURNS_COPY,
+    DOC_VIEW,
+    doc_params,
+)
 from .._keys import DEFAULT_KEY, Keys
 from .._record import params_record
 from .._validation import check_anndata, check_n_groups, check_obs_key, did_you_mean, shown
@@ -25,6 +38,16 @@ MAX_GROUPS = 50
 UNASSIGNED = "unassigned"
 
 
+@doc_params(
+    view=DOC_VIEW,
+    model=DOC_MODEL,
+    layer=DOC_LAYER,
+    gene_matching=DOC_GENE_MATCHING,
+    batch_chunk_size=DOC_BATCH_CHUNK_SIZE,
+    key_added_copy=DOC_KEY_ADDED_COPY,
+    returns_copy=DOC_RETURNS_COPY,
+    binned_written=DOC_BINNED_WRITTEN,
+)
 def predict(
     adata: ad.AnnData,
     model: BioFormer,
@@ -57,35 +80,22 @@ def predict(
     ----------
     adata
         Cells x genes, raw counts (binned like the training data if ``layers["bioformers_binned"]``
-        is missing); in memory or backed (not a view of a backed AnnData). A view is taken only
-        with ``copy=True``; otherwise call ``.copy()`` first.
-    model
-        A trained :class:`bioformers.BioFormer`.
+        is missing); in memory or backed (not a view of a backed AnnData).
+        {view}
+    {model}
     mask_ratio
         ``None``: every gene is decoded from the cell's CLS state (denoised expression).
         A fraction in (0, 1): each gene is predicted by the masked-modelling head from the rest of
         the cell, with that fraction of the cell's genes hidden at a time (imputation); see
         :meth:`bioformers.BioFormer.get_predicted_bins`.
-    layer
-        Layer with raw counts, used when binning is needed; ``None`` uses ``adata.X``.
-    gene_symbols
-        Column of ``adata.var`` holding the gene names the model knows; ``None`` matches ``adata.var_names``.
-    min_gene_coverage
-        Smallest fraction of the model's genes that must be found in ``adata``.
-    batch_size
-        Cells per forward pass.
-    chunk_size
-        Cells read and binned at a time from a backed AnnData; ``None``: 4,096.
-    key_added
-        Base key of everything written.
-    copy
-        Return a modified copy instead of writing into ``adata``.
+    {layer}
+    {gene_matching}
+    {batch_chunk_size}
+    {key_added_copy}
 
     Returns
     -------
-    :class:`~anndata.AnnData` or None
-        A copy of ``adata`` with the results if ``copy=True``, else `None`. Sets (``bioformers`` in
-        the names is ``key_added``):
+    {returns_copy}
 
         ``adata.layers['bioformers_predicted']`` : :class:`~numpy.ndarray` ``float32`` (n_obs, n_vars)
             The expected bin mapped back to the binned scale (normalised counts for value binning;
@@ -96,9 +106,8 @@ def predict(
         ``adata.uns['bioformers_predicted']`` : :class:`dict`
             ``params``: the arguments, ``genes_found``, ``scale`` (``"normalized counts"``,
             ``"counts"`` or ``"bins"``) and the model class.
-        ``adata.layers['bioformers_binned']``, ``adata.uns['bioformers_binned']``
-            The value tokens and their record, as :func:`bioformers.tl.embed` writes them; only when
-            it binned.
+        {binned_written}
+            As :func:`bioformers.tl.embed` writes them.
 
     Examples
     --------
@@ -153,6 +162,14 @@ def predict(
     return adata if copy else None
 
 
+@doc_params(
+    adata=DOC_ADATA,
+    model=DOC_MODEL,
+    batch_size=DOC_BATCH_SIZE,
+    key_added_copy=DOC_KEY_ADDED_COPY,
+    returns_copy=DOC_RETURNS_COPY,
+    binned_written=DOC_BINNED_WRITTEN,
+)
 def attention_grn(
     adata: ad.AnnData,
     model: BioFormer,
@@ -180,11 +197,8 @@ def attention_grn(
 
     Parameters
     ----------
-    adata
-        Cells with exactly the model's genes, in the model's order; in memory or backed. A view is
-        taken only with ``copy=True``; otherwise call ``.copy()`` first.
-    model
-        A trained :class:`bioformers.BioFormer`.
+    {adata}
+    {model}
     groupby
         Column of ``adata.obs``, without missing values; also write one matrix per group.
     max_groups
@@ -197,20 +211,15 @@ def attention_grn(
         Use at most this many randomly chosen cells (per group with ``groupby``); ``None``: all.
     keep_heads
         Keep a matrix per head: arrays ``(n_vars, n_vars, n_heads)``.
-    batch_size
-        Cells per forward pass (memory grows with it, not with the number of cells).
+    {batch_size}
+        Memory grows with it, not with the number of cells.
     seed
         Seed of the cell subsample.
-    key_added
-        Base key of everything written.
-    copy
-        Return a modified copy instead of writing into ``adata``.
+    {key_added_copy}
 
     Returns
     -------
-    :class:`~anndata.AnnData` or None
-        A copy of ``adata`` with the results if ``copy=True``, else `None`. Sets (``bioformers`` in
-        the names is ``key_added``):
+    {returns_copy}
 
         ``adata.varp['bioformers_attention']`` : :class:`~numpy.ndarray` ``float32`` (n_vars, n_vars)
             Row = attending gene, column = attended gene, over all (chosen) cells;
@@ -221,8 +230,7 @@ def attention_grn(
             Attention each gene receives: column sums of the overall matrix (heads averaged).
         ``adata.uns['bioformers_attention']`` : :class:`dict`
             ``params``: the arguments, including ``groupby`` and its ``groups``, and the model class.
-        ``adata.layers['bioformers_binned']``, ``adata.uns['bioformers_binned']``
-            The value tokens and their record, binned like the training data; only when it binned.
+        {binned_written}
 
     Examples
     --------
@@ -314,6 +322,7 @@ def _groups(adata: ad.AnnData, groupby: str, *, max_groups: int) -> dict[str, np
     return groups
 
 
+@doc_params(view=DOC_VIEW, model=DOC_MODEL, key_added_copy=DOC_KEY_ADDED_COPY, returns_copy=DOC_RETURNS_COPY)
 def gene_embeddings(
     adata: ad.AnnData, model: BioFormer, *, key_added: str = DEFAULT_KEY, copy: bool = False
 ) -> ad.AnnData | None:
@@ -323,20 +332,14 @@ def gene_embeddings(
     ----------
     adata
         AnnData with exactly the model's genes, in the model's order (its cells are not read; it may
-        have none, and may be backed). A view is taken only with ``copy=True``; otherwise call
-        ``.copy()`` first.
-    model
-        A trained :class:`bioformers.BioFormer`.
-    key_added
-        Base key of everything written.
-    copy
-        Return a modified copy instead of writing into ``adata``.
+        have none, and may be backed).
+        {view}
+    {model}
+    {key_added_copy}
 
     Returns
     -------
-    :class:`~anndata.AnnData` or None
-        A copy of ``adata`` with the result if ``copy=True``, else `None`. Sets (``bioformers`` in
-        the name is ``key_added``):
+    {returns_copy}
 
         ``adata.varm['bioformers_genes']`` : :class:`~numpy.ndarray` ``float32`` (n_vars, n_hidden)
             The learned identity embedding of every gene.
@@ -367,6 +370,7 @@ def _gene_embedding(model: BioFormer) -> np.ndarray:
     return model.module.gene_embedding.weight.detach().float().cpu().numpy().copy()
 
 
+@doc_params(view=DOC_VIEW, key_added_copy=DOC_KEY_ADDED_COPY, returns_copy=DOC_RETURNS_COPY)
 def gene_programs(
     adata: ad.AnnData,
     model: BioFormer | None = None,
@@ -387,9 +391,9 @@ def gene_programs(
     ----------
     adata
         AnnData with gene embeddings in ``varm`` (from :func:`bioformers.tl.gene_embeddings`), or the model's genes
-        when ``model`` is given (its cells are not read; it may have none, and may be backed). A view
-        is taken only with ``copy=True``; otherwise call ``.copy()`` first. Everything is computed
-        before anything is written.
+        when ``model`` is given (its cells are not read; it may have none, and may be backed).
+        {view}
+        Everything is computed before anything is written.
     model
         If given, gene embeddings are (re)written from it first.
     resolution
@@ -400,16 +404,11 @@ def gene_programs(
         Smallest program kept.
     seed
         Random state of the neighbour search and Leiden.
-    key_added
-        Base key of everything written.
-    copy
-        Return a modified copy instead of writing into ``adata``.
+    {key_added_copy}
 
     Returns
     -------
-    :class:`~anndata.AnnData` or None
-        A copy of ``adata`` with the results if ``copy=True``, else `None`. Sets (``bioformers`` in
-        the names is ``key_added``):
+    {returns_copy}
 
         ``adata.varp['bioformers_similarity']`` : :class:`~numpy.ndarray` ``float32`` (n_vars, n_vars)
             Cosine similarity of the gene embeddings (the gene-embedding GRN).

@@ -13,6 +13,16 @@ from scipy import sparse
 from scipy.stats import percentileofscore
 from scvi.utils import track
 
+from .._docs import (
+    DOC_BATCH_SIZE,
+    DOC_BINNED_WRITTEN,
+    DOC_KEY_ADDED_COPY,
+    DOC_LAYER,
+    DOC_MODEL,
+    DOC_RETURNS_COPY,
+    DOC_VIEW,
+    doc_params,
+)
 from .._keys import DEFAULT_KEY, Keys
 from .._private import forget
 from .._record import params_record
@@ -32,6 +42,15 @@ _FREQUENCY_TOLERANCE = 0.05
 _MIN_WINDOW = 5
 
 
+@doc_params(
+    view=DOC_VIEW,
+    model=DOC_MODEL,
+    layer=DOC_LAYER,
+    batch_size=DOC_BATCH_SIZE,
+    key_added_copy=DOC_KEY_ADDED_COPY,
+    returns_copy=DOC_RETURNS_COPY,
+    binned_written=DOC_BINNED_WRITTEN,
+)
 def in_silico_perturb(
     adata: ad.AnnData,
     model: BioFormer,
@@ -87,10 +106,9 @@ def in_silico_perturb(
     ----------
     adata
         Cells with exactly the model's genes, in the model's order, in memory; the model's binned
-        layer (``"bioformers_binned"`` by default), or raw counts to bin like the training data. A
-        view is taken only with ``copy=True``; otherwise call ``.copy()`` first.
-    model
-        A trained :class:`bioformers.BioFormer`.
+        layer (``"bioformers_binned"`` by default), or raw counts to bin like the training data.
+        {view}
+    {model}
     genes
         Gene(s) to perturb, one at a time: names of the model's genes.
     mode
@@ -106,22 +124,15 @@ def in_silico_perturb(
         Boolean mask over ``adata``'s cells: perturb only these (combined with ``groups``).
     n_random
         Random genes of matching expression frequency perturbed as a baseline; 0 turns it off.
-    layer
-        Layer with raw counts, used only when the binned layer is missing; ``None`` uses ``adata.X``.
-    batch_size
-        Cells per forward pass.
+    {layer}
+    {batch_size}
     seed
         Seed of the random genes.
-    key_added
-        Base key of everything written.
-    copy
-        Return a modified copy instead of writing into ``adata``.
+    {key_added_copy}
 
     Returns
     -------
-    :class:`~anndata.AnnData` or None
-        A copy of ``adata`` with the results if ``copy=True``, else `None`. Sets (``bioformers`` in
-        the names is ``key_added``):
+    {returns_copy}
 
         ``adata.obsm['bioformers_in_silico_shift']`` : :class:`~pandas.DataFrame` ``float32`` (n_obs, n_genes)
             One column per perturbed gene: ``1 - cos`` of each cell's original and perturbed
@@ -144,8 +155,7 @@ def in_silico_perturb(
 
             ``random``: :class:`~pandas.DataFrame`, the same columns per random gene, plus
             ``matched_to``; only with ``n_random``.
-        ``adata.layers['bioformers_binned']``, ``adata.uns['bioformers_binned']``
-            The value tokens and their record, binned like the training data; only when it binned.
+        {binned_written}
 
     Examples
     --------

@@ -12,6 +12,7 @@ from scanpy import logging as logg
 from scipy import sparse
 from sklearn.model_selection import train_test_split
 
+from .._docs import DOC_BATCH_SIZE, DOC_KEY_ADDED_RETURNED, DOC_LR, doc_params
 from .._keys import DEFAULT_KEY, Keys
 from .._record import params_record
 from .._validation import (
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 
+@doc_params(lr=DOC_LR)
 def train_perturbation(
     adata: ad.AnnData,
     model: BioFormer | None = None,
@@ -111,8 +113,7 @@ def train_perturbation(
         Passes over the training cells.
     batch_size
         Pairs per minibatch.
-    lr
-        Peak learning rate.
+    {lr}
     seed
         Seed of the split, the pairing and the training.
     key_added
@@ -264,6 +265,7 @@ def train_perturbation(
     return fitted
 
 
+@doc_params(batch_size=DOC_BATCH_SIZE, key_added=DOC_KEY_ADDED_RETURNED)
 def predict_perturbation(
     model: BioFormer,
     adata_control: ad.AnnData,
@@ -298,12 +300,10 @@ def predict_perturbation(
         Predicted cells per perturbation.
     layer
         Layer with raw counts; ``None`` uses ``adata_control.X``.
-    batch_size
-        Cells per forward pass.
+    {batch_size}
     seed
         Seed of the choice of control cells.
-    key_added
-        Base key of what the returned AnnData holds.
+    {key_added}
 
     Returns
     -------

@@ -7,6 +7,27 @@ from typing import TYPE_CHECKING, Literal
 import scvi
 from scanpy import logging as logg
 
+from .._docs import (
+    DOC_BATCH_CHUNK_SIZE,
+    DOC_BINNED_WRITTEN,
+    DOC_GENE_MATCHING,
+    DOC_KEY_ADDED,
+    DOC_KEY_ADDED_COPY,
+    DOC_LAYER,
+    DOC_LR,
+    DOC_MASK_RATIO,
+    DOC_MAX_SEQ_LEN,
+    DOC_MINIBATCH,
+    DOC_MODEL,
+    DOC_N_HEADS,
+    DOC_N_HIDDEN,
+    DOC_N_LAYERS,
+    DOC_NONZERO_RATIO,
+    DOC_RETURNS_COPY,
+    DOC_VALUE_ENCODER,
+    DOC_VIEW,
+    doc_params,
+)
 from .._keys import DEFAULT_KEY, Keys
 from .._private import private_anndata
 from .._record import params_record
@@ -34,6 +55,18 @@ if TYPE_CHECKING:
 MODEL_CLASSES = {"encoder": BioFormer, "decoder": BioFormerDecoder}
 
 
+@doc_params(
+    n_layers=DOC_N_LAYERS,
+    n_heads=DOC_N_HEADS,
+    n_hidden=DOC_N_HIDDEN,
+    max_seq_len=DOC_MAX_SEQ_LEN,
+    value_encoder=DOC_VALUE_ENCODER,
+    batch_size=DOC_MINIBATCH,
+    lr=DOC_LR,
+    mask_ratio=DOC_MASK_RATIO,
+    nonzero_ratio=DOC_NONZERO_RATIO,
+    key_added=DOC_KEY_ADDED,
+)
 def pretrain(
     adata: AnnData,
     *,
@@ -90,17 +123,11 @@ def pretrain(
     n_bins
         Passed to :func:`bioformers.pp.bin`; for ``"rank"``, the ``n_ranks`` of
         :func:`bioformers.pp.rank` (`None`: 255).
-    n_layers
-        Number of transformer blocks.
-    n_heads
-        Attention heads per block.
-    n_hidden
-        Width of the token representations, and so of the cell embedding.
-    max_seq_len
-        Longest sequence (CLS included). Cells with more genes keep every expressed gene plus
-        sampled unexpressed ones (see :class:`bioformers.BioFormer`).
-    value_encoder
-        ``"linear"`` on the bin index or ``"embedding"``: a learned vector per bin.
+    {n_layers}
+    {n_heads}
+    {n_hidden}
+    {max_seq_len}
+    {value_encoder}
     architecture
         ``"encoder"`` (masked gene modelling, CLS embedding) or ``"decoder"`` (causal, next-gene
         objective over genes in descending order of value; generates cells with
@@ -111,19 +138,13 @@ def pretrain(
         see :class:`bioformers.BioFormer`).
     max_epochs
         Passes over the data; ``None`` picks 5 to 30 by data size.
-    batch_size
-        Cells per minibatch.
-    lr
-        Peak learning rate.
-    mask_ratio
-        Masked gene modelling: fraction of each cell's positions that are masked.
-    nonzero_ratio
-        Fraction of the masked positions drawn from expressed genes (the rest are unexpressed), so
-        the model is not rewarded for predicting zero everywhere.
+    {batch_size}
+    {lr}
+    {mask_ratio}
+    {nonzero_ratio}
     seed
         Seed of every random number generator (training is repeatable on the same machine).
-    key_added
-        Base key of everything written.
+    {key_added}
     **train_kwargs
         Passed to :meth:`bioformers.BioFormer.train` (e.g. ``accelerator``, ``devices``, ``precision``,
         ``strategy="ddp"``; see ``docs/scaling.md``).
@@ -232,6 +253,16 @@ def _write_binned(adata: AnnData, key: str, binned: tuple | None) -> None:
         adata.layers[key], adata.uns[key] = binned
 
 
+@doc_params(
+    view=DOC_VIEW,
+    model=DOC_MODEL,
+    layer=DOC_LAYER,
+    gene_matching=DOC_GENE_MATCHING,
+    batch_chunk_size=DOC_BATCH_CHUNK_SIZE,
+    key_added_copy=DOC_KEY_ADDED_COPY,
+    returns_copy=DOC_RETURNS_COPY,
+    binned_written=DOC_BINNED_WRITTEN,
+)
 def embed(
     adata: AnnData,
     model: BioFormer,
@@ -273,39 +304,24 @@ def embed(
     Parameters
     ----------
     adata
-        Cells x genes, raw counts; in memory or backed (not a view of a backed AnnData). A view is
-        taken only with ``copy=True``; otherwise call ``.copy()`` first.
-    model
-        A trained :class:`bioformers.BioFormer`.
-    layer
-        Layer with raw counts, used when binning is needed; ``None`` uses ``adata.X`` (the only
-        matrix a backed AnnData keeps on disk).
-    gene_symbols
-        Column of ``adata.var`` holding the gene names the model knows (e.g. ``"feature_name"``);
-        ``None`` matches ``adata.var_names``.
-    min_gene_coverage
-        Smallest fraction of the model's genes that must be found in ``adata``.
-    batch_size
-        Cells per forward pass.
-    chunk_size
-        Cells read and binned at a time from a backed AnnData; ``None``: 4,096.
-    key_added
-        Base key of everything written.
-    copy
-        Return a modified copy instead of writing into ``adata``.
+        Cells x genes, raw counts; in memory or backed (not a view of a backed AnnData).
+        {view}
+    {model}
+    {layer}
+        ``adata.X`` is the only matrix a backed AnnData keeps on disk.
+    {gene_matching}
+    {batch_chunk_size}
+    {key_added_copy}
 
     Returns
     -------
-    :class:`~anndata.AnnData` or None
-        A copy of ``adata`` with the results if ``copy=True``, else `None`. Sets (``bioformers`` in
-        the names is ``key_added``):
+    {returns_copy}
 
         ``adata.obsm['X_bioformers']`` : :class:`~numpy.ndarray` ``float32`` (n_obs, n_hidden)
             The cell embedding.
-        ``adata.layers['bioformers_binned']``, ``adata.uns['bioformers_binned']``
-            The value tokens and their record, binned like the training data; only when it binned
-            (in memory, with exactly the model's genes in the model's order). The layer is the one
-            the model was trained on, whatever ``key_added``.
+        {binned_written}
+            It bins only an AnnData in memory with exactly the model's genes, in the model's order.
+            The layer is the one the model was trained on, whatever ``key_added``.
 
     Examples
     --------
