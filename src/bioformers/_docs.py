@@ -15,7 +15,7 @@ are numpydoc: a parameter's name on one line, its description indented by 4 spac
 from __future__ import annotations
 
 import re
-from textwrap import indent
+from textwrap import fill, indent
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
@@ -150,6 +150,34 @@ DOC_BINNED_WRITTEN = """\
 ``adata.layers['bioformers_binned']``, ``adata.uns['bioformers_binned']``
     The value tokens and their record, binned like the training data; only when it binned."""
 
+#: The placeholders of a tool that writes into ``adata`` unless ``copy=True``: ``{key_added_copy}``
+#: in its Parameters and ``{returns_copy}`` in its Returns; ``@doc_params(**DOC_WRITES, ...)``.
+DOC_WRITES = {"key_added_copy": DOC_KEY_ADDED_COPY, "returns_copy": DOC_RETURNS_COPY}
+
+#: The placeholders of a tool that applies the model to a query whose genes it matches by name
+#: (:func:`bioformers.tl.embed`, :func:`bioformers.tl.predict`): :data:`DOC_WRITES` and ``{view}``,
+#: ``{model}``, ``{layer}``, ``{gene_matching}``, ``{batch_chunk_size}``, ``{binned_written}``.
+DOC_QUERY_TOOL = {
+    **DOC_WRITES,
+    "view": DOC_VIEW,
+    "model": DOC_MODEL,
+    "layer": DOC_LAYER,
+    "gene_matching": DOC_GENE_MATCHING,
+    "batch_chunk_size": DOC_BATCH_CHUNK_SIZE,
+    "binned_written": DOC_BINNED_WRITTEN,
+}
+
+#: ``batch_size`` of a function that generates cells.
+DOC_BATCH_SIZE_GENERATE = """\
+batch_size
+    Cells generated at once."""
+
+#: ``seed`` and ``batch_size`` of a model's method that generates cells.
+DOC_DRAWS = f"""\
+seed
+    Seed of the draws.
+{DOC_BATCH_SIZE_GENERATE}"""
+
 #: ``batch_size`` of a function that trains.
 DOC_MINIBATCH = """\
 batch_size
@@ -263,6 +291,11 @@ DOC_BINS = """\
 bins
     Binned cells, ``(cells, n_genes)``."""
 
+#: The Returns entry of a network's ``embed``.
+DOC_RETURNS_EMBED = """\
+:class:`~torch.Tensor`
+    ``(cells, n_hidden)``."""
+
 #: ``inference_outputs`` and ``generative_outputs`` of a network's ``loss``.
 DOC_LOSS_OUTPUTS = """\
 inference_outputs, generative_outputs
@@ -277,7 +310,8 @@ tensors
 
 def doc_returns_loss(metrics: str) -> str:
     """The Returns entry of a network's ``loss``, whose extra metrics are ``metrics`` (e.g. ``"``mlm_loss``"``)."""
-    return f":class:`~scvi.module.base.LossOutput`\n    The loss per cell and its mean; {metrics} as extra metrics."
+    description = fill(f"The loss per cell and its mean; {metrics} as extra metrics.", width=96, break_on_hyphens=False)
+    return f":class:`~scvi.module.base.LossOutput`\n{indent(description, '    ')}"
 
 
 #: ``n_heads`` of a layer with multi-head attention.

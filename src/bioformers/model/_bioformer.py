@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Literal
 
 from scvi.model.base import BaseModelClass
 
+from .._docs import DOC_ADATA_REGISTERED, DOC_NETWORK, DOC_OBJECTIVE, doc_params
 from ..module import BioFormerModule, BioFormerPerturbationModule
 from ..train import WarmupCosineTrainingPlan
 from .base import (
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 N_PERTURBATION_CATEGORIES = 2
 
 
+@doc_params(adata=DOC_ADATA_REGISTERED, network=DOC_NETWORK, objective=DOC_OBJECTIVE)
 class BioFormer(
     MaskedPredictionMixin,
     PerturbationMixin,
@@ -47,27 +49,9 @@ class BioFormer(
 
     Parameters
     ----------
-    adata
-        AnnData registered with :meth:`setup_anndata`.
-    n_hidden
-        Width of the token representations (and of the cell embedding).
-    n_layers
-        Number of transformer blocks.
-    n_heads
-        Attention heads per block.
-    dropout
-        Dropout rate.
-    max_seq_len
-        Longest sequence (CLS included). Cells with more genes keep every expressed gene plus
-        sampled unexpressed ones.
-    value_encoder
-        ``"linear"`` on the bin index or ``"embedding"`` per bin.
-    mask_ratio
-        Fraction of positions masked per cell.
-    nonzero_ratio
-        Fraction of masked positions that are expressed genes.
-    expression_weight
-        Weight of the objective that decodes expression from CLS.
+    {adata}
+    {network}
+    {objective}
     n_bins
         Number of bin values; read from the data when ``None``.
     batch_adversarial_weight

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Literal
 
 from scvi.model.base import BaseModelClass
 
+from .._docs import DOC_ADATA_REGISTERED, doc_params
 from ..module import BioFormerDecoderModule
 from ..train import WarmupCosineTrainingPlan
 from .base import GenerationMixin, QueryMixin, SaveLoadMixin, TokenSetupMixin, TokenTrainingMixin
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 
+@doc_params(adata=DOC_ADATA_REGISTERED)
 class BioFormerDecoder(GenerationMixin, QueryMixin, TokenSetupMixin, TokenTrainingMixin, SaveLoadMixin, BaseModelClass):
     """A decoder-only BioFormer: causal attention over each cell's genes in descending order of value.
 
@@ -27,8 +29,8 @@ class BioFormerDecoder(GenerationMixin, QueryMixin, TokenSetupMixin, TokenTraini
 
     Parameters
     ----------
-    adata
-        AnnData registered with :meth:`setup_anndata` (without ``perturbation_key``).
+    {adata}
+        Set up without ``perturbation_key``.
     n_hidden, n_layers, n_heads, dropout, max_seq_len, value_encoder, n_bins
         As in :class:`~bioformers.BioFormer`.
 

@@ -17,6 +17,18 @@ from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalJointObsField, CategoricalObsField, LayerField, NumericalJointObsField
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
+from .._docs import (
+    DOC_ADATA_REGISTERED,
+    DOC_BATCH_SIZE,
+    DOC_CONDITION_DROPOUT,
+    DOC_DIFFUSION_WIDTHS,
+    DOC_DRAWS,
+    DOC_MINIBATCH,
+    DOC_RETURNS_SETUP,
+    DOC_SCVI_FIELDS,
+    DOC_SETUP_KWARGS,
+    doc_params,
+)
 from .._keys import PERTURBATION_KEY
 from .._validation import (
     check_anndata,
@@ -49,6 +61,7 @@ def default_epochs(n_obs: int) -> tuple[int, int]:
     return autoencoder, diffusion
 
 
+@doc_params(adata=DOC_ADATA_REGISTERED, widths=DOC_DIFFUSION_WIDTHS, condition_dropout=DOC_CONDITION_DROPOUT)
 class CellDiffusion(ConditionsMixin, SaveLoadMixin, UnsupervisedTrainingMixin, BaseModelClass):
     """Conditional diffusion over latent tokens: simulates cells of a cell type, perturbation, donor or dose.
 
@@ -61,8 +74,7 @@ class CellDiffusion(ConditionsMixin, SaveLoadMixin, UnsupervisedTrainingMixin, B
 
     Parameters
     ----------
-    adata
-        AnnData registered with :meth:`setup_anndata`.
+    {adata}
     n_tokens
         Latent tokens per cell.
     token_dim
@@ -73,15 +85,11 @@ class CellDiffusion(ConditionsMixin, SaveLoadMixin, UnsupervisedTrainingMixin, B
         Transformer blocks of the denoiser.
     n_heads
         Attention heads per denoiser block.
-    n_encoder_hidden
-        Width of the autoencoder's hidden layers.
-    dropout
-        Dropout in the denoiser.
-    condition_dropout
-        Probability that a training cell's conditions are all replaced by "none", and, separately,
-        that each one is. It teaches the model to generate with any condition left out (pass
-        ``None`` for it) and is what classifier-free guidance (``guidance`` in
-        :func:`bioformers.tl.generate`) needs; 0 turns both off.
+    {widths}
+    {condition_dropout}
+        It teaches the model to generate with any condition left out (pass ``None`` for it) and is
+        what classifier-free guidance (``guidance`` in :func:`bioformers.tl.generate`) needs; 0
+        turns both off.
     n_timesteps
         Steps of the diffusion (noising) process.
 
@@ -168,6 +176,7 @@ class CellDiffusion(ConditionsMixin, SaveLoadMixin, UnsupervisedTrainingMixin, B
         self.init_params_ = self._get_init_params(locals())
 
     @classmethod
+    @doc_params(kwargs=DOC_SETUP_KWARGS, returns_setup=DOC_RETURNS_SETUP, scvi_fields=DOC_SCVI_FIELDS)
     def setup_anndata(
         cls,
         adata: AnnData,
@@ -202,23 +211,17 @@ class CellDiffusion(ConditionsMixin, SaveLoadMixin, UnsupervisedTrainingMixin, B
             embedded and the set is mean-pooled, so combinations of seen genes can be asked for.
         control
             The label of unperturbed cells in ``perturbation_key`` (the empty set).
-        **kwargs
-            Passed to scvi-tools' :meth:`~scvi.data.AnnDataManager.register_fields` (e.g.
-            ``source_registry``, which :meth:`load` uses to register data as at training).
+        {kwargs}
 
         Returns
         -------
-        None
-            Registers ``adata`` with scvi-tools, which sets:
+        {returns_setup}
 
             ``adata.obsm['_scvi_extra_categorical_covs']`` : :class:`~pandas.DataFrame`
                 Codes of the ``categorical_covariate_keys`` columns, when given.
             ``adata.obsm['_scvi_extra_continuous_covs']`` : :class:`~pandas.DataFrame`
                 The ``continuous_covariate_keys`` columns, when given.
-            ``adata.obs['_scvi_perturbation']`` : ``int8``
-                Codes of ``perturbation_key``, when given.
-            ``adata.uns['_scvi_uuid']``, ``adata.uns['_scvi_manager_uuid']`` : :class:`str`
-                The identifiers that tie ``adata`` to its registration.
+            {scvi_fields}
 
         Examples
         --------
@@ -264,6 +267,7 @@ class CellDiffusion(ConditionsMixin, SaveLoadMixin, UnsupervisedTrainingMixin, B
         cls.register_manager(adata_manager)
 
     # --- training --------------------------------------------------------------------------------
+    @doc_params(batch_size=DOC_MINIBATCH)
     def train(
         self,
         max_epochs: int | None = None,
@@ -295,8 +299,7 @@ class CellDiffusion(ConditionsMixin, SaveLoadMixin, UnsupervisedTrainingMixin, B
             diffusion's usual recipe). ``"joint"``: both from the start for ``max_epochs``; the
             diffusion loss never reaches the encoder (its tokens are detached), so the denoiser
             chases latents that still move. ``benchmarks/diffusion_generate.py`` compares them.
-        batch_size
-            Cells per minibatch.
+        {batch_size}
         lr, weight_decay, warmup_fraction
             AdamW's peak learning rate and weight decay, and the warm-up fraction of each stage's
             steps (then cosine decay), as in :class:`~bioformers.train.WarmupCosineTrainingPlan`.
@@ -399,6 +402,7 @@ class CellDiffusion(ConditionsMixin, SaveLoadMixin, UnsupervisedTrainingMixin, B
 
     # --- using the model -------------------------------------------------------------------------
     @torch.inference_mode()
+    @doc_params(batch_size=DOC_BATCH_SIZE)
     def get_latent_representation(
         self, adata: AnnData | None = None, indices: Sequence[int] | None = None, batch_size: int = 512
     ) -> np.ndarray:
@@ -411,8 +415,7 @@ class CellDiffusion(ConditionsMixin, SaveLoadMixin, UnsupervisedTrainingMixin, B
             ``None``: the training data.
         indices
             Cells to encode; ``None``: all.
-        batch_size
-            Cells per forward pass.
+        {batch_size}
 
         Returns
         -------
@@ -444,6 +447,7 @@ class CellDiffusion(ConditionsMixin, SaveLoadMixin, UnsupervisedTrainingMixin, B
         return torch.cat(out).numpy()
 
     @torch.inference_mode()
+    @doc_params(draws=DOC_DRAWS)
     def generate(
         self,
         table: pd.DataFrame,
@@ -469,10 +473,7 @@ class CellDiffusion(ConditionsMixin, SaveLoadMixin, UnsupervisedTrainingMixin, B
             Classifier-free guidance scale (1: the conditional model alone).
         eta
             DDIM noise (0: deterministic given the starting noise; 1: DDPM-like).
-        seed
-            Seed of the draws.
-        batch_size
-            Cells generated at once.
+        {draws}
 
         Returns
         -------

@@ -10,10 +10,21 @@ from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 
+from .._docs import (
+    DOC_BINS,
+    DOC_LOSS_OUTPUTS,
+    DOC_N_BINS,
+    DOC_NETWORK,
+    DOC_OBJECTIVE,
+    DOC_RETURNS_EMBED,
+    doc_params,
+    doc_returns_loss,
+)
 from ..data import mask_positions, n_masked, select_genes
 from ..nn import TransformerEncoder, ValueEncoder
 
 
+@doc_params(n_bins=DOC_N_BINS, network=DOC_NETWORK, objective=DOC_OBJECTIVE)
 class BioFormerModule(BaseModuleClass):
     """Encoder-only BioFormer over binned expression.
 
@@ -41,26 +52,9 @@ class BioFormerModule(BaseModuleClass):
     ----------
     n_genes
         Size of the gene vocabulary (genes of the AnnData).
-    n_bins
-        Number of bin values (largest bin index + 1).
-    n_hidden
-        Width of every token representation.
-    n_layers
-        Number of transformer blocks.
-    n_heads
-        Attention heads per block.
-    dropout
-        Dropout in attention and feed-forward layers.
-    max_seq_len
-        Longest sequence, CLS included.
-    value_encoder
-        ``"linear"`` (on the bin index) or ``"embedding"`` (a vector per bin).
-    mask_ratio
-        Fraction of each cell's positions masked.
-    nonzero_ratio
-        Fraction of the masked positions that are expressed genes.
-    expression_weight
-        Weight of the expression-decoding loss; 0 trains masked modelling alone.
+    {n_bins}
+    {network}
+    {objective}
     n_extra_genes
         Gene tokens beyond the measured genes: perturbation targets that were not measured. They
         have an identity embedding but never a value (their value is the MASK value).
@@ -147,6 +141,7 @@ class BioFormerModule(BaseModuleClass):
         return {"bins": tensors[REGISTRY_KEYS.X_KEY]}
 
     @auto_move_data
+    @doc_params(bins=DOC_BINS)
     def inference(self, bins: torch.Tensor, masked: bool = True) -> dict[str, torch.Tensor | None]:
         """Select each cell's genes, mask some of them (``masked=True``) and encode.
 
@@ -155,8 +150,7 @@ class BioFormerModule(BaseModuleClass):
 
         Parameters
         ----------
-        bins
-            Binned cells, ``(cells, n_genes)``.
+        {bins}
         masked
             Mask positions for masked gene modelling; ``False`` encodes the whole sequence.
 
@@ -212,6 +206,10 @@ class BioFormerModule(BaseModuleClass):
             out["bin_logits"] = self.predict_bins(masked, batch)
         return out
 
+    @doc_params(
+        outputs=DOC_LOSS_OUTPUTS,
+        returns_loss=doc_returns_loss("``mlm_loss``, ``expression_loss`` (and ``batch_loss``)"),
+    )
     def loss(self, tensors, inference_outputs, generative_outputs) -> LossOutput:
         """Cross-entropy over bins at masked positions plus the weighted expression MSE.
 
@@ -219,14 +217,11 @@ class BioFormerModule(BaseModuleClass):
         ----------
         tensors
             The minibatch (with the batch index when the network has batch tokens).
-        inference_outputs, generative_outputs
-            What :meth:`inference` and :meth:`generative` returned.
+        {outputs}
 
         Returns
         -------
-        :class:`~scvi.module.base.LossOutput`
-            The loss per cell and its mean; ``mlm_loss``, ``expression_loss`` (and ``batch_loss``) as
-            extra metrics.
+        {returns_loss}
         """
         positions = generative_outputs["masked_positions"]
         target = inference_outputs["values"].gather(1, positions).clamp(max=self.n_bins - 1)
@@ -247,6 +242,7 @@ class BioFormerModule(BaseModuleClass):
         return LossOutput(loss=per_cell.mean(), reconstruction_loss=per_cell, extra_metrics=extra)
 
     @auto_move_data
+    @doc_params(bins=DOC_BINS)
     def sample(
         self, bins: torch.Tensor, gene_mask: torch.Tensor, *, generator: torch.Generator | None = None
     ) -> torch.Tensor:
@@ -258,8 +254,7 @@ class BioFormerModule(BaseModuleClass):
 
         Parameters
         ----------
-        bins
-            Binned cells, ``(cells, n_genes)``.
+        {bins}
         gene_mask
             True at the genes to draw, ``(cells, n_genes)``; at most ``max_seq_len - 1`` per cell.
         generator
@@ -414,29 +409,28 @@ class BioFormerModule(BaseModuleClass):
         return self.bin_head(hidden)
 
     @auto_move_data
+    @doc_params(bins=DOC_BINS, returns_embed=DOC_RETURNS_EMBED)
     def embed(self, bins: torch.Tensor) -> torch.Tensor:
         """CLS embedding of unmasked cells.
 
         Parameters
         ----------
-        bins
-            Binned cells, ``(cells, n_genes)``.
+        {bins}
 
         Returns
         -------
-        :class:`~torch.Tensor`
-            ``(cells, n_hidden)``.
+        {returns_embed}
         """
         return self.inference(bins, masked=False)["cls"]
 
     @auto_move_data
+    @doc_params(bins=DOC_BINS)
     def predict_expression(self, bins: torch.Tensor) -> torch.Tensor:
         """Expected bin of every gene decoded from the unmasked cell's CLS state.
 
         Parameters
         ----------
-        bins
-            Binned cells, ``(cells, n_genes)``.
+        {bins}
 
         Returns
         -------
@@ -448,6 +442,7 @@ class BioFormerModule(BaseModuleClass):
         return self.decode_expression(cls, cell_depth(bins.long()), batch).float().clamp(0, self.n_bins - 1)
 
     @auto_move_data
+    @doc_params(bins=DOC_BINS)
     def predict_masked(self, bins: torch.Tensor, gene_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Predict the genes in ``gene_mask`` from the rest of the cell, with their values hidden.
 
@@ -456,8 +451,7 @@ class BioFormerModule(BaseModuleClass):
 
         Parameters
         ----------
-        bins
-            Binned cells, ``(cells, n_genes)``.
+        {bins}
         gene_mask
             True at the genes to predict, ``(cells, n_genes)``.
 
@@ -489,13 +483,13 @@ class BioFormerModule(BaseModuleClass):
         return rows, genes[rows, positions], probs
 
     @auto_move_data
+    @doc_params(bins=DOC_BINS)
     def attention(self, bins: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each unmasked cell's genes and the attention among them in ``layer``.
 
         Parameters
         ----------
-        bins
-            Binned cells, ``(cells, n_genes)``.
+        {bins}
         layer
             Transformer block (negative counts from the end).
 

@@ -10,11 +10,13 @@ from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 
+from .._docs import DOC_BINS, DOC_LOSS_INPUTS, DOC_N_BINS, DOC_RETURNS_EMBED, doc_params, doc_returns_loss
 from ..data import order_by_value
 from ..nn import TransformerEncoder, ValueEncoder
 from ._bioformer import _init_weights, cell_depth, check_module_arguments
 
 
+@doc_params(n_bins=DOC_N_BINS)
 class BioFormerDecoderModule(BaseModuleClass):
     """Decoder-only BioFormer over binned (or rank) expression.
 
@@ -42,8 +44,7 @@ class BioFormerDecoderModule(BaseModuleClass):
     ----------
     n_genes
         Size of the gene vocabulary.
-    n_bins
-        Number of bin values (largest bin index + 1).
+    {n_bins}
     n_hidden, n_layers, n_heads, dropout, max_seq_len, value_encoder
         As in :class:`~bioformers.module.BioFormerModule`.
     n_labels
@@ -131,6 +132,7 @@ class BioFormerDecoderModule(BaseModuleClass):
         }
 
     @auto_move_data
+    @doc_params(bins=DOC_BINS)
     def inference(
         self, bins: torch.Tensor, labels: torch.Tensor | None = None, batch_index: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
@@ -138,8 +140,7 @@ class BioFormerDecoderModule(BaseModuleClass):
 
         Parameters
         ----------
-        bins
-            Binned cells, ``(cells, n_genes)``.
+        {bins}
         labels, batch_index
             Condition codes ``(cells, 1)``; ``None``: unknown (or a network without that condition).
 
@@ -190,20 +191,20 @@ class BioFormerDecoderModule(BaseModuleClass):
         expression = self.expression_head(torch.cat([cell, cell_depth(bins).to(cell.dtype)[:, None]], dim=1))
         return {"gene_logits": gene_logits, "bin_logits": bin_logits, "expression": expression}
 
+    @doc_params(
+        inputs=DOC_LOSS_INPUTS,
+        returns_loss=doc_returns_loss("the parts of the loss (``gene_loss``, ``bin_loss``, ``expression_loss``)"),
+    )
     def loss(self, tensors, inference_outputs, generative_outputs) -> LossOutput:
         """Cross-entropy of the next gene (or end) plus cross-entropy of its bin, averaged per cell.
 
         Parameters
         ----------
-        tensors
-            The minibatch.
-        inference_outputs, generative_outputs
-            What :meth:`inference` and :meth:`generative` returned.
+        {inputs}
 
         Returns
         -------
-        :class:`~scvi.module.base.LossOutput`
-            The loss per cell and its mean, with the parts of the loss as extra metrics.
+        {returns_loss}
         """
         genes, values = inference_outputs["genes"], inference_outputs["values"]
         n_expressed = inference_outputs["n_expressed"]
@@ -301,6 +302,7 @@ class BioFormerDecoderModule(BaseModuleClass):
         return hidden[torch.arange(len(hidden), device=hidden.device), last]
 
     @auto_move_data
+    @doc_params(bins=DOC_BINS, returns_embed=DOC_RETURNS_EMBED)
     def embed(self, bins: torch.Tensor) -> torch.Tensor:
         """Cell embedding ``(cells, n_hidden)``: the final hidden state of the cell's last gene.
 
@@ -308,13 +310,11 @@ class BioFormerDecoderModule(BaseModuleClass):
 
         Parameters
         ----------
-        bins
-            Binned cells, ``(cells, n_genes)``.
+        {bins}
 
         Returns
         -------
-        :class:`~torch.Tensor`
-            ``(cells, n_hidden)``.
+        {returns_embed}
         """
         genes, values, n_expressed = order_by_value(bins, self.n_slots, random=False)
         hidden = self.forward_sequence(

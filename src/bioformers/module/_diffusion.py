@@ -29,6 +29,7 @@ from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 
+from .._docs import DOC_CONDITION_DROPOUT, DOC_DIFFUSION_WIDTHS, DOC_LOSS_INPUTS, doc_params, doc_returns_loss
 from .._keys import PERTURBATION_KEY
 from ..nn import ConditionEmbedding, Denoiser, cosine_alphas_cumprod
 
@@ -47,6 +48,7 @@ def _hidden_layers(n_in: int, n_hidden: int) -> list[nn.Module]:
     ]
 
 
+@doc_params(widths=DOC_DIFFUSION_WIDTHS, condition_dropout=DOC_CONDITION_DROPOUT)
 class CellDiffusionModule(BaseModuleClass):
     """Autoencoder to latent tokens, conditional denoiser over the tokens, DDPM loss and DDIM sampler.
 
@@ -58,19 +60,14 @@ class CellDiffusionModule(BaseModuleClass):
         Shape of each cell's latent tokens.
     n_hidden, n_layers, n_heads
         Width, depth and attention heads of the denoiser.
-    n_encoder_hidden
-        Width of the autoencoder's hidden layers.
-    dropout
-        Dropout in the denoiser.
+    {widths}
     categorical_sizes, n_continuous, n_set_items
         The conditions: the number of categories of each categorical condition, the number of
         continuous conditions, and the number of genes a set condition (perturbation) can hold.
     set_table
         Item indices of each registered set label, ``(n_labels, slots)``, -1 padding; turns the
         registered perturbation codes into sets during training.
-    condition_dropout
-        Probability, per training cell, of replacing all conditions by "none", and separately of
-        replacing each one.
+    {condition_dropout}
     n_timesteps
         Steps of the DDPM forward process.
     n_noise_draws
@@ -239,7 +236,7 @@ class CellDiffusionModule(BaseModuleClass):
         Returns
         -------
         :class:`~torch.Tensor`
-            The same shape.
+            The standardised tokens, shaped like ``z``.
         """
         return (z - self.latent_mean) / self.latent_std
 
@@ -249,12 +246,12 @@ class CellDiffusionModule(BaseModuleClass):
         Parameters
         ----------
         z
-            Standardised tokens, ``(cells, n_tokens, token_dim)``.
+            Standardised tokens (from :meth:`standardize` or the sampler), ``(cells, n_tokens, token_dim)``.
 
         Returns
         -------
         :class:`~torch.Tensor`
-            The same shape.
+            Encoder tokens, shaped like ``z``.
         """
         return F.layer_norm(z * self.latent_std + self.latent_mean, (self.token_dim,))
 
@@ -391,20 +388,17 @@ class CellDiffusionModule(BaseModuleClass):
         noise = torch.randn_like(z0)
         return {"noise": noise, "predicted": self.predict_noise(self.noise(z0, t, noise), t, condition)}
 
+    @doc_params(inputs=DOC_LOSS_INPUTS, returns_loss=doc_returns_loss("``reconstruction`` and ``diffusion``"))
     def loss(self, tensors, inference_outputs, generative_outputs) -> LossOutput:
         """Reconstruction loss (autoencoder, joint) plus noise-prediction MSE (diffusion, joint).
 
         Parameters
         ----------
-        tensors
-            The minibatch.
-        inference_outputs, generative_outputs
-            What :meth:`inference` and :meth:`generative` returned.
+        {inputs}
 
         Returns
         -------
-        :class:`~scvi.module.base.LossOutput`
-            The loss per cell and its mean; ``reconstruction`` and ``diffusion`` as extra metrics.
+        {returns_loss}
         """
         z = inference_outputs["z"]
         zero = torch.zeros(z.shape[0], device=z.device)

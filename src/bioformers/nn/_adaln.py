@@ -5,10 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._docs import DOC_NN_N_HEADS, doc_params
 from ._attention import SelfAttention
 from ._embedding import timestep_embedding
 
 
+@doc_params(n_heads=DOC_NN_N_HEADS)
 class AdaLNBlock(nn.Module):
     """A pre-LayerNorm transformer block whose norms and residual gates are set by a condition vector.
 
@@ -19,8 +21,7 @@ class AdaLNBlock(nn.Module):
     ----------
     n_hidden
         Width of the tokens and of the condition vector.
-    n_heads
-        Number of attention heads; must divide ``n_hidden``.
+    {n_heads}
     dropout
         Dropout on the output of both sub-layers.
     ffn_ratio

@@ -6,7 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._docs import DOC_NN_N_HEADS, doc_params
 
+
+@doc_params(n_heads=DOC_NN_N_HEADS)
 class SelfAttention(nn.Module):
     """Multi-head self-attention.
 
@@ -23,8 +26,7 @@ class SelfAttention(nn.Module):
     ----------
     n_hidden
         Width of the token representations.
-    n_heads
-        Number of attention heads; must divide ``n_hidden``.
+    {n_heads}
     dropout
         Dropout on attention weights during training.
     """

@@ -9,14 +9,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._docs import DOC_N_BINS, doc_params
 
+
+@doc_params(n_bins=DOC_N_BINS)
 class ValueEncoder(nn.Module):
     """Embed bin indices, with a learned MASK value for masked positions.
 
     Parameters
     ----------
-    n_bins
-        Number of bin values (largest bin index + 1).
+    {n_bins}
     n_hidden
         Embedding width.
     kind

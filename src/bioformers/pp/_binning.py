@@ -8,6 +8,7 @@ import numpy as np
 from scanpy import logging as logg
 from scipy import sparse
 
+from .._docs import DOC_COUNTS_LAYER, DOC_RETURNS_TARGET_SUM, DOC_TOKENS_KEY_ADDED, DOC_X_COUNTS, doc_params, doc_tokens
 from .._record import params_record
 from .._validation import check_anndata, check_counts, get_matrix, matrix_name
 from ._counts import canonical_csr, row_ids, row_totals
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 _DEFAULT_SEGMENT_BINS = 50
 
 
+@doc_params(**doc_tokens("binned", "binning"), layer=DOC_COUNTS_LAYER, key_added=DOC_TOKENS_KEY_ADDED)
 def bin(
     adata: AnnData,
     *,
@@ -65,10 +67,7 @@ def bin(
 
     Parameters
     ----------
-    adata
-        Annotated data matrix with counts (cells x genes). A view is binned only with
-        ``copy=True``; otherwise call ``.copy()`` on it first. A backed AnnData works with a
-        ``layer`` in memory, not with ``adata.X`` on disk.
+    {tokens_adata}
     method
         ``"value"`` (exact small counts, log-scale large ones) or ``"segment"``
         (per-cell equal-frequency bins).
@@ -87,19 +86,13 @@ def bin(
         ``"value"`` with ``normalize`` only: the total every cell is scaled to; `None` means the
         mean total count of the cells binned. Bin a query with the ``target_sum`` recorded for
         the training data, so both are on one scale (:func:`bioformers.tl.embed` does).
-    layer
-        Layer holding the counts; `None` uses ``adata.X``.
-    key_added
-        Base key: results go to ``adata.layers[f"{key_added}_binned"]`` and
-        ``adata.uns[f"{key_added}_binned"]``.
-    copy
-        Whether to return a binned copy of ``adata`` instead of binning it in place.
+    {layer}
+    {key_added}
+    {tokens_copy}
 
     Returns
     -------
-    :class:`~anndata.AnnData` or None
-        A binned copy of ``adata`` if ``copy=True``, else `None`. Sets (``bioformers`` in the
-        names is ``key_added``):
+    {returns_tokens}
 
         ``adata.layers['bioformers_binned']`` : :class:`~scipy.sparse.csr_matrix` ``int16`` (n_obs, n_vars)
             The bin of every value; zeros are not stored.
@@ -184,6 +177,7 @@ def bin(
     )
 
 
+@doc_params(X=DOC_X_COUNTS, returns_target_sum=DOC_RETURNS_TARGET_SUM)
 def bin_counts(
     X,
     *,
@@ -202,8 +196,7 @@ def bin_counts(
 
     Parameters
     ----------
-    X
-        Counts, sparse or dense (cells x genes).
+    {X}
     method, n_bins, cutoff, bins_per_octave, normalize, target_sum
         As for :func:`bin`.
 
@@ -211,8 +204,7 @@ def bin_counts(
     -------
     binned : :class:`~scipy.sparse.csr_matrix`
         The bins, ``int16``, of the shape of ``X``.
-    target_sum : float or None
-        The total every row was scaled to; `None` when nothing was scaled.
+    {returns_target_sum}
     """
     counts = canonical_csr(X)
     if method == "value":

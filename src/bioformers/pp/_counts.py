@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
+from .._docs import DOC_X_COUNTS, doc_params
 
+
+@doc_params(X=DOC_X_COUNTS)
 def canonical_csr(X) -> sparse.csr_matrix:
     """CSR with sorted indices, summed duplicates and no explicit zeros, without touching ``X``.
 
@@ -13,8 +16,7 @@ def canonical_csr(X) -> sparse.csr_matrix:
 
     Parameters
     ----------
-    X
-        Counts, sparse or dense (cells x genes).
+    {X}
 
     Returns
     -------
@@ -37,13 +39,13 @@ def row_totals(counts: sparse.csr_matrix) -> np.ndarray:
     return np.bincount(row_ids(counts), weights=counts.data, minlength=counts.shape[0])
 
 
+@doc_params(X=DOC_X_COUNTS)
 def cell_totals(X) -> np.ndarray:
     """Total count of every row, ``(n_rows,)`` float64, summed exactly as :func:`bioformers.pp.bin` sums them.
 
     Parameters
     ----------
-    X
-        Counts, sparse or dense (cells x genes).
+    {X}
 
     Returns
     -------

@@ -11,6 +11,7 @@ import pandas as pd
 from scanpy import logging as logg
 from scipy import sparse
 
+from .._docs import DOC_COUNTS_LAYER, DOC_TOKENS_KEY_ADDED, doc_params, doc_tokens
 from .._record import params_record
 from .._validation import check_anndata, check_counts, get_matrix, matrix_name, shown
 from ._counts import canonical_csr, row_ids, row_totals
@@ -25,6 +26,7 @@ DEFAULT_N_RANKS = 255
 DEFAULT_TARGET_SUM = 1e4
 
 
+@doc_params(**doc_tokens("ranked", "ranking"), layer=DOC_COUNTS_LAYER, key_added=DOC_TOKENS_KEY_ADDED)
 def rank(
     adata: AnnData,
     *,
@@ -67,10 +69,7 @@ def rank(
 
     Parameters
     ----------
-    adata
-        Annotated data matrix with counts (cells x genes). A view is ranked only with
-        ``copy=True``; otherwise call ``.copy()`` on it first. A backed AnnData works with a
-        ``layer`` in memory, not with ``adata.X`` on disk.
+    {tokens_adata}
     n_ranks
         Number of ranks with a token of their own (1 to 32,767); lower ranks share token 1.
     target_sum
@@ -82,19 +81,14 @@ def rank(
         when the genes are the same, in the same order) or a mapping / :class:`~pandas.Series`
         from gene name to median, which must cover every gene of ``adata``. Medians must be
         positive and finite. :func:`bioformers.tl.embed` passes the training data's medians itself.
-    layer
-        Layer holding the counts; `None` uses ``adata.X``.
-    key_added
-        Base key: results go to ``adata.layers[f"{key_added}_binned"]`` and
-        ``adata.uns[f"{key_added}_binned"]``, where the models read value tokens.
-    copy
-        Whether to return a ranked copy of ``adata`` instead of ranking it in place.
+    {layer}
+    {key_added}
+        The models read value tokens there.
+    {tokens_copy}
 
     Returns
     -------
-    :class:`~anndata.AnnData` or None
-        A ranked copy of ``adata`` if ``copy=True``, else `None`. Sets (``bioformers`` in the
-        names is ``key_added``):
+    {returns_tokens}
 
         ``adata.layers['bioformers_binned']`` : :class:`~scipy.sparse.csr_matrix` ``int16`` (n_obs, n_vars)
             The rank token of every expressed gene, ``n_ranks`` for each cell's top gene down to 1;

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from .._docs import DOC_COUNTS_LAYER, DOC_RETURNS_TARGET_SUM, DOC_X_COUNTS, doc_params
 from ._binning import bin as bin_values
 from ._binning import bin_counts
 from ._rank import DEFAULT_N_RANKS, DEFAULT_TARGET_SUM, rank, rank_matrix
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 BINNING_ARGS = ("method", "n_bins", "cutoff", "bins_per_octave", "normalize", "target_sum", "n_ranks", "gene_medians")
 
 
+@doc_params(X=DOC_X_COUNTS, returns_target_sum=DOC_RETURNS_TARGET_SUM)
 def bin_matrix(
     X,
     *,
@@ -52,8 +54,7 @@ def bin_matrix(
 
     Parameters
     ----------
-    X
-        Counts, sparse or dense (cells x genes).
+    {X}
     method
         ``"value"`` or ``"segment"`` (:func:`~bioformers.pp.bin`), or ``"rank"`` (:func:`~bioformers.pp.rank`).
     n_bins, cutoff, bins_per_octave, normalize
@@ -70,8 +71,7 @@ def bin_matrix(
     -------
     tokens : :class:`~scipy.sparse.csr_matrix`
         ``int16``, of the shape of ``X``.
-    target_sum : float or None
-        The total every row was scaled to; `None` when nothing was scaled.
+    {returns_target_sum}
 
     Examples
     --------
@@ -100,6 +100,7 @@ def bin_matrix(
     )
 
 
+@doc_params(layer=DOC_COUNTS_LAYER)
 def bin_as_recorded(adata: AnnData, params: Mapping, *, layer: str | None, key_added: str) -> None:
     """Tokenise ``adata`` in place as a binning record says.
 
@@ -112,8 +113,7 @@ def bin_as_recorded(adata: AnnData, params: Mapping, *, layer: str | None, key_a
     params
         ``adata.uns["<key>_binned"]["params"]`` of the training data (``model.binning_``); only the
         arguments that define the tokens are used (:data:`BINNING_ARGS`).
-    layer
-        Layer holding the counts; `None` uses ``adata.X``.
+    {layer}
     key_added
         Base key of the results, as for :func:`~bioformers.pp.bin`.
     """

@@ -11,7 +11,7 @@ from scanpy import logging as logg
 from scipy import sparse
 
 from .._conditions import Conditions, condition_table
-from .._docs import DOC_KEY_ADDED_RETURNED, doc_params
+from .._docs import DOC_BATCH_SIZE_GENERATE, DOC_KEY_ADDED_RETURNED, doc_params
 from .._keys import DEFAULT_KEY, Keys
 from .._record import params_record
 from ..pp._binning import bin_centers
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ..model import BioFormer, CellDiffusion
 
 
-@doc_params(key_added=DOC_KEY_ADDED_RETURNED)
+@doc_params(batch_size=DOC_BATCH_SIZE_GENERATE, key_added=DOC_KEY_ADDED_RETURNED)
 def generate(
     model: BioFormer | CellDiffusion,
     conditions: Conditions = None,
@@ -83,8 +83,7 @@ def generate(
     temperature
         Decoder only: softmax temperature of every draw (default 1); below 1 sharpens towards the
         most likely genes and bins.
-    batch_size
-        Cells generated at once.
+    {batch_size}
     {key_added}
 
     Returns

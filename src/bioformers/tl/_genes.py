@@ -12,15 +12,12 @@ from scanpy import logging as logg
 
 from .._docs import (
     DOC_ADATA,
-    DOC_BATCH_CHUNK_SIZE,
     DOC_BATCH_SIZE,
     DOC_BINNED_WRITTEN,
-    DOC_GENE_MATCHING,
-    DOC_KEY_ADDED_COPY,
-    DOC_LAYER,
     DOC_MODEL,
-    DOC_RETURNS_COPY,
+    DOC_QUERY_TOOL,
     DOC_VIEW,
+    DOC_WRITES,
     doc_params,
 )
 from .._keys import DEFAULT_KEY, Keys
@@ -38,16 +35,7 @@ MAX_GROUPS = 50
 UNASSIGNED = "unassigned"
 
 
-@doc_params(
-    view=DOC_VIEW,
-    model=DOC_MODEL,
-    layer=DOC_LAYER,
-    gene_matching=DOC_GENE_MATCHING,
-    batch_chunk_size=DOC_BATCH_CHUNK_SIZE,
-    key_added_copy=DOC_KEY_ADDED_COPY,
-    returns_copy=DOC_RETURNS_COPY,
-    binned_written=DOC_BINNED_WRITTEN,
-)
+@doc_params(**DOC_QUERY_TOOL)
 def predict(
     adata: ad.AnnData,
     model: BioFormer,
@@ -163,12 +151,7 @@ def predict(
 
 
 @doc_params(
-    adata=DOC_ADATA,
-    model=DOC_MODEL,
-    batch_size=DOC_BATCH_SIZE,
-    key_added_copy=DOC_KEY_ADDED_COPY,
-    returns_copy=DOC_RETURNS_COPY,
-    binned_written=DOC_BINNED_WRITTEN,
+    **DOC_WRITES, adata=DOC_ADATA, model=DOC_MODEL, batch_size=DOC_BATCH_SIZE, binned_written=DOC_BINNED_WRITTEN
 )
 def attention_grn(
     adata: ad.AnnData,
@@ -322,7 +305,7 @@ def _groups(adata: ad.AnnData, groupby: str, *, max_groups: int) -> dict[str, np
     return groups
 
 
-@doc_params(view=DOC_VIEW, model=DOC_MODEL, key_added_copy=DOC_KEY_ADDED_COPY, returns_copy=DOC_RETURNS_COPY)
+@doc_params(**DOC_WRITES, view=DOC_VIEW, model=DOC_MODEL)
 def gene_embeddings(
     adata: ad.AnnData, model: BioFormer, *, key_added: str = DEFAULT_KEY, copy: bool = False
 ) -> ad.AnnData | None:
@@ -370,7 +353,7 @@ def _gene_embedding(model: BioFormer) -> np.ndarray:
     return model.module.gene_embedding.weight.detach().float().cpu().numpy().copy()
 
 
-@doc_params(view=DOC_VIEW, key_added_copy=DOC_KEY_ADDED_COPY, returns_copy=DOC_RETURNS_COPY)
+@doc_params(**DOC_WRITES, view=DOC_VIEW)
 def gene_programs(
     adata: ad.AnnData,
     model: BioFormer | None = None,

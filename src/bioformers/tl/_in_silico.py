@@ -13,16 +13,7 @@ from scipy import sparse
 from scipy.stats import percentileofscore
 from scvi.utils import track
 
-from .._docs import (
-    DOC_BATCH_SIZE,
-    DOC_BINNED_WRITTEN,
-    DOC_KEY_ADDED_COPY,
-    DOC_LAYER,
-    DOC_MODEL,
-    DOC_RETURNS_COPY,
-    DOC_VIEW,
-    doc_params,
-)
+from .._docs import DOC_BATCH_SIZE, DOC_BINNED_WRITTEN, DOC_LAYER, DOC_MODEL, DOC_VIEW, DOC_WRITES, doc_params
 from .._keys import DEFAULT_KEY, Keys
 from .._private import forget
 from .._record import params_record
@@ -43,12 +34,11 @@ _MIN_WINDOW = 5
 
 
 @doc_params(
+    **DOC_WRITES,
     view=DOC_VIEW,
     model=DOC_MODEL,
     layer=DOC_LAYER,
     batch_size=DOC_BATCH_SIZE,
-    key_added_copy=DOC_KEY_ADDED_COPY,
-    returns_copy=DOC_RETURNS_COPY,
     binned_written=DOC_BINNED_WRITTEN,
 )
 def in_silico_perturb(

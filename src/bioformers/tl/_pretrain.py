@@ -8,24 +8,17 @@ import scvi
 from scanpy import logging as logg
 
 from .._docs import (
-    DOC_BATCH_CHUNK_SIZE,
-    DOC_BINNED_WRITTEN,
-    DOC_GENE_MATCHING,
     DOC_KEY_ADDED,
-    DOC_KEY_ADDED_COPY,
-    DOC_LAYER,
     DOC_LR,
     DOC_MASK_RATIO,
     DOC_MAX_SEQ_LEN,
     DOC_MINIBATCH,
-    DOC_MODEL,
     DOC_N_HEADS,
     DOC_N_HIDDEN,
     DOC_N_LAYERS,
     DOC_NONZERO_RATIO,
-    DOC_RETURNS_COPY,
+    DOC_QUERY_TOOL,
     DOC_VALUE_ENCODER,
-    DOC_VIEW,
     doc_params,
 )
 from .._keys import DEFAULT_KEY, Keys
@@ -253,16 +246,7 @@ def _write_binned(adata: AnnData, key: str, binned: tuple | None) -> None:
         adata.layers[key], adata.uns[key] = binned
 
 
-@doc_params(
-    view=DOC_VIEW,
-    model=DOC_MODEL,
-    layer=DOC_LAYER,
-    gene_matching=DOC_GENE_MATCHING,
-    batch_chunk_size=DOC_BATCH_CHUNK_SIZE,
-    key_added_copy=DOC_KEY_ADDED_COPY,
-    returns_copy=DOC_RETURNS_COPY,
-    binned_written=DOC_BINNED_WRITTEN,
-)
+@doc_params(**DOC_QUERY_TOOL)
 def embed(
     adata: AnnData,
     model: BioFormer,

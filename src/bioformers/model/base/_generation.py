@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from scipy import sparse
 
+from ..._docs import DOC_DRAWS, doc_params
 from ..._validation import did_you_mean
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ class GenerationMixin:
         return np.array([len(categories) if v is None else index[str(v)] for v in values], dtype=np.int64)
 
     @torch.inference_mode()
+    @doc_params(draws=DOC_DRAWS)
     def generate(
         self,
         n_cells: int,
@@ -81,10 +83,7 @@ class GenerationMixin:
             Each cell's batch, the same way for the registered ``batch_key`` column.
         temperature
             Softmax temperature of every draw; below 1 sharpens towards the most likely genes and bins.
-        seed
-            Seed of the draws.
-        batch_size
-            Cells drawn at once.
+        {draws}
 
         Returns
         -------

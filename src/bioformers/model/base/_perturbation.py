@@ -13,6 +13,7 @@ from scipy import sparse
 from scvi import REGISTRY_KEYS
 from scvi.train import TrainRunner
 
+from ..._docs import DOC_BATCH_SIZE, doc_params
 from ..._keys import PERTURBATION_KEY
 from ...data import PerturbationPairs, perturbation_targets
 from ...train import PerturbationTrainingPlan, TrainingSession, default_precision
@@ -195,6 +196,7 @@ class PerturbationMixin:
             runner()
 
     @torch.inference_mode()
+    @doc_params(batch_size=DOC_BATCH_SIZE)
     def get_perturbation_response(self, bins, targets: np.ndarray, *, batch_size: int = 128) -> np.ndarray:
         """Predicted log-normalised expression of control cells after perturbing ``targets``.
 
@@ -204,8 +206,7 @@ class PerturbationMixin:
             Binned control cells, ``(cells, n_genes)`` (dense or sparse).
         targets
             Vocabulary indices per cell, ``(cells, slots)``, -1 where empty (see :meth:`target_indices`).
-        batch_size
-            Cells per forward pass.
+        {batch_size}
 
         Returns
         -------

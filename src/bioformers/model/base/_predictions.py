@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ..._docs import DOC_BATCH_SIZE, doc_params
 from ...data import prediction_masks
 from ...pp._genes import DEFAULT_MIN_GENE_COVERAGE
 
@@ -43,6 +44,7 @@ class MaskedPredictionMixin:
             raise ValueError(f"`layer={layer}` does not exist; the model has {n_layers} layers (0 to {n_layers - 1}).")
 
     @torch.inference_mode()
+    @doc_params(batch_size=DOC_BATCH_SIZE)
     def get_predicted_bins(
         self,
         adata: AnnData | None = None,
@@ -77,8 +79,7 @@ class MaskedPredictionMixin:
             predicted from the rest by the masked-modelling head (imputation); genes that did not fit
             in the sequence (unexpressed genes of cells with more than ``max_seq_len - 1`` genes)
             keep the CLS decoding.
-        batch_size
-            Cells per forward pass.
+        {batch_size}
         gene_symbols, min_gene_coverage, genes, counts_layer, chunk_size
             As in :meth:`get_latent_representation`.
 
@@ -181,6 +182,7 @@ class MaskedPredictionMixin:
         return torch.cat(expected_chunks).numpy(), torch.cat(best_chunks).numpy()
 
     @torch.inference_mode()
+    @doc_params(batch_size=DOC_BATCH_SIZE)
     def get_attention(
         self,
         adata: AnnData | None = None,
@@ -206,8 +208,7 @@ class MaskedPredictionMixin:
             Transformer block whose attention is read (negative counts from the end).
         keep_heads
             Keep one matrix per head, ``(n_genes, n_genes, n_heads)``; otherwise heads are averaged.
-        batch_size
-            Cells per forward pass.
+        {batch_size}
 
         Returns
         -------

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from scvi import REGISTRY_KEYS
 
+from ..._docs import DOC_BATCH_SIZE, doc_params
 from ..._private import forget, private_anndata, registered_columns
 from ..._validation import check_backed_writable, check_counts, get_matrix, matrix_name
 from ...data import binned_batches
@@ -254,6 +255,7 @@ class QueryMixin:
         return nullcontext()
 
     @torch.inference_mode()
+    @doc_params(batch_size=DOC_BATCH_SIZE)
     def get_latent_representation(
         self,
         adata: AnnData | None = None,
@@ -282,8 +284,7 @@ class QueryMixin:
             like the training data, so memory does not grow with the number of cells beyond the result.
         indices
             Cells to embed; ``None`` means all.
-        batch_size
-            Cells per forward pass.
+        {batch_size}
         gene_symbols, min_gene_coverage
             How genes are matched and how many must be found (:meth:`align_genes`).
         genes

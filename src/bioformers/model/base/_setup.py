@@ -10,6 +10,7 @@ from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, LayerField
 
+from ..._docs import DOC_RETURNS_SETUP, DOC_SCVI_FIELDS, DOC_SETUP_KWARGS, doc_params
 from ..._keys import PERTURBATION_KEY, Keys
 from ..._validation import check_anndata, check_control, check_dtype, check_obs_key, did_you_mean, get_matrix, shown
 
@@ -61,6 +62,7 @@ class TokenSetupMixin:
         return self.summary_stats.n_labels if kind == "labels" else self.summary_stats.n_batch
 
     @classmethod
+    @doc_params(kwargs=DOC_SETUP_KWARGS, returns_setup=DOC_RETURNS_SETUP, scvi_fields=DOC_SCVI_FIELDS)
     def setup_anndata(
         cls,
         adata: AnnData,
@@ -94,21 +96,15 @@ class TokenSetupMixin:
             a measured gene; see :func:`bioformers.tl.train_perturbation`.
         control
             The label of control cells in ``perturbation_key``.
-        **kwargs
-            Passed to scvi-tools' :meth:`~scvi.data.AnnDataManager.register_fields` (e.g.
-            ``source_registry``, which :meth:`load` uses to register data as at training).
+        {kwargs}
 
         Returns
         -------
-        None
-            Registers ``adata`` with scvi-tools, which sets:
+        {returns_setup}
 
             ``adata.obs['_scvi_batch']``, ``adata.obs['_scvi_labels']`` : ``int8``
                 Codes of ``batch_key`` and ``labels_key`` (all 0 when not given).
-            ``adata.obs['_scvi_perturbation']`` : ``int8``
-                Codes of ``perturbation_key``, when given.
-            ``adata.uns['_scvi_uuid']``, ``adata.uns['_scvi_manager_uuid']`` : :class:`str`
-                The identifiers that tie ``adata`` to its registration.
+            {scvi_fields}
 
         Examples
         --------

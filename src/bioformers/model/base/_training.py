@@ -8,6 +8,7 @@ import numpy as np
 import scvi
 from scvi.model.base import UnsupervisedTrainingMixin
 
+from ..._docs import DOC_LR, doc_params
 from ..._validation import check_batch_size
 from ...train import TrainingSession, default_precision
 
@@ -25,6 +26,7 @@ class TokenTrainingMixin(UnsupervisedTrainingMixin):
     :class:`~bioformers.train.TrainingSession` (non-finite losses, Ctrl-C).
     """
 
+    @doc_params(lr=DOC_LR)
     def train(
         self,
         max_epochs: int | None = None,
@@ -54,8 +56,7 @@ class TokenTrainingMixin(UnsupervisedTrainingMixin):
         batch_size
             Cells per minibatch of one process. With DDP over N processes each optimiser step
             averages N minibatches (N x ``batch_size`` cells) and an epoch has N times fewer steps.
-        lr
-            Peak learning rate.
+        {lr}
         weight_decay
             AdamW weight decay.
         warmup_fraction
