@@ -188,6 +188,16 @@ DOC_LR = """\
 lr
     Peak learning rate."""
 
+#: ``batch_size`` of perturbation fine-tuning, whose minibatches are control -> perturbed pairs.
+DOC_PAIRS_BATCH_SIZE = """\
+batch_size
+    Pairs per minibatch."""
+
+#: ``checkpoint_every`` of a function that trains with checkpoints.
+DOC_CHECKPOINT_EVERY = """\
+checkpoint_every
+    Epochs between checkpoints."""
+
 # Models (`bioformers.BioFormer`, ...) and their networks (`bioformers.module`) --------------------
 
 #: ``adata`` of a model's constructor.
@@ -213,6 +223,16 @@ DOC_SCVI_FIELDS = """\
     Codes of ``perturbation_key``, when given.
 ``adata.uns['_scvi_uuid']``, ``adata.uns['_scvi_manager_uuid']`` : :class:`str`
     The identifiers that tie ``adata`` to its registration."""
+
+#: ``kind`` of a model's method about one of its registered condition columns.
+DOC_CONDITION_KIND = """\
+kind
+    ``"labels"`` or ``"batch"``."""
+
+#: ``n_cells`` of a decoder's method that generates cells.
+DOC_N_CELLS_DRAWN = """\
+n_cells
+    Number of cells to draw."""
 
 #: ``n_hidden`` of the transformer over gene tokens.
 DOC_N_HIDDEN = """\
@@ -295,6 +315,11 @@ bins
 DOC_RETURNS_EMBED = """\
 :class:`~torch.Tensor`
     ``(cells, n_hidden)``."""
+
+#: ``external`` of a network's ``external_tokens``.
+DOC_EXTERNAL = """\
+external
+    Categories, ``(cells, length)``."""
 
 #: ``inference_outputs`` and ``generative_outputs`` of a network's ``loss``.
 DOC_LOSS_OUTPUTS = """\

@@ -17,6 +17,8 @@ from lightning.pytorch import LightningDataModule
 from scipy import sparse
 from torch.utils.data import DataLoader
 
+from .._docs import DOC_PAIRS_BATCH_SIZE, doc_params
+
 #: Separates the targets of a combination in a perturbation label, e.g. ``"STAT1+JAK2"``.
 COMBINATION_SEPARATOR = "+"
 
@@ -39,6 +41,7 @@ def log_normalize(counts) -> sparse.csr_matrix:
     return cells.X
 
 
+@doc_params(batch_size=DOC_PAIRS_BATCH_SIZE)
 class PerturbationPairs(LightningDataModule):
     """Minibatches of control -> target pairs.
 
@@ -54,8 +57,7 @@ class PerturbationPairs(LightningDataModule):
         Vocabulary indices of each perturbation's targets, ``(n_perturbations, slots)``, -1 where empty.
     weights
         Loss weight of each gene for each perturbation, ``(n_perturbations, n_genes)``.
-    batch_size
-        Pairs per minibatch.
+    {batch_size}
     seed
         Seeds the order of target cells and the choice of control cells.
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from .._docs import (
     DOC_BINS,
+    DOC_EXTERNAL,
     DOC_LOSS_OUTPUTS,
     DOC_N_BINS,
     DOC_NETWORK,
@@ -326,13 +327,13 @@ class BioFormerModule(BaseModuleClass):
             padding_mask = torch.cat([padding_mask.new_zeros(padding_mask.shape[0], 1), padding_mask], dim=1)
         return self.encoder(torch.cat([cls, tokens], dim=1), padding_mask, attention_layer=attention_layer)
 
+    @doc_params(external=DOC_EXTERNAL)
     def external_tokens(self, external: torch.Tensor) -> torch.Tensor:
         """Embedding of each position's external-token category; only networks with external tokens have them.
 
         Parameters
         ----------
-        external
-            Categories, ``(cells, length)``.
+        {external}
 
         Raises
         ------

@@ -10,7 +10,15 @@ from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 
-from .._docs import DOC_BINS, DOC_LOSS_INPUTS, DOC_N_BINS, DOC_RETURNS_EMBED, doc_params, doc_returns_loss
+from .._docs import (
+    DOC_BINS,
+    DOC_LOSS_INPUTS,
+    DOC_N_BINS,
+    DOC_N_CELLS_DRAWN,
+    DOC_RETURNS_EMBED,
+    doc_params,
+    doc_returns_loss,
+)
 from ..data import order_by_value
 from ..nn import TransformerEncoder, ValueEncoder
 from ._bioformer import _init_weights, cell_depth, check_module_arguments
@@ -326,6 +334,7 @@ class BioFormerDecoderModule(BaseModuleClass):
         return self._cell_state(hidden, n_expressed)
 
     @torch.no_grad()
+    @doc_params(n_cells=DOC_N_CELLS_DRAWN)
     def sample(
         self,
         n_cells: int,
@@ -343,8 +352,7 @@ class BioFormerDecoderModule(BaseModuleClass):
 
         Parameters
         ----------
-        n_cells
-            Number of cells to draw.
+        {n_cells}
         labels, batch_index
             Condition codes ``(cells,)``; ``None``: unknown.
         temperature

@@ -35,6 +35,11 @@ from ..nn import ConditionEmbedding, Denoiser, cosine_alphas_cumprod
 
 Stage = Literal["autoencoder", "diffusion", "joint"]
 
+#: ``counts`` of the methods that read raw counts.
+_DOC_COUNTS = """\
+counts
+    Raw counts, ``(cells, n_genes)``."""
+
 
 def _hidden_layers(n_in: int, n_hidden: int) -> list[nn.Module]:
     """Two ``Linear -> LayerNorm -> GELU`` layers, the body of the autoencoder's encoder and decoder."""
@@ -135,13 +140,13 @@ class CellDiffusionModule(BaseModuleClass):
         )
 
     # --- autoencoder ------------------------------------------------------------------------------
+    @doc_params(counts=_DOC_COUNTS)
     def normalize(self, counts: torch.Tensor) -> torch.Tensor:
         """``log1p(counts / total * target_sum)``, per cell.
 
         Parameters
         ----------
-        counts
-            Raw counts, ``(cells, n_genes)``.
+        {counts}
 
         Returns
         -------
@@ -323,13 +328,13 @@ class CellDiffusionModule(BaseModuleClass):
         return {"counts": tensors[REGISTRY_KEYS.X_KEY]}
 
     @auto_move_data
+    @doc_params(counts=_DOC_COUNTS)
     def inference(self, counts: torch.Tensor) -> dict[str, torch.Tensor]:
         """Normalise and encode; the encoder is not trained in the diffusion stage.
 
         Parameters
         ----------
-        counts
-            Raw counts, ``(cells, n_genes)``.
+        {counts}
 
         Returns
         -------

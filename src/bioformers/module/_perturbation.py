@@ -6,6 +6,7 @@ import torch
 from scvi.module.base import LossOutput, auto_move_data
 from torch import nn
 
+from .._docs import DOC_EXTERNAL, doc_params
 from ..data import select_genes
 from ._bioformer import BioFormerModule, _init_weights
 
@@ -72,13 +73,13 @@ class BioFormerPerturbationModule(BioFormerModule):
         nn.init.zeros_(self.response_token_head[-1].weight)
         nn.init.zeros_(self.response_query.weight)
 
+    @doc_params(external=DOC_EXTERNAL)
     def external_tokens(self, external: torch.Tensor) -> torch.Tensor:
         """Embedding of each position's external-token category, ``(cells, length, n_hidden)``.
 
         Parameters
         ----------
-        external
-            Categories, ``(cells, length)``.
+        {external}
 
         Returns
         -------

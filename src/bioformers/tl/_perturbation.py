@@ -12,7 +12,7 @@ from scanpy import logging as logg
 from scipy import sparse
 from sklearn.model_selection import train_test_split
 
-from .._docs import DOC_BATCH_SIZE, DOC_KEY_ADDED_RETURNED, DOC_LR, doc_params
+from .._docs import DOC_BATCH_SIZE, DOC_KEY_ADDED_RETURNED, DOC_LR, DOC_PAIRS_BATCH_SIZE, doc_params
 from .._keys import DEFAULT_KEY, Keys
 from .._record import params_record
 from .._validation import (
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 
-@doc_params(lr=DOC_LR)
+@doc_params(batch_size=DOC_PAIRS_BATCH_SIZE, lr=DOC_LR)
 def train_perturbation(
     adata: ad.AnnData,
     model: BioFormer | None = None,
@@ -111,8 +111,7 @@ def train_perturbation(
         Longest sequence; ``None``: the model's, or 256 from scratch. The perturbed genes always enter.
     max_epochs
         Passes over the training cells.
-    batch_size
-        Pairs per minibatch.
+    {batch_size}
     {lr}
     seed
         Seed of the split, the pairing and the training.

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from .._docs import DOC_CHECKPOINT_EVERY, doc_params
 from ._checkpoint import EpochCheckpoint, ResumeState, SafeCheckpointIO, check_checkpoint_fits, find_checkpoint
 
 if TYPE_CHECKING:
@@ -124,6 +125,7 @@ class _Watch(Callback):
         self.exception = exception
 
 
+@doc_params(checkpoint_every=DOC_CHECKPOINT_EVERY)
 class TrainingSession:
     """Checkpoints, resume, the divergence check and Ctrl-C handling for one training call.
 
@@ -136,8 +138,7 @@ class TrainingSession:
         the checkpoint's are named in a warning (the result then differs from an uninterrupted run).
     save_checkpoints
         Directory for checkpoints, or ``None``.
-    checkpoint_every
-        Epochs between checkpoints.
+    {checkpoint_every}
     resume_from
         A checkpoint directory, or a ``save_checkpoints`` directory (its latest checkpoint), or ``None``.
     """

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from scipy import sparse
 
-from ..._docs import DOC_DRAWS, doc_params
+from ..._docs import DOC_CONDITION_KIND, DOC_DRAWS, DOC_N_CELLS_DRAWN, doc_params
 from ..._validation import did_you_mean
 
 if TYPE_CHECKING:
@@ -18,13 +18,13 @@ if TYPE_CHECKING:
 class GenerationMixin:
     """Sample binned cells from an autoregressive network (:class:`~bioformers.module.BioFormerDecoderModule`)."""
 
+    @doc_params(kind=DOC_CONDITION_KIND)
     def condition_codes(self, kind: Literal["labels", "batch"], values: Sequence[str | None]) -> np.ndarray:
         """Codes of condition values for the decoder.
 
         Parameters
         ----------
-        kind
-            ``"labels"`` or ``"batch"``.
+        {kind}
         values
             One category of the registered column per cell, or ``None`` for an unknown condition.
 
@@ -57,7 +57,7 @@ class GenerationMixin:
         return np.array([len(categories) if v is None else index[str(v)] for v in values], dtype=np.int64)
 
     @torch.inference_mode()
-    @doc_params(draws=DOC_DRAWS)
+    @doc_params(n_cells=DOC_N_CELLS_DRAWN, draws=DOC_DRAWS)
     def generate(
         self,
         n_cells: int,
@@ -74,8 +74,7 @@ class GenerationMixin:
 
         Parameters
         ----------
-        n_cells
-            Number of cells to draw.
+        {n_cells}
         labels
             Each cell's label: a value of the registered ``labels_key`` column, or ``None`` for
             unconditional; ``None`` (instead of a list) leaves all unknown.

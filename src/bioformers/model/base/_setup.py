@@ -10,7 +10,7 @@ from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, LayerField
 
-from ..._docs import DOC_RETURNS_SETUP, DOC_SCVI_FIELDS, DOC_SETUP_KWARGS, doc_params
+from ..._docs import DOC_CONDITION_KIND, DOC_RETURNS_SETUP, DOC_SCVI_FIELDS, DOC_SETUP_KWARGS, doc_params
 from ..._keys import PERTURBATION_KEY, Keys
 from ..._validation import check_anndata, check_control, check_dtype, check_obs_key, did_you_mean, get_matrix, shown
 
@@ -141,13 +141,13 @@ class TokenSetupMixin:
         adata_manager.register_fields(adata, **kwargs)
         cls.register_manager(adata_manager)
 
+    @doc_params(kind=DOC_CONDITION_KIND)
     def condition_categories(self, kind: Literal["labels", "batch"]) -> list[str]:
         """The categories of the registered ``labels_key`` or ``batch_key`` column.
 
         Parameters
         ----------
-        kind
-            ``"labels"`` or ``"batch"``.
+        {kind}
 
         Returns
         -------

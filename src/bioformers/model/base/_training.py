@@ -8,7 +8,7 @@ import numpy as np
 import scvi
 from scvi.model.base import UnsupervisedTrainingMixin
 
-from ..._docs import DOC_LR, doc_params
+from ..._docs import DOC_CHECKPOINT_EVERY, DOC_LR, doc_params
 from ..._validation import check_batch_size
 from ...train import TrainingSession, default_precision
 
@@ -26,7 +26,7 @@ class TokenTrainingMixin(UnsupervisedTrainingMixin):
     :class:`~bioformers.train.TrainingSession` (non-finite losses, Ctrl-C).
     """
 
-    @doc_params(lr=DOC_LR)
+    @doc_params(lr=DOC_LR, checkpoint_every=DOC_CHECKPOINT_EVERY)
     def train(
         self,
         max_epochs: int | None = None,
@@ -80,8 +80,7 @@ class TokenTrainingMixin(UnsupervisedTrainingMixin):
             epochs, and after the last, ``<save_checkpoints>/epoch_NNNN/`` receives
             ``checkpoint.safetensors`` (weights, optimizer moments, random states) and
             ``checkpoint.json`` (everything else). An existing checkpoint of the same epoch is replaced.
-        checkpoint_every
-            Epochs between checkpoints.
+        {checkpoint_every}
         resume_from
             Continue the run that wrote this checkpoint: a ``epoch_NNNN`` directory, or a
             ``save_checkpoints`` directory (its latest checkpoint). Weights, optimizer and learning-rate
