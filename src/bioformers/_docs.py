@@ -10,6 +10,9 @@ Parameters section ends with a line ``{show_ax}`` and whose Returns section is a
 Only such whole-line placeholders are filled, so every other brace in a docstring (a dict in
 an example, ``f"{key_added}_binned"``) stays as written and needs no escaping. The paragraphs
 are numpydoc: a parameter's name on one line, its description indented by 4 spaces below.
+:data:`DOC_VIEW` is a single sentence, for a line of its own inside a description. The dicts
+(:data:`DOC_WRITES`, :data:`DOC_QUERY_TOOL`, :func:`doc_tokens`) bundle the placeholders that a
+family of functions shares, passed as ``@doc_params(**DOC_WRITES, ...)``.
 """
 
 from __future__ import annotations
@@ -78,7 +81,7 @@ def doc_layer_lognorm(name: str = "adata") -> str:
     return f"layer\n    Layer of `{name}` with the log-normalised expression; `None`: `{name}.X`."
 
 
-# Tools (`bf.tl`) ----------------------------------------------------------------------------------
+# Tools (`bf.tl`) and the model methods behind them ------------------------------------------------
 
 #: The sentence on views of a tool that writes into ``adata`` unless ``copy=True``: a line of its
 #: own at the end of ``adata``'s description.
@@ -118,13 +121,13 @@ DOC_CHUNK_SIZE = """\
 chunk_size
     Cells read and binned at a time from a backed AnnData; ``None``: 4,096."""
 
+#: ``batch_size`` and ``chunk_size`` of a tool that streams a backed AnnData through the network.
+DOC_BATCH_CHUNK_SIZE = f"{DOC_BATCH_SIZE}\n{DOC_CHUNK_SIZE}"
+
 #: ``key_added`` of a tool that writes results into the AnnData.
 DOC_KEY_ADDED = """\
 key_added
     Base key of everything written."""
-
-#: ``batch_size`` and ``chunk_size`` of a tool that streams a backed AnnData through the network.
-DOC_BATCH_CHUNK_SIZE = f"{DOC_BATCH_SIZE}\n{DOC_CHUNK_SIZE}"
 
 #: ``key_added`` of a tool that returns a new AnnData.
 DOC_KEY_ADDED_RETURNED = """\
@@ -334,10 +337,12 @@ tensors
 
 
 def doc_returns_loss(metrics: str) -> str:
-    """The Returns entry of a network's ``loss``, whose extra metrics are ``metrics`` (e.g. ``"``mlm_loss``"``)."""
+    """The Returns entry of a network's ``loss``, with ``metrics`` (rST naming its extra metrics) filled in."""
     description = fill(f"The loss per cell and its mean; {metrics} as extra metrics.", width=96, break_on_hyphens=False)
     return f":class:`~scvi.module.base.LossOutput`\n{indent(description, '    ')}"
 
+
+# Layers (`bioformers.nn`) -------------------------------------------------------------------------
 
 #: ``n_heads`` of a layer with multi-head attention.
 DOC_NN_N_HEADS = """\
