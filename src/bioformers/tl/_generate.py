@@ -1,4 +1,4 @@
-"""``bf.tl.generate``: sample new cells from a CellDiffusion or a decoder-only BioFormer."""
+"""``bf.tl.generate``: sample new cells from a CellDiffusion or a BioFormerDecoder."""
 
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ from ..pp._binning import bin_centers
 from ._models import require_decoder
 
 if TYPE_CHECKING:
-    from ..model import BioFormer, CellDiffusion
+    from ..model import BioFormerDecoder, CellDiffusion
 
 
 @doc_params(batch_size=DOC_BATCH_SIZE_GENERATE, key_added=DOC_KEY_ADDED_RETURNED)
 def generate(
-    model: BioFormer | CellDiffusion,
+    model: BioFormerDecoder | CellDiffusion,
     conditions: Conditions = None,
     *,
     n_per_condition: int = 100,
@@ -36,21 +36,20 @@ def generate(
     batch_size: int = 256,
     key_added: str = DEFAULT_KEY,
 ) -> ad.AnnData:
-    """Generate cells of given conditions with a :class:`~bioformers.CellDiffusion` or a decoder-only BioFormer.
+    """Generate cells of given conditions with a :class:`~bioformers.CellDiffusion` or a :class:`~bioformers.BioFormerDecoder`.
 
     * :class:`~bioformers.CellDiffusion`: latent tokens are drawn by DDIM from noise, guided by the
       conditions, and decoded into expression; each gene is detected with the probability the
       decoder gives it.
-    * :class:`~bioformers.BioFormer` with ``architecture="decoder"``: each cell is drawn token by
-      token, the next gene among those not yet drawn (or the end of the cell) then its bin, no
-      larger than the previous one (:meth:`bioformers.BioFormer.generate`). Cells have at most
+    * :class:`~bioformers.BioFormerDecoder` (``bf.tl.pretrain(adata, architecture="decoder")``): each
+      cell is drawn token by token, the next gene among those not yet drawn (or the end of the cell)
+      then its bin, no larger than the previous one (:meth:`bioformers.BioFormerDecoder.generate`). Cells have at most
       ``max_seq_len`` minus the start and condition tokens expressed genes.
 
     Parameters
     ----------
     model
-        A trained :class:`~bioformers.CellDiffusion`, or a trained :class:`~bioformers.BioFormer`
-        with ``architecture="decoder"``.
+        A trained :class:`~bioformers.CellDiffusion` or :class:`~bioformers.BioFormerDecoder`.
     conditions
         The conditions to generate, each ``n_per_condition`` times, under the names of the
         training data's ``obs`` columns:
