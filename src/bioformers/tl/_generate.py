@@ -36,7 +36,7 @@ def generate(
     batch_size: int = 256,
     key_added: str = DEFAULT_KEY,
 ) -> ad.AnnData:
-    """Generate cells of given conditions with a :class:`~bioformers.CellDiffusion` or a :class:`~bioformers.BioFormerDecoder`.
+    """Generate cells of given conditions with a :class:`~bioformers.CellDiffusion` or a BioFormerDecoder.
 
     * :class:`~bioformers.CellDiffusion`: latent tokens are drawn by DDIM from noise, guided by the
       conditions, and decoded into expression; each gene is detected with the probability the
@@ -260,14 +260,14 @@ def _record(table: pd.DataFrame) -> dict:
     return {str(k): np.asarray(["" if v is None else str(v) for v in table[k]], dtype=str) for k in table.columns}
 
 
-def _expression(bins: sparse.csr_matrix, model: BioFormer) -> sparse.csr_matrix:
+def _expression(bins: sparse.csr_matrix, model: BioFormerDecoder) -> sparse.csr_matrix:
     """The value each bin stands for (value binning with normalisation), else the bins, as ``float32``."""
     centers = bin_centers(model.binning_, model.module.n_bins) if model.binning_.get("normalize", True) else None
     values = centers[bins.data] if centers is not None else bins.data.astype(np.float32)
     return sparse.csr_matrix((values.astype(np.float32), bins.indices, bins.indptr), shape=bins.shape)
 
 
-def _decoder_conditions(model: BioFormer, labels: list, batches: list) -> pd.DataFrame:
+def _decoder_conditions(model: BioFormerDecoder, labels: list, batches: list) -> pd.DataFrame:
     """``obs`` of the generated cells: the condition columns under the training data's names."""
     obs = pd.DataFrame(index=pd.Index([f"generated_{i}" for i in range(len(labels))]))
     args = model.registry_["setup_args"]
