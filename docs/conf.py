@@ -42,11 +42,39 @@ myst_enable_extensions = ["colon_fence", "deflist", "dollarmath", "amsmath"]
 myst_heading_anchors = 3
 
 autosummary_generate = True
+
+
+def _members_from_our_bases() -> dict[str, dict]:
+    """What each class inherits from bioformers' own bases, by the name it is documented under.
+
+    The model classes are composed from the mixins of `bioformers.model.base` (as scvi-tools' models are),
+    so their pages must show what the mixins give them; what scvi-tools, Lightning or torch give is
+    documented where it is defined. ``members``: the public names from our bases; ``others``: the other
+    bases, whose members autodoc leaves out (its ``:inherited-members:`` option).
+    """
+    import importlib
+    import inspect
+
+    found = {}
+    for package in ("bioformers", "bioformers.module", "bioformers.train", "bioformers.data", "bioformers.nn"):
+        for name, cls in vars(importlib.import_module(package)).items():
+            if not inspect.isclass(cls) or not cls.__module__.startswith("bioformers"):
+                continue
+            ours = [base for base in cls.__mro__[1:] if base.__module__.startswith("bioformers")]
+            members = {m for base in ours for m in vars(base) if not m.startswith("_") and m not in vars(cls)}
+            others = {base.__name__ for base in cls.__mro__[1:] if base not in ours}
+            if members:
+                found[f"{package}.{name}"] = {"members": sorted(members), "others": ", ".join(sorted(others))}
+    return found
+
+
+# class pages (_templates/autosummary/class.rst) read it; the mixin pages show only what each mixin is for
+autosummary_context = {"members_from_our_bases": _members_from_our_bases()}
 autodoc_member_order = "groupwise"
 autodoc_typehints = "description"
 # "documented": the Returns sections say what is returned and written, so no separate "Return type" field.
 autodoc_typehints_description_target = "documented"
-autodoc_default_options = {"members": True, "inherited-members": False, "show-inheritance": False}
+autodoc_default_options = {"members": True, "show-inheritance": False}
 napoleon_google_docstring = False
 napoleon_numpy_docstring = True
 napoleon_use_rtype = True

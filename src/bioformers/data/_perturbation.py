@@ -139,7 +139,7 @@ class PerturbationPairs(LightningDataModule):
         -------
         :class:`~torch.utils.data.DataLoader`
             Minibatches of ``bins`` (control cells), ``expression`` (target cells), ``targets`` and
-            ``weight``, as :meth:`bioformers.module.BioFormerModule.response_loss` reads them.
+            ``weight``, as :meth:`bioformers.module.BioFormerPerturbationModule.response_loss` reads them.
         """
         return DataLoader(
             range(self.expression.shape[0]),

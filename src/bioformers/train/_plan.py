@@ -15,7 +15,7 @@ class WarmupCosineTrainingPlan(TrainingPlan):
     Parameters
     ----------
     module
-        The network (any of :mod:`bioformers.module`).
+        The network (any of ``bioformers.module``).
     lr
         Peak learning rate, reached after warm-up.
     weight_decay
@@ -151,13 +151,13 @@ class PerturbationTrainingPlan(WarmupCosineTrainingPlan):
     """The same optimiser and schedule, on the perturbation-response loss.
 
     Batches come from :class:`~bioformers.data.PerturbationPairs`;
-    :meth:`~bioformers.module.BioFormerModule.response_loss` scores them. scvi-tools' training and
+    :meth:`~bioformers.module.BioFormerPerturbationModule.response_loss` scores them. scvi-tools' training and
     validation steps, logging and history are used unchanged.
 
     Parameters
     ----------
     module
-        The network (any of :mod:`bioformers.module`).of a model set up with a perturbation column.
+        The network (any of ``bioformers.module``).of a model set up with a perturbation column.
     lr, weight_decay, warmup_fraction, min_lr_ratio, **kwargs
         As in :class:`~bioformers.train.WarmupCosineTrainingPlan`.
 

@@ -27,9 +27,9 @@ class ConditionsMixin:
     The columns are ``categorical_covariate_keys``, ``continuous_covariate_keys`` and ``perturbation_key``
     (a set condition: the perturbed genes).
 
-    The model's module has ``conditions`` (a :class:`~bioformers.nn.ConditionEmbedding`) and
-    ``condition_dropout``; the model sets :attr:`conditions_` and :attr:`seen_` from
-    :meth:`_registered_conditions` and :meth:`_seen_conditions` when it is built.
+    The model's module has ``conditions`` (a ``bioformers.nn.ConditionEmbedding``) and
+    ``condition_dropout``; the model sets ``conditions_`` and ``seen_`` from
+    ``_registered_conditions()`` and ``_seen_conditions()`` when it is built.
     """
 
     def _registered_conditions(self) -> list[dict]:

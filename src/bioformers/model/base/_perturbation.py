@@ -26,7 +26,7 @@ class PerturbationMixin:
     """What a model set up with ``perturbation_key`` does: target tokens, fine-tuning on pairs, responses.
 
     The model's network is then a :class:`~bioformers.module.BioFormerPerturbationModule`; for a model
-    set up without ``perturbation_key``, :meth:`target_indices` says how to get one.
+    set up without ``perturbation_key``, ``target_indices`` says how to get one.
     """
 
     @property

@@ -1,7 +1,7 @@
 """Query preparation, once for every model over gene tokens: genes matched by name, cells binned as in training.
 
 What scvi-tools' ``ArchesMixin.prepare_query_anndata`` is to its models: every tool that applies a
-trained model to an AnnData goes through :meth:`QueryMixin.prepare_query`, which checks the query,
+trained model to an AnnData goes through :meth:`bioformers.BioFormer.prepare_query`, which checks the query,
 bins it like the training data where needed and registers it privately, so that neither scvi-tools'
 bookkeeping nor a half-written result ever reaches the user's AnnData.
 """
@@ -29,13 +29,14 @@ from ...train import default_precision
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
+    import scvi
     from anndata import AnnData
     from scvi.model.base import BaseModelClass
 
 
 @dataclass
 class Query:
-    """A query AnnData as the model reads it, handed out by :meth:`QueryMixin.prepare_query`.
+    """A query AnnData as the model reads it, handed out by :meth:`bioformers.BioFormer.prepare_query`.
 
     Attributes
     ----------
@@ -50,7 +51,7 @@ class Query:
         The query's layer with counts (``None``: ``X``), binned chunk by chunk where needed.
     """
 
-    model: BaseModelClass
+    model: scvi.model.base.BaseModelClass
     adata: AnnData
     genes: GeneAlignment | None
     counts_layer: str | None
@@ -58,7 +59,24 @@ class Query:
     def batches(
         self, indices: Sequence[int] | None = None, *, batch_size: int = 128, chunk_size: int | None = None
     ) -> Iterator[torch.Tensor]:
-        """Token batches of the chosen cells, in order, on the model's device (:meth:`QueryMixin.binned_batches`)."""
+        """Token batches of the chosen cells, in order, on the model's device.
+
+        See :meth:`bioformers.BioFormer.binned_batches`.
+
+        Parameters
+        ----------
+        indices
+            Cells to read; ``None``: all.
+        batch_size
+            Cells per batch.
+        chunk_size
+            Cells read and binned at a time when streaming.
+
+        Yields
+        ------
+        :class:`~torch.Tensor`
+            ``(cells, n_genes)`` bins of the model's genes.
+        """
         return self.model.binned_batches(
             self.adata, indices, batch_size, genes=self.genes, counts_layer=self.counts_layer, chunk_size=chunk_size
         )
@@ -107,8 +125,8 @@ class QueryMixin:
 
         Yields
         ------
-        :class:`Query`
-            What the model reads; :meth:`Query.write_binning` writes the binned layer it made.
+        :class:`~bioformers.model.base.Query`
+            What the model reads; :meth:`~bioformers.model.base.Query.write_binning` writes the binned layer it made.
         """
         binning_step = self._query_binning(adata, layer, copy=copy, genes=genes)
         work = self._query_anndata(adata, layer)
@@ -168,10 +186,10 @@ class QueryMixin:
         """Match the genes of a query to the model's by name, report the coverage, refuse too little.
 
         What :func:`bioformers.tl.embed`, :func:`bioformers.tl.predict`, :meth:`get_latent_representation`
-        and :meth:`get_predicted_bins` do with a query's genes. Never by position: genes are matched by
-        name (``adata.var_names`` or the ``gene_symbols`` column of ``adata.var``), Ensembl IDs without
-        their version suffix (``ENSG00000141510.16`` matches ``ENSG00000141510``), other names exactly.
-        Model genes the query lacks are read as unexpressed (bin 0); query genes the model does not
+        and :meth:`~bioformers.BioFormer.get_predicted_bins` do with a query's genes. Never by position:
+        genes are matched by name (``adata.var_names`` or the ``gene_symbols`` column of ``adata.var``),
+        Ensembl IDs without their version suffix (``ENSG00000141510.16`` matches ``ENSG00000141510``),
+        other names exactly. Model genes the query lacks are read as unexpressed (bin 0); query genes the model does not
         know are ignored. Logs the match when every model gene was found in another layout, warns when
         some are missing.
 
@@ -247,7 +265,7 @@ class QueryMixin:
         Returns
         -------
         context manager
-            :class:`torch.autocast` or :func:`contextlib.nullcontext`.
+            ``torch.autocast``, or ``contextlib.nullcontext`` where inference runs in fp32.
         """
         kind = torch.device(self.device).type
         if default_precision("cuda" if kind == "cuda" else "cpu") == "bf16-mixed":
@@ -341,7 +359,7 @@ class QueryMixin:
         :meth:`align_genes`) is read in chunks, rearranged into the model's genes and binned like the
         training data instead (:func:`bioformers.data.binned_batches`). Without ``genes``, ``adata``
         must have exactly the model's genes (:meth:`check_genes`). Tools reach this through
-        :meth:`Query.batches` of :meth:`prepare_query`.
+        :meth:`Query.batches <bioformers.model.base.Query.batches>` of :meth:`prepare_query`.
 
         Parameters
         ----------

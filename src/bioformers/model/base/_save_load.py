@@ -30,8 +30,8 @@ _MODEL_CLASSES: dict[str, type] = {}
 class SaveLoadMixin:
     """``save`` / ``load`` for every bioformers model, and the history and rank they depend on.
 
-    A model class adds what only it records through :meth:`_saved_attributes` and restores it in
-    :meth:`_restore`; :attr:`_also_loads` names other classes whose directories its ``load`` opens.
+    A model class adds what only it records through ``_saved_attributes`` and restores it in
+    ``_restore``; ``_also_loads`` names other classes whose directories its ``load`` opens.
     """
 
     #: Names of other model classes whose directories ``load`` of this class opens (as that class).
@@ -210,7 +210,7 @@ class SaveLoadMixin:
         return init
 
     def _restore(self, attributes: dict[str, Any]) -> None:
-        """Restore what :meth:`_saved_attributes` recorded (after the weights are loaded)."""
+        """Restore what ``_saved_attributes`` recorded (after the weights are loaded)."""
 
 
 def _saved_anndata(dir_path: str) -> AnnData:

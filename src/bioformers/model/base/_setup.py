@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 class TokenSetupMixin:
     """``setup_anndata`` of the models that read binned gene tokens, and what their registry tells.
 
-    :meth:`_init_tokens` records, from the training AnnData, what every such model keeps: its genes,
+    ``_init_tokens`` records, from the training AnnData, what every such model keeps: its genes,
     its gene-token vocabulary and how the data was binned (so queries are binned alike).
     """
 

@@ -23,7 +23,7 @@ class TokenTrainingMixin(UnsupervisedTrainingMixin):
 
     Adds what scvi-tools' ``train`` lacks: a default number of epochs for the data size, bf16 where
     the hardware has it, safe checkpoints and resumption, and the guards of
-    :class:`~bioformers.train.TrainingSession` (non-finite losses, Ctrl-C).
+    ``bioformers.train.TrainingSession`` (non-finite losses, Ctrl-C).
     """
 
     @doc_params(lr=DOC_LR, checkpoint_every=DOC_CHECKPOINT_EVERY)
