@@ -157,7 +157,7 @@ class PerturbationTrainingPlan(WarmupCosineTrainingPlan):
     Parameters
     ----------
     module
-        The network (any of ``bioformers.module``).of a model set up with a perturbation column.
+        The :class:`~bioformers.module.BioFormerPerturbationModule` of a model set up with a perturbation column.
     lr, weight_decay, warmup_fraction, min_lr_ratio, **kwargs
         As in :class:`~bioformers.train.WarmupCosineTrainingPlan`.
 
