@@ -8,13 +8,15 @@ AnnData only once everything is computed: an error or a Ctrl-C part-way leaves i
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import anndata as ad
 import pandas as pd
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Iterator
 
     from scvi.model.base import BaseModelClass
 
@@ -48,3 +50,45 @@ def forget(model: BaseModelClass, adata: ad.AnnData) -> None:
     """Drop the model's registration of a private AnnData, so the model does not keep it alive."""
     uuid = adata.uns.get(_SCVI_UUID_KEY)
     model._per_instance_manager_store.get(model.id, {}).pop(uuid, None)
+
+
+def mirror(adata: ad.AnnData) -> ad.AnnData:
+    """A private AnnData with all of ``adata``'s columns, layers and ``uns`` entries, for scvi-tools to register.
+
+    What ``model.load(path, adata)`` and a model method given an AnnData register instead of the caller's:
+    scvi-tools' bookkeeping (``obs['_scvi_batch']``, ``uns['_scvi_uuid']``, ...) lands in the mirror.
+    """
+    return private_anndata(adata, obs=adata.obs.columns, layers=adata.layers.keys(), uns=adata.uns.keys())
+
+
+def validated(model: BaseModelClass, adata: ad.AnnData | None) -> ad.AnnData:
+    """``model._validate_anndata(adata)`` without scvi-tools' INFO line on a private AnnData.
+
+    Our tools hand the model private AnnData objects (sharing the user's matrices) so that scvi-tools'
+    bookkeeping never reaches the user's; scvi-tools registers each with "Input AnnData not setup with
+    scvi-tools. attempting to transfer AnnData setup", which is expected here and only noise to a user.
+    """
+    scvi_model_logger = logging.getLogger("scvi.model.base._base_model")
+    level = scvi_model_logger.level
+    scvi_model_logger.setLevel(max(level, logging.WARNING))
+    try:
+        return model._validate_anndata(adata)
+    finally:
+        scvi_model_logger.setLevel(level)
+
+
+@contextmanager
+def registered(model: BaseModelClass, adata: ad.AnnData | None) -> Iterator[ad.AnnData]:
+    """``adata`` registered with ``model`` for its data loaders, never by writing into ``adata`` itself.
+
+    ``None`` or the model's own AnnData is used as it is (it is registered already); any other is
+    mirrored (:func:`mirror`), registered, and forgotten on exit.
+    """
+    if adata is None or adata is model.adata:
+        yield validated(model, adata)
+        return
+    work = mirror(adata)
+    try:
+        yield validated(model, work)
+    finally:
+        forget(model, work)

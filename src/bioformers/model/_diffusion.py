@@ -30,6 +30,7 @@ from .._docs import (
     doc_params,
 )
 from .._keys import PERTURBATION_KEY
+from .._private import registered
 from .._validation import (
     check_anndata,
     check_batch_size,
@@ -42,7 +43,6 @@ from ..data._perturbation import LOG_TARGET_SUM
 from ..module._diffusion import CellDiffusionModule
 from ..train import TrainingSession, WarmupCosineTrainingPlan, default_precision
 from .base import ConditionsMixin, SaveLoadMixin
-from .base._query import validated
 from .base._training import train_in_session
 
 if TYPE_CHECKING:
@@ -433,17 +433,16 @@ class CellDiffusion(ConditionsMixin, SaveLoadMixin, UnsupervisedTrainingMixin, B
         (200, 32)
         """
         self._check_if_trained(warn=False)
-        loader = self._make_data_loader(
-            adata=validated(self, adata), indices=indices, batch_size=batch_size, shuffle=False
-        )
         self.module.eval()
-        out = [
-            self.module.encode(self.module.normalize(tensors[REGISTRY_KEYS.X_KEY].to(self.device)))
-            .flatten(1)
-            .float()
-            .cpu()
-            for tensors in loader
-        ]
+        with registered(self, adata) as work:
+            loader = self._make_data_loader(adata=work, indices=indices, batch_size=batch_size, shuffle=False)
+            out = [
+                self.module.encode(self.module.normalize(tensors[REGISTRY_KEYS.X_KEY].to(self.device)))
+                .flatten(1)
+                .float()
+                .cpu()
+                for tensors in loader
+            ]
         return torch.cat(out).numpy()
 
     @torch.inference_mode()

@@ -8,7 +8,6 @@ bookkeeping nor a half-written result ever reaches the user's AnnData.
 
 from __future__ import annotations
 
-import logging
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -19,7 +18,7 @@ import torch
 from scvi import REGISTRY_KEYS
 
 from ..._docs import DOC_BATCH_SIZE, doc_params
-from ..._private import forget, private_anndata, registered_columns
+from ..._private import forget, private_anndata, registered, registered_columns
 from ..._validation import check_backed_writable, check_counts, get_matrix, matrix_name
 from ...data import binned_batches
 from ...pp._genes import DEFAULT_MIN_GENE_COVERAGE, GeneAlignment, align_genes, match_genes
@@ -31,7 +30,6 @@ if TYPE_CHECKING:
 
     import scvi
     from anndata import AnnData
-    from scvi.model.base import BaseModelClass
 
 
 @dataclass
@@ -393,26 +391,11 @@ class QueryMixin:
                 chunk_size=chunk_size,
                 genes=genes,
             )
-            batches = map(torch.from_numpy, streamed)
-        else:
-            loader = self._make_data_loader(adata=validated(self, adata), indices=indices, batch_size=batch_size)
-            batches = (tensors[REGISTRY_KEYS.X_KEY] for tensors in loader)
-        self.module.eval()
-        for bins in batches:
-            yield bins.to(self.device)
-
-
-def validated(model: BaseModelClass, adata: AnnData | None) -> AnnData:
-    """``model._validate_anndata(adata)`` without scvi-tools' INFO line on a query AnnData.
-
-    Our tools hand the model private AnnData objects (sharing the user's matrices) so that scvi-tools'
-    bookkeeping never reaches the user's; scvi-tools registers each with "Input AnnData not setup with
-    scvi-tools. attempting to transfer AnnData setup", which is expected here and only noise to a user.
-    """
-    scvi_model_logger = logging.getLogger("scvi.model.base._base_model")
-    level = scvi_model_logger.level
-    scvi_model_logger.setLevel(max(level, logging.WARNING))
-    try:
-        return model._validate_anndata(adata)
-    finally:
-        scvi_model_logger.setLevel(level)
+            self.module.eval()
+            for bins in map(torch.from_numpy, streamed):
+                yield bins.to(self.device)
+            return
+        with registered(self, adata) as work:
+            self.module.eval()
+            for tensors in self._make_data_loader(adata=work, indices=indices, batch_size=batch_size):
+                yield tensors[REGISTRY_KEYS.X_KEY].to(self.device)

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from lightning.pytorch.utilities import rank_zero_only
 
+from ..._private import mirror
 from ..._record import package_version
 from ._serialization import check_model_class, check_state_dict, check_version, read_model, upgrade_legacy, write_model
 
@@ -148,11 +149,12 @@ class SaveLoadMixin:
             Directory written by :meth:`save`.
         adata
             The model's training data, or any AnnData with exactly the model's genes in the model's
-            order (names compared exactly) and the binned layer it was trained on: it is registered
-            as the model's AnnData (``model.adata``), which :meth:`get_latent_representation` and
-            :meth:`train` read by default. ``None`` reads ``adata.h5ad`` from ``dir_path`` (written
-            by ``save(..., save_anndata=True)``). Query data with other genes is not passed here but
-            to :func:`bioformers.tl.embed` / :func:`bioformers.tl.predict`, which match genes by name.
+            order (names compared exactly) and the binned layer it was trained on. It becomes the
+            model's data (``model.adata``, a private AnnData sharing ``adata``'s matrices and columns),
+            which :meth:`get_latent_representation` and :meth:`train` read by default. ``None`` reads
+            ``adata.h5ad`` from ``dir_path`` (written by ``save(..., save_anndata=True)``). Query data
+            with other genes is not passed here but to :func:`bioformers.tl.embed` /
+            :func:`bioformers.tl.predict`, which match genes by name.
         accelerator
             ``"cpu"`` or ``"cuda"``.
 
@@ -161,9 +163,8 @@ class SaveLoadMixin:
         model
             The trained model, of the class that saved it: ``bf.BioFormer.load`` also opens a
             :class:`~bioformers.BioFormerDecoder` (including one saved by bioformers 0.1, where both
-            networks were one class). ``adata`` is registered with scvi-tools as in :meth:`setup_anndata`
-            (``obs['_scvi_batch']``, ``obs['_scvi_labels']``, ``uns['_scvi_uuid']``, ...); nothing else
-            is written into it.
+            networks were one class). Nothing is written into ``adata``: scvi-tools' registration goes
+            into the private AnnData.
 
         Examples
         --------
@@ -184,8 +185,8 @@ class SaveLoadMixin:
         check_model_class(attributes, (cls.__name__, *cls._also_loads), dir_path)
         model_cls = _MODEL_CLASSES[name]
         check_version(attributes.get("version"), package_version(), dir_path)
-        if adata is None:
-            adata = _saved_anndata(dir_path)
+        # scvi-tools registers by writing into the AnnData: register a mirror of the caller's, never theirs
+        adata = _saved_anndata(dir_path) if adata is None else mirror(adata)
         check_training_genes(adata, np.asarray(attributes["genes"]).astype(str), dir_path)
         registry = attributes["registry"]
         model_cls.setup_anndata(adata, source_registry=registry, **registry["setup_args"])
