@@ -262,3 +262,23 @@ def test_query_calls_log_no_scvi_setup_transfer(pretrained, query):
     assert "X_bioformers" in query.obsm
     assert not [r for r in records if "not setup with scvi-tools" in r.getMessage()]
     assert scvi_logger.getChild("model.base._base_model").level == logging.NOTSET  # restored
+
+
+def test_unknown_keyword_is_refused_before_anything_runs(counts, pretrain_kwargs):
+    snapshot = counts.copy()
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['n_epochs'\].*'max_epochs'"):
+        bf.tl.pretrain(counts, n_epochs=3, **pretrain_kwargs)
+    assert set(counts.layers) == set(snapshot.layers) and set(counts.uns) == set(snapshot.uns)
+    with pytest.raises(TypeError, match=r"\['key_add'\].*Did you mean 'key_added'"):
+        bf.tl.pretrain(counts, key_add="mine", **pretrain_kwargs)
+    with pytest.raises(TypeError, match=r"\['n_hiden'\].*Did you mean 'n_hidden'"):
+        bf.tl.train_perturbation(counts, perturbation_key="batch", n_hiden=8)
+
+
+def test_copy_returns_the_results_and_leaves_the_input(counts, pretrain_kwargs):
+    view = counts[:120]
+    result, _ = bf.tl.pretrain(view, copy=True, **(pretrain_kwargs | {"max_epochs": 1}))
+    assert result.obsm["X_bioformers"].shape == (120, pretrain_kwargs["n_hidden"])
+    assert "bioformers_binned" in result.layers and "bioformers" in result.uns
+    assert "X_bioformers" not in counts.obsm and "bioformers_binned" not in counts.layers
+    assert not view.is_view or "X_bioformers" not in view.obsm

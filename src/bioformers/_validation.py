@@ -19,8 +19,9 @@ and the fix. The rules every public function follows (each documents its own cho
 from __future__ import annotations
 
 import difflib
+import inspect
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -30,7 +31,7 @@ from anndata.abc import CSCDataset, CSRDataset
 from scipy import sparse
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable, Mapping
 
 
 def did_you_mean(key: str, options: Iterable) -> str:
@@ -274,4 +275,42 @@ def check_batch_size(n_obs: int, batch_size: int) -> None:
         raise ValueError(
             f"The AnnData has {n_obs} cells, fewer than one batch (batch_size={batch_size}). "
             f"Pass `batch_size={max(n_obs // 2, 1)}` or smaller."
+        )
+
+
+def check_train_kwargs(kwargs: Mapping[str, Any], *, tool: Callable, train: Callable, where: str) -> None:
+    """Refuse keyword arguments that neither ``train`` nor scvi-tools' training nor Lightning's ``Trainer`` takes.
+
+    A tool passes its ``**train_kwargs`` on to ``train``, which passes what it does not know to
+    scvi-tools and on to Lightning; a misspelt or misplaced name (``copy=``, ``n_epochs=``) would
+    otherwise fail there, after the data were binned, with a message about ``Trainer.__init__``.
+    """
+    import lightning.pytorch as pl
+    from scvi.model.base import UnsupervisedTrainingMixin
+    from scvi.train import Trainer
+
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+    def options(function: Callable) -> set[str]:
+        # arguments without a default are the caller's to fill (data, cells), not options
+        parameters = inspect.signature(function).parameters.values()
+        return {p.name for p in parameters if p.kind in kinds and p.default is not inspect.Parameter.empty}
+
+    own = options(train)
+    passed_on = {
+        p.name
+        for function in (UnsupervisedTrainingMixin.train, Trainer.__init__, pl.Trainer.__init__)
+        for p in inspect.signature(function).parameters.values()
+        if p.kind in kinds
+    } - {"self", "kwargs", "trainer_kwargs"}
+    # Lightning's `fit(ckpt_path=)` reaches the training guard, which says to use `resume_from=` instead
+    valid = own | passed_on | {"ckpt_path"}
+    unknown = sorted(set(kwargs) - valid)
+    if unknown:
+        suggestion = did_you_mean(unknown[0], options(tool) | valid)
+        raise TypeError(
+            f"{where} got unexpected keyword argument(s) {unknown}.{suggestion} Besides its own "
+            f"options it takes those of training, {sorted(own)}, of scvi-tools' training, and of Lightning's "
+            "`Trainer` (e.g. 'strategy', 'num_nodes', 'callbacks', 'gradient_clip_val'; the full list: "
+            f"{sorted(passed_on - own)})."
         )

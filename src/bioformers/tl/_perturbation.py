@@ -20,6 +20,7 @@ from .._validation import (
     check_control,
     check_counts,
     check_obs_key,
+    check_train_kwargs,
     get_matrix,
     matrix_name,
     warn_genes_without_counts,
@@ -147,6 +148,9 @@ def train_perturbation(
     """
     keys = Keys(key_added)
     check_anndata(adata)
+    check_train_kwargs(
+        train_kwargs, tool=train_perturbation, train=BioFormer.train_perturbation, where="`bf.tl.train_perturbation`"
+    )
     check_obs_key(adata, perturbation_key, argument="perturbation_key")
     labels = adata.obs[perturbation_key].astype(str).to_numpy()
     check_control(adata.obs[perturbation_key], control, perturbation_key)

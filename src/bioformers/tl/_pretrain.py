@@ -29,6 +29,7 @@ from .._validation import (
     check_batch_size,
     check_counts,
     check_obs_key,
+    check_train_kwargs,
     get_matrix,
     matrix_name,
     warn_genes_without_counts,
@@ -82,8 +83,9 @@ def pretrain(
     nonzero_ratio: float = 0.5,
     seed: int = 0,
     key_added: str = DEFAULT_KEY,
+    copy: bool = False,
     **train_kwargs,
-) -> BioFormer | BioFormerDecoder:
+) -> BioFormer | BioFormerDecoder | tuple[AnnData, BioFormer | BioFormerDecoder]:
     """Train a BioFormer on ``adata`` and write its cell embedding into it.
 
     Bins the counts if ``layers["<key_added>_binned"]`` is missing, registers the AnnData, trains,
@@ -138,15 +140,21 @@ def pretrain(
     seed
         Seed of every random number generator (training is repeatable on the same machine).
     {key_added}
+    copy
+        Write the results into a copy of ``adata`` and return it with the model, ``(adata, model)``;
+        ``adata`` itself is left as it was.
     **train_kwargs
         Passed to :meth:`bioformers.BioFormer.train` (e.g. ``accelerator``, ``devices``, ``precision``,
-        ``strategy="ddp"``; see ``docs/scaling.md``).
+        ``strategy="ddp"``, ``train_size``; see ``docs/scaling.md``) and on to Lightning's
+        :class:`~lightning.pytorch.Trainer`. Any other name is refused before anything runs, with
+        the list of valid ones.
 
     Returns
     -------
     :class:`~bioformers.BioFormer` or :class:`~bioformers.BioFormerDecoder`
-        The trained model (the decoder for ``architecture="decoder"``). Sets the following fields of
-        ``adata`` (``bioformers`` in the names is ``key_added``):
+        The trained model (the decoder for ``architecture="decoder"``); with ``copy=True``, the
+        tuple ``(adata, model)`` of the copy holding the results and the model. Sets the following
+        fields of ``adata`` (``bioformers`` in the names is ``key_added``):
 
         ``adata.obsm['X_bioformers']`` : :class:`~numpy.ndarray` ``float32`` (n_obs, n_hidden)
             The CLS cell embedding.
@@ -173,7 +181,10 @@ def pretrain(
     (1, 1)
     """
     keys = Keys(key_added)
-    check_anndata(adata)
+    check_anndata(adata, copy=copy)
+    check_train_kwargs(
+        train_kwargs, tool=pretrain, train=MODEL_CLASSES.get(architecture, BioFormer).train, where="`bf.tl.pretrain`"
+    )
     check_obs_key(adata, batch_key, argument="batch_key")
     check_obs_key(adata, labels_key, argument="labels_key")
     must_bin = keys.binned not in adata.layers
@@ -195,6 +206,8 @@ def pretrain(
         objective = {}
     check_batch_size(adata.n_obs, batch_size)
 
+    if copy:
+        adata = adata.copy()
     scvi.settings.seed = seed
     work = private_anndata(adata, obs=[batch_key, labels_key], layers=[keys.binned, layer], uns=[keys.binned])
     if must_bin and binning == "rank":
@@ -211,7 +224,7 @@ def pretrain(
         # distributed run (e.g. strategy="ddp"): every process reaches this line, rank 0 writes the rest
         logg.info("not global rank 0 of a distributed run: trained, only the binned layer written here")
         _write_binned(adata, keys.binned, binned)
-        return model
+        return (adata, model) if copy else model
     embedding = model.get_latent_representation()
     record = {
         "params": params_record(
@@ -237,7 +250,7 @@ def pretrain(
     adata.obsm[keys.embedding] = embedding
     adata.uns[keys.record] = record
     logg.info(f"added\n    'obsm[{keys.embedding!r}]', cell embeddings\n    'uns[{keys.record!r}]', training record")
-    return model
+    return (adata, model) if copy else model
 
 
 def _write_binned(adata: AnnData, key: str, binned: tuple | None) -> None:
