@@ -16,6 +16,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+import scanpy as sc
 import torch
 from scipy import sparse
 
@@ -594,3 +595,20 @@ def test_gene_embeddings_do_not_share_memory_with_the_model(counts, models):
     bf.tl.gene_embeddings(counts, model)
     counts.varm["bioformers_genes"][:] = 0  # editing the result must not edit the model
     assert torch.equal(model.module.gene_embedding.weight.detach(), weights)
+
+
+def test_non_integer_values_are_described_and_the_fix_fits_them(counts):
+    """Log-normalised data is told to pass raw counts; scaled counts are offered rounding or segment binning."""
+    scaled = counts.copy()
+    scaled.X = scaled.X * 0.7  # e.g. ambient-corrected counts
+    with pytest.raises(
+        ValueError, match=r"non-integer values .*e\.g\. 0\.7.*scaled or corrected counts.*rint.*segment"
+    ):
+        bf.tl.pretrain(scaled)
+    lognorm = counts.copy()
+    sc.pp.normalize_total(lognorm)
+    sc.pp.log1p(lognorm)
+    with pytest.raises(ValueError, match=r"looks log-normalised.*Pass `layer=`") as raised:
+        bf.tl.pretrain(lognorm)
+    assert "segment" not in str(raised.value)
+    assert "bioformers_binned" not in scaled.layers and "bioformers_binned" not in lognorm.layers

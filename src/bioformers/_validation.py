@@ -144,6 +144,10 @@ def check_dtype(values: np.ndarray, *, where: str) -> None:
         )
 
 
+#: Largest value that still reads as log-normalised expression (log1p of counts per 10,000 or per million).
+_LOG_NORMALISED_MAX = 15.0
+
+
 def check_counts(X, *, where: str = "adata.X", require_integer: bool = True) -> None:
     """Check that ``X`` holds finite, non-negative (integer) values of a sound dtype and that no cell is empty.
 
@@ -162,12 +166,10 @@ def check_counts(X, *, where: str = "adata.X", require_integer: bool = True) -> 
         raise ValueError(
             f"{where} contains negative values; bioformers needs raw counts. Pass `layer=` naming the raw-count layer."
         )
-    if require_integer and values.size and not np.array_equal(values, np.round(values)):
-        raise ValueError(
-            f"{where} contains non-integer values, but raw counts are required here (it looks log-normalised or "
-            "scaled). Pass `layer=` naming the raw-count layer, or bin with `normalize=False` if the values are "
-            "already normalised."
-        )
+    if require_integer and values.size:
+        fractional = values != np.round(values)
+        if fractional.any():
+            raise ValueError(_non_integer_message(values, fractional, where))
     totals = np.asarray(X.sum(axis=1)).ravel()
     n_empty = int((totals == 0).sum())
     if n_empty:
@@ -175,6 +177,27 @@ def check_counts(X, *, where: str = "adata.X", require_integer: bool = True) -> 
             f"{where} has {n_empty} cell(s) with no counts. "
             "Remove them first, e.g. `sc.pp.filter_cells(adata, min_counts=1)`."
         )
+
+
+def _non_integer_message(values: np.ndarray, fractional: np.ndarray, where: str) -> str:
+    """Say what non-integer values look like and what to do: log-normalised data and scaled counts differ."""
+    examples = ", ".join(f"{v:.3g}" for v in np.unique(values[fractional])[:3])
+    largest = float(values.max())
+    share = f"{fractional.mean():.0%} of its stored values"
+    seen = f"{where} holds non-integer values ({share}, e.g. {examples}; largest {largest:.4g})"
+    # log1p of counts per 10,000 (or per million) stays below ~15; scaled or corrected counts keep their range
+    if largest <= _LOG_NORMALISED_MAX:
+        return (
+            f"{seen}: it looks log-normalised, and this step needs raw counts. Pass `layer=` naming the raw-count "
+            "layer (e.g. `adata.layers['counts']`, or `adata.raw.to_adata().X`)."
+        )
+    return (
+        f"{seen}: they look like scaled or corrected counts (e.g. ambient-RNA corrected), and value binning needs "
+        "whole counts. Pass `layer=` naming a layer of raw counts if there is one; otherwise round these, "
+        "`adata.X = adata.X.rint()` for sparse X or `np.rint(adata.X)` for dense, or use a binning that ranks "
+        'values within each cell instead: `binning="segment"` (`bf.tl.pretrain`) or `method="segment"` '
+        "(`bf.pp.bin`)."
+    )
 
 
 def warn_genes_without_counts(X, *, where: str) -> None:
