@@ -612,3 +612,19 @@ def test_non_integer_values_are_described_and_the_fix_fits_them(counts):
         bf.tl.pretrain(lognorm)
     assert "segment" not in str(raised.value)
     assert "bioformers_binned" not in scaled.layers and "bioformers_binned" not in lognorm.layers
+
+
+@pytest.mark.parametrize(
+    ("setup", "kwargs", "match"),
+    [
+        (bf.CellDiffusion.setup_anndata, {"labels_key": "cell_type"}, r"categorical_covariate_keys=\['cell_type'\]"),
+        (bf.BioFormer.setup_anndata, {"batchkey": "batch"}, "Did you mean 'batch_key'"),
+        (bf.BioFormer.setup_anndata, {"categorical_covariate_keys": ["batch"]}, "bf.CellDiffusion"),
+    ],
+)
+def test_setup_refuses_arguments_of_other_models_up_front(counts, setup, kwargs, match):
+    """The scvi-tools habit (`labels_key=` everywhere) gets a message naming our argument, before registration."""
+    snapshot = counts.copy()
+    with pytest.raises(TypeError, match=match):
+        setup(counts, **kwargs)
+    assert list(counts.obs.columns) == list(snapshot.obs.columns) and set(counts.uns) == set(snapshot.uns)

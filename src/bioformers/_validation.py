@@ -337,3 +337,18 @@ def check_train_kwargs(kwargs: Mapping[str, Any], *, tool: Callable, train: Call
             "`Trainer` (e.g. 'strategy', 'num_nodes', 'callbacks', 'gradient_clip_val'; the full list: "
             f"{sorted(passed_on - own)})."
         )
+
+
+def check_setup_kwargs(kwargs: Mapping[str, Any], *, setup: Callable, where: str, hints: Mapping[str, str]) -> None:
+    """Refuse ``setup_anndata`` keyword arguments that scvi-tools' ``register_fields`` would reject deep inside.
+
+    ``**kwargs`` of a ``setup_anndata`` are scvi-tools' registry-transfer arguments, which only make
+    sense with ``source_registry`` (as ``load`` passes them). ``hints`` maps a name users bring from
+    other models (e.g. ``labels_key``) to what to pass instead.
+    """
+    if "source_registry" in kwargs or not kwargs:
+        return
+    unknown = sorted(kwargs)
+    names = [p for p in inspect.signature(setup).parameters if p not in ("cls", "self", "adata", "kwargs")]
+    advice = " ".join(hints[name] for name in unknown if name in hints) or did_you_mean(unknown[0], names).strip()
+    raise TypeError(f"{where} got unexpected keyword argument(s) {unknown}. {advice} It takes {names}.")

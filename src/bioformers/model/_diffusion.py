@@ -37,6 +37,7 @@ from .._validation import (
     check_control,
     check_counts,
     check_obs_key,
+    check_setup_kwargs,
     get_matrix,
 )
 from ..data._perturbation import LOG_TARGET_SUM
@@ -232,6 +233,17 @@ class CellDiffusion(ConditionsMixin, SaveLoadMixin, UnsupervisedTrainingMixin, B
         ['cell_type', 'batch']
         """
         setup_method_args = cls._get_setup_method_args(**locals())  # first: it records every local variable
+        check_setup_kwargs(
+            kwargs,
+            setup=cls.setup_anndata,
+            where="`bf.CellDiffusion.setup_anndata`",
+            hints={
+                key: f"CellDiffusion conditions on any `obs` column through `categorical_covariate_keys`: pass "
+                f"`categorical_covariate_keys=[{kwargs[key]!r}]` instead of `{key}=`."
+                for key in ("labels_key", "batch_key")
+                if key in kwargs
+            },
+        )
         check_anndata(adata)
         counts = get_matrix(adata, layer)
         check_counts(counts, where="adata.X" if layer is None else f"adata.layers[{layer!r}]")
@@ -365,7 +377,9 @@ class CellDiffusion(ConditionsMixin, SaveLoadMixin, UnsupervisedTrainingMixin, B
                 for part in (self.module.denoiser, self.module.conditions):
                     part.requires_grad_(stage != "autoencoder")
                 session = TrainingSession(
-                    self.module, run={"stage": stage, "max_epochs": epochs, "seed": scvi.settings.seed}
+                    self.module,
+                    run={"stage": stage, "max_epochs": epochs, "seed": scvi.settings.seed, "batch_size": batch_size},
+                    subject=f"CellDiffusion ({stage} stage) on {n_obs:,} cells x {self.adata.n_vars:,} genes",
                 )
                 train_in_session(
                     self,

@@ -12,7 +12,16 @@ from scvi.data.fields import CategoricalObsField, LayerField
 
 from ..._docs import DOC_CONDITION_KIND, DOC_RETURNS_SETUP, DOC_SCVI_FIELDS, DOC_SETUP_KWARGS, doc_params
 from ..._keys import PERTURBATION_KEY, Keys
-from ..._validation import check_anndata, check_control, check_dtype, check_obs_key, did_you_mean, get_matrix, shown
+from ..._validation import (
+    check_anndata,
+    check_control,
+    check_dtype,
+    check_obs_key,
+    check_setup_kwargs,
+    did_you_mean,
+    get_matrix,
+    shown,
+)
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -115,6 +124,17 @@ class TokenSetupMixin:
         >>> adata.obs["_scvi_batch"].value_counts().sort_index().tolist()
         [50, 50]
         """
+        check_setup_kwargs(
+            kwargs,
+            setup=cls.setup_anndata,
+            where=f"`bf.{cls.__name__}.setup_anndata`",
+            hints={
+                key: f"{cls.__name__} takes one `batch_key` and one `labels_key`; a generative model conditioned on "
+                "several columns is `bf.CellDiffusion`."
+                for key in ("categorical_covariate_keys", "continuous_covariate_keys")
+                if key in kwargs
+            },
+        )
         check_anndata(adata, backed=True)
         layer = Keys().binned if layer is None else layer
         if layer not in adata.layers:
