@@ -22,7 +22,9 @@ from scipy import sparse
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .._logging import lightning_console
 from ._guard import FiniteLossCheck, _Watch
+from ._progress import progress_callbacks
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -231,22 +233,31 @@ def fit_classifier(
             val_loader = _loader(x[val_rows], codes[val_rows], batch_size=batch_size, shuffle=False, seed=seed)
             callbacks.append(best)
         watch = _Watch()
-        trainer = Trainer(
-            accelerator=accelerator,
-            max_epochs=max_epochs,
-            precision=precision,
-            logger=False,
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            callbacks=[*callbacks, watch, *trainer_kwargs.pop("callbacks", [])],
-            **{"devices": 1, "enable_progress_bar": False, "log_every_n_steps": 1} | trainer_kwargs,
+        n_validation = 0 if validation is None else int(validation.sum())
+        what = "cell-type classifier" if encoder is None else "cell-type classifier and encoder"
+        trainer_kwargs = progress_callbacks(
+            {"devices": 1, "log_every_n_steps": 1} | trainer_kwargs,
+            subject=f"{what} ({n_classes} classes) on {train_rows.size:,} cells",
+            batch_size=batch_size,
+            n_validation=n_validation,
+            scvi_trainer=False,
         )
         # Lightning 2.6 keeps the modules' mode; the encoder copy may come in eval mode
         plan.train()
-        with warnings.catch_warnings(), _interruptible(watch):
+        with warnings.catch_warnings(), _interruptible(watch), lightning_console():
             # without validation cells the plan's validation step is simply not run
             warnings.filterwarnings("ignore", message="You defined a `validation_step` but have no `val_dataloader`")
+            trainer = Trainer(
+                accelerator=accelerator,
+                max_epochs=max_epochs,
+                precision=precision,
+                logger=False,
+                enable_checkpointing=False,
+                enable_model_summary=False,
+                num_sanity_val_steps=0,
+                callbacks=[*callbacks, watch, *trainer_kwargs.pop("callbacks")],
+                **trainer_kwargs,
+            )
             trainer.fit(plan, train_loader, val_loader)
     if best.state is not None:
         plan.load_state_dict(best.state)

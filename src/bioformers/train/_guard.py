@@ -22,7 +22,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from .._docs import DOC_CHECKPOINT_EVERY, doc_params
+from .._logging import lightning_console
 from ._checkpoint import EpochCheckpoint, ResumeState, SafeCheckpointIO, check_checkpoint_fits, find_checkpoint
+from ._progress import progress_callbacks
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -127,7 +129,7 @@ class _Watch(Callback):
 
 @doc_params(checkpoint_every=DOC_CHECKPOINT_EVERY)
 class TrainingSession:
-    """Checkpoints, resume, the divergence check and Ctrl-C handling for one training call.
+    """Checkpoints, resume, the divergence check, Ctrl-C handling and console output of one training call.
 
     Parameters
     ----------
@@ -141,6 +143,10 @@ class TrainingSession:
     {checkpoint_every}
     resume_from
         A checkpoint directory, or a ``save_checkpoints`` directory (its latest checkpoint), or ``None``.
+    subject
+        What is trained on what, for the line said at the start (``"BioFormer on 2,638 cells x 2,000
+        genes"``; see :func:`~bioformers.train._progress.start_line`); ``run["batch_size"]`` gives
+        the cells per step.
     """
 
     def __init__(
@@ -151,6 +157,7 @@ class TrainingSession:
         save_checkpoints: str | os.PathLike | None = None,
         checkpoint_every: int = 1,
         resume_from: str | os.PathLike | None = None,
+        subject: str | None = None,
     ):
         if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
             raise ValueError(f"`checkpoint_every` must be a whole number of epochs >= 1, not {checkpoint_every!r}.")
@@ -172,18 +179,25 @@ class TrainingSession:
             self.checkpoint_dir = os.fspath(save_checkpoints)
             os.makedirs(self.checkpoint_dir, exist_ok=True)
         self.checkpoint_every = checkpoint_every
+        self.subject = subject
+        self.batch_size = run.get("batch_size")
         self.state = ResumeState(run)
         self._watch = _Watch()
         self._finite = FiniteLossCheck(self.checkpoint_dir)
 
     def trainer_kwargs(self, trainer_kwargs: dict[str, Any]) -> dict[str, Any]:
-        """``trainer_kwargs`` plus this session's callbacks, checkpoint plugin and ``ckpt_path``."""
+        """``trainer_kwargs`` plus this session's callbacks, checkpoint plugin and ``ckpt_path``.
+
+        The callbacks include bioformers' progress bar (:class:`~bioformers.train._progress.TrainingProgressBar`,
+        in place of scvi-tools' own) unless ``enable_progress_bar=False``, which leaves the start
+        line to ``logg.info``.
+        """
         if "ckpt_path" in trainer_kwargs:
             raise ValueError(
                 "Pass `resume_from=` (a directory written by `save_checkpoints=`) instead of `ckpt_path`: bioformers "
                 "resumes only from its own checkpoints, which never need unpickling."
             )
-        kwargs = dict(trainer_kwargs)
+        kwargs = progress_callbacks(trainer_kwargs, subject=self.subject, batch_size=self.batch_size)
         callbacks = kwargs.pop("callbacks", None) or []
         callbacks = [*(callbacks if isinstance(callbacks, list | tuple) else [callbacks])]
         callbacks += [self._finite, self.state, self._watch]
@@ -199,7 +213,10 @@ class TrainingSession:
 
     @contextmanager
     def guard(self, model: Any) -> Iterator[None]:
-        """Run training inside; after a Ctrl-C or divergence, leave ``model`` usable.
+        """Run training inside, quietly; after a Ctrl-C or divergence, leave ``model`` usable.
+
+        * Lightning's routine messages and warnings are hidden inside below
+          ``sc.settings.verbosity = "hint"`` (:func:`bioformers._logging.lightning_console`).
 
         * ``KeyboardInterrupt`` after at least one optimiser step, in a single process: training
           stops, the model keeps the weights of its last step and the history of its finished
@@ -218,7 +235,8 @@ class TrainingSession:
         on_main_thread = threading.current_thread() is threading.main_thread()
         sigint = signal.getsignal(signal.SIGINT) if on_main_thread else None
         try:
-            yield
+            with lightning_console():
+                yield
         except BaseException as error:
             interrupt = self._watch.exception
             interrupted = isinstance(interrupt, KeyboardInterrupt) and isinstance(error, SystemExit | KeyboardInterrupt)

@@ -159,6 +159,8 @@ class PerturbationMixin:
             save_checkpoints=save_checkpoints,
             checkpoint_every=checkpoint_every,
             resume_from=resume_from,
+            subject=f"{type(self).__name__} on {indices.size:,} cells x {self.genes_.size:,} genes, each paired "
+            "with a control cell",
         )
         codes = np.asarray(self.adata_manager.get_from_registry(PERTURBATION_KEY)).ravel().astype(int)
         labels = self.adata_manager.get_state_registry(PERTURBATION_KEY).categorical_mapping
@@ -177,23 +179,23 @@ class PerturbationMixin:
             seed=seed,
         )
         plan = PerturbationTrainingPlan(self.module, lr=lr, weight_decay=weight_decay, warmup_fraction=warmup_fraction)
-        runner = TrainRunner(
-            self,
-            training_plan=plan,
-            data_splitter=pairs,
-            max_epochs=max_epochs,
-            accelerator=accelerator,
-            devices=devices,
-            precision=precision,
-            gradient_clip_val=gradient_clip_val,
-            **session.trainer_kwargs(trainer_kwargs),
-        )
         # Lightning 2.6 keeps the modules' mode, and a trained model is left in eval mode (no dropout)
         self.module.train()
+        # the trainer is made inside the guard, which hides the banner it prints
         with warnings.catch_warnings(), session.guard(self):
             # the plan inherits scvi-tools' validation step; pairs have no validation set to run it on
             warnings.filterwarnings("ignore", message="You defined a `validation_step` but have no `val_dataloader`")
-            runner()
+            TrainRunner(
+                self,
+                training_plan=plan,
+                data_splitter=pairs,
+                max_epochs=max_epochs,
+                accelerator=accelerator,
+                devices=devices,
+                precision=precision,
+                gradient_clip_val=gradient_clip_val,
+                **session.trainer_kwargs(trainer_kwargs),
+            )()
 
     @torch.inference_mode()
     @doc_params(batch_size=DOC_BATCH_SIZE)

@@ -161,6 +161,7 @@ class TokenTrainingMixin(UnsupervisedTrainingMixin):
             save_checkpoints=save_checkpoints,
             checkpoint_every=checkpoint_every,
             resume_from=resume_from,
+            subject=f"{type(self).__name__} on {n_obs:,} cells x {self.adata.n_vars:,} genes",
         )
         trainer_kwargs = session.trainer_kwargs(validation_every_epoch | trainer_kwargs)
         self.module.encoder.activation_checkpointing = activation_checkpointing
