@@ -88,9 +88,8 @@ def test_training_prints_only_the_start_line_and_bar_by_default(counts, tiny_mod
     noise = [message for message in LIGHTNING_NOISE if message in console.text]
     assert not noise, f"printed at default verbosity: {noise}\n{console.text}"
     assert not [r for r in console.records if r.levelno < logging.WARNING]
-    assert "training BioFormer on 200 cells x 40 genes (20 held out for validation): 2 epochs of 6 steps of 32 cells" in (
-        console.text
-    )
+    start = "training BioFormer on 200 cells x 40 genes (20 held out for validation): 2 epochs of 6 steps of 32 cells"
+    assert start in console.text
     assert "Epoch 2/2" in console.text and "cells/s=" in console.text
     # nothing changed outside the call
     assert {name: logging.getLogger(name).level for name in LIGHTNING_LOGGERS} == levels

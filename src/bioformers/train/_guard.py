@@ -145,7 +145,7 @@ class TrainingSession:
         A checkpoint directory, or a ``save_checkpoints`` directory (its latest checkpoint), or ``None``.
     subject
         What is trained on what, for the line said at the start (``"BioFormer on 2,638 cells x 2,000
-        genes"``; see :func:`~bioformers.train._progress.start_line`); ``run["batch_size"]`` gives
+        genes"``; see ``train/_progress.py``); ``run["batch_size"]`` gives
         the cells per step.
     """
 
@@ -188,7 +188,7 @@ class TrainingSession:
     def trainer_kwargs(self, trainer_kwargs: dict[str, Any]) -> dict[str, Any]:
         """``trainer_kwargs`` plus this session's callbacks, checkpoint plugin and ``ckpt_path``.
 
-        The callbacks include bioformers' progress bar (:class:`~bioformers.train._progress.TrainingProgressBar`,
+        The callbacks include bioformers' progress bar (``TrainingProgressBar``,
         in place of scvi-tools' own) unless ``enable_progress_bar=False``, which leaves the start
         line to ``logg.info``.
         """
@@ -216,7 +216,7 @@ class TrainingSession:
         """Run training inside, quietly; after a Ctrl-C or divergence, leave ``model`` usable.
 
         * Lightning's routine messages and warnings are hidden inside below
-          ``sc.settings.verbosity = "hint"`` (:func:`bioformers._logging.lightning_console`).
+          ``sc.settings.verbosity = "hint"`` (``bioformers._logging.lightning_console``).
 
         * ``KeyboardInterrupt`` after at least one optimiser step, in a single process: training
           stops, the model keeps the weights of its last step and the history of its finished
