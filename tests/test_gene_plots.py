@@ -75,7 +75,7 @@ def test_attention_of_a_gene_list_shows_the_submatrix_in_that_order(adata):
     np.testing.assert_array_equal(ax.images[0].get_array(), adata.varp["bioformers_attention"][np.ix_(index, index)])
     assert _tick_labels(ax.xaxis) == genes and _tick_labels(ax.yaxis) == genes
     assert len(ax.figure.axes) == 2  # heatmap and colorbar
-    assert ax.get_title() == "attention"
+    assert ax.get_title() == "attention among 4 genes (all cells)"
 
 
 def test_attention_of_one_gene_ranks_partners_by_the_larger_direction(adata):
@@ -113,7 +113,7 @@ def test_attention_of_a_group_and_heads(adata):
 
 
 def test_attention_missing_names_the_tool(adata):
-    with pytest.raises(KeyError, match=r"attention_b.*Groups with a matrix: a.*groupby="):
+    with pytest.raises(KeyError, match=r"attention_b.*Groups with a matrix: 'a'.*groupby="):
         bf.pl.attention(adata, group="b")
     del adata.varp["bioformers_attention"]
     with pytest.raises(KeyError, match=r"bf\.tl\.attention_grn\(adata, model\)"):
@@ -267,7 +267,10 @@ def test_predicted_vs_observed_is_the_confusion_of_bins(adata, genes):
     np.testing.assert_allclose(shown.filled(np.nan), shares)
     exact = np.mean(observed == predicted)
     expressed = np.mean((observed == predicted)[observed > 0])
-    assert f"exact bin for {exact:.1%} of values, {expressed:.1%} of expressed" in ax.get_title()
+    zeros = np.mean(observed == 0)
+    first, second = ax.get_title().split("\n")[:2]
+    assert first.endswith(f"exact bin for {expressed:.1%} of expressed values")
+    assert second == f"all values: {exact:.1%}; predicting 0 everywhere: {zeros:.1%}"
     assert ax.get_xlabel() == "observed bin"
 
 
@@ -280,7 +283,7 @@ def test_predicted_vs_observed_perfect_prediction_and_key_added():
     shares = ax.images[0].get_array()
     present = ~np.ma.getmaskarray(shares).all(axis=0)
     np.testing.assert_array_equal(np.diag(shares.filled(0))[present], 1)
-    assert ax.get_title().startswith("gene_4: exact bin for 100.0% of values")
+    assert ax.get_title().startswith("gene_4: exact bin for 100.0% of expressed values\nall values: 100.0%;")
 
 
 def test_predicted_vs_observed_missing_names_the_tool(adata):

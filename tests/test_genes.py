@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy import sparse
 
 import bioformers as bf
 from bioformers.data import prediction_masks, select_genes
@@ -148,7 +149,7 @@ def test_attention_aggregation_equals_brute_force(fitted):
 
 def test_attention_grn_writes_matrices_per_group_and_received(fitted):
     model, adata = fitted
-    bf.tl.attention_grn(adata, model, groupby="cell_type")
+    bf.tl.attention_grn(adata, model, groupby="cell_type", top_k=None, min_detection=0)
     overall = adata.varp["bioformers_attention"]
     assert overall.shape == (adata.n_vars, adata.n_vars) and overall.dtype == np.float32
     groups = adata.obs["cell_type"].cat.categories
@@ -161,6 +162,7 @@ def test_attention_grn_writes_matrices_per_group_and_received(fitted):
     np.testing.assert_allclose(adata.var["bioformers_attention_received"], overall.sum(axis=0), rtol=1e-6)
     params = adata.uns["bioformers_attention"]["params"]
     assert params["groupby"] == "cell_type" and list(params["groups"]) == list(groups)
+    assert "top_k" not in params and params["min_detection"] == 0
 
 
 def test_attention_grn_keep_heads_and_n_cells(fitted):
@@ -269,6 +271,16 @@ def test_everything_written_survives_h5ad(fitted, tmp_path):
     for key in ("bioformers_predicted", "bioformers_predicted_bins"):
         np.testing.assert_array_equal(back.layers[key], adata.layers[key])
     for key in adata.varp:
-        np.testing.assert_array_equal(back.varp[key], adata.varp[key])
+        assert sparse.issparse(back.varp[key]) == sparse.issparse(adata.varp[key])
+        np.testing.assert_array_equal(_dense(back.varp[key]), _dense(adata.varp[key]))
+    for key in ("bioformers_attention_received", "bioformers_attention_detected"):
+        np.testing.assert_array_equal(back.var[key], adata.var[key])
+    pd.testing.assert_frame_equal(
+        back.varm["bioformers_attention_detected"], adata.varm["bioformers_attention_detected"]
+    )
     pd.testing.assert_series_equal(back.var["bioformers_program"], adata.var["bioformers_program"])
     assert back.uns["bioformers_attention"]["params"]["groupby"] == "cell_type"
+
+
+def _dense(matrix):
+    return matrix.toarray() if sparse.issparse(matrix) else np.asarray(matrix)

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 DEFAULT_KEY = "bioformers"
 #: scvi-tools registry key of the perturbation column (``setup_anndata(perturbation_key=...)``).
 PERTURBATION_KEY = "perturbation"
+
+
+#: Runs of characters other than ASCII letters, digits and ``_``: each becomes one ``_`` in a key.
+_UNSAFE = re.compile(r"[^0-9A-Za-z_]+")
+
+
+def safe_name(label: object) -> str:
+    """``label`` as a part of a key that every writer (h5ad, zarr, R converters) keeps as it is.
+
+    Each run of characters other than ASCII letters, digits and ``_`` (spaces, ``+``, ``/``,
+    ``.``, ...) becomes one ``_``, and ``_`` at either end is dropped: ``"CD14+ Monocytes"`` gives
+    ``"CD14_Monocytes"``. A name that is safe already is returned unchanged; a label with no safe
+    character at all gives ``""``.
+    """
+    return _UNSAFE.sub("_", str(label)).strip("_")
 
 
 @dataclass(frozen=True)
@@ -50,12 +66,21 @@ class Keys:
 
     @property
     def attention_received(self) -> str:
-        """``var[...]`` with the total attention each gene receives (candidate regulators)."""
+        """``var[...]`` with the attention each gene receives; NaN for genes too rarely detected to rank."""
         return f"{self.base}_attention_received"
 
-    def attention_group(self, group: str) -> str:
-        """``varp[...]`` with the attention GRN of one group."""
-        return f"{self.attention}_{group}"
+    @property
+    def attention_detected(self) -> str:
+        """``var[...]`` (all cells read) and ``varm[...]`` (per group): fraction of cells expressing each gene."""
+        return f"{self.base}_attention_detected"
+
+    def attention_group(self, group: object) -> str:
+        """``varp[...]`` with the attention GRN of one group: its label made safe by :func:`safe_name`.
+
+        ``"CD14+ Monocytes"`` gives ``"bioformers_attention_CD14_Monocytes"``; the key of a key's
+        own suffix is the same key, so a group is found by its label or by that suffix.
+        """
+        return f"{self.attention}_{safe_name(group)}"
 
     @property
     def similarity(self) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -17,6 +18,62 @@ import matplotlib.pyplot as plt
 import scanpy as sc
 
 import bioformers as bf
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from matplotlib.figure import Figure
+
+#: Marker genes of the PBMC 3k cell types (B, T, NK cells, monocytes, dendritic cells, platelets);
+#: the demo shows those among the highly variable genes.
+MARKERS = [
+    "CD79A",
+    "MS4A1",
+    "CD3E",
+    "CD3D",
+    "IL7R",
+    "CD8A",
+    "NKG7",
+    "GNLY",
+    "LYZ",
+    "CD14",
+    "S100A8",
+    "FCGR3A",
+    "MS4A7",
+    "CST3",
+    "FCER1A",
+    "PPBP",
+]
+#: A marker and the cell type it marks, for the network of one gene in its own cells; the first present is used.
+EXAMPLES = [("CD79A", "B cells"), ("MS4A1", "B cells"), ("LYZ", "CD14+ Monocytes"), ("CD3E", "CD4 T cells")]
+
+
+def figures(adata: AnnData) -> dict[str, Figure]:
+    """The demo's figures, from what the demo wrote into ``adata`` (or the h5ad it saved), by file name.
+
+    Example genes are markers a reader knows, not the top of an attention ranking: attention is a
+    view of the model, and the genes it ranks first are not thereby regulators. The gene program
+    shown is the one that holds the first marker (the largest programs of PBMC 3k gather genes
+    expressed in few cells, whose embeddings are barely trained).
+    """
+    markers = [gene for gene in MARKERS if gene in adata.var_names]
+    gene, group = next(((g, c) for g, c in EXAMPLES if g in adata.var_names), (markers[0], None))
+    programs = adata.var["bioformers_program"].astype(str)
+    holder = next((g for g in markers if programs[g] != "unassigned"), None)
+    program = "0" if holder is None else programs[holder]
+    print(f"example genes (known PBMC markers among the HVGs): {', '.join(markers)}")
+    print(
+        f"network of {gene} in {group or 'all cells'}; gene program {program}"
+        + (f" (holds {holder})" if holder else "")
+    )
+    return {
+        "umap_bioformers.png": bf.pl.embedding(adata, color="cell_type", return_fig=True, show=False),
+        "loss_history.png": bf.pl.history(adata, return_fig=True, show=False),
+        "binning.png": bf.pl.binning(adata, return_fig=True, show=False),
+        "predicted_vs_observed.png": bf.pl.predicted_vs_observed(adata, return_fig=True, show=False),
+        "attention.png": bf.pl.attention(adata, markers, return_fig=True, show=False),
+        "grn.png": bf.pl.grn(adata, gene, group=group, return_fig=True, show=False),
+        "gene_program.png": bf.pl.gene_programs(adata, program, return_fig=True, show=False),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,17 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     bf.tl.gene_programs(adata, model)
     seconds = time.perf_counter() - start
     print(f"gene-level results (predicted expression, attention GRNs, gene programs) in {seconds:.0f} s")
-    regulator = adata.var["bioformers_attention_received"].idxmax()
-
-    plots = {
-        "umap_bioformers.png": bf.pl.embedding(adata, color="cell_type", return_fig=True, show=False),
-        "loss_history.png": bf.pl.history(model, return_fig=True, show=False),
-        "binning.png": bf.pl.binning(adata, return_fig=True, show=False),
-        "predicted_vs_observed.png": bf.pl.predicted_vs_observed(adata, return_fig=True, show=False),
-        "attention.png": bf.pl.attention(adata, regulator, return_fig=True, show=False),
-        "grn.png": bf.pl.grn(adata, regulator, return_fig=True, show=False),
-        "gene_program_0.png": bf.pl.gene_programs(adata, "0", return_fig=True, show=False),
-    }
+    plots = figures(adata)
     for name, fig in plots.items():
         fig.savefig(out / name, dpi=150, bbox_inches="tight")
     plt.close("all")

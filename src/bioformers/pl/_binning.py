@@ -95,10 +95,17 @@ def predicted_vs_observed(
 
     A confusion heatmap: column ``o`` shows how the values observed in bin ``o`` are spread over
     the predicted bins, as shares of that column (so rare high bins are as visible as common
-    ones; empty columns stay blank). Perfect predictions lie on the dashed diagonal. The title
-    gives the exact-match share over all values and over the expressed (nonzero) ones, since
-    zeros dominate the first. The most likely bin is compared rather than the expected value,
-    because it is on the scale of the observed bins for both binning methods.
+    ones; empty columns stay blank). Perfect predictions lie on the dashed diagonal. The most
+    likely bin is compared rather than the expected value, because it is on the scale of the
+    observed bins for every binning method.
+
+    The title leads with the exact-match share over the expressed (nonzero) values. Zeros are
+    most values of single-cell data, so the share over all values is given beside the baseline
+    that predicts 0 everywhere (its share is that of the zeros): a model only helps where it
+    beats it. The last line says how `bf.tl.predict` predicted: each value hidden from the model
+    while it was predicted (``mask_ratio``), or decoded from the cell's state, which saw every
+    value (no masking: a denoised reconstruction, not a held-out prediction). Genes the model does
+    not know (predicted bin -1) are left out.
 
     Parameters
     ----------
@@ -123,8 +130,9 @@ def predicted_vs_observed(
     >>> # stands in for bf.tl.predict(adata, model): a perfect prediction
     >>> adata.layers["bioformers_predicted_bins"] = adata.layers["bioformers_binned"].toarray()
     >>> ax = bf.pl.predicted_vs_observed(adata, show=False)
-    >>> ax.get_title()
-    'exact bin for 100.0% of values, 100.0% of expressed'
+    >>> print(ax.get_title())
+    exact bin for 100.0% of expressed values
+    all values: 100.0%; predicting 0 everywhere: 50.3%
     """
     keys = Keys(key_added)
     observed = _binned(adata, keys)
@@ -138,10 +146,15 @@ def predicted_vs_observed(
         index = _gene_index(adata, [genes] if isinstance(genes, str) else genes)
         observed, predicted = observed[:, index], predicted[:, index]
     predicted = predicted.toarray() if sparse.issparse(predicted) else np.asarray(predicted)
-    confusion = _confusion(sparse.csr_matrix(observed), predicted.astype(np.int64))
+    known = (predicted >= 0).all(axis=0)  # genes the model does not know are predicted -1
+    if not known.any():
+        raise ValueError("The model knows none of these genes (their predicted bins are -1): nothing to compare.")
+    observed, predicted = sparse.csr_matrix(observed)[:, known], predicted[:, known]
+    confusion = _confusion(observed, predicted.astype(np.int64))
 
     total, expressed = confusion.sum(), confusion[:, 1:].sum()
     exact, exact_expressed = np.trace(confusion), np.trace(confusion) - confusion[0, 0]
+    zeros = confusion[:, 0].sum()
     with np.errstate(invalid="ignore", divide="ignore"):
         shares = confusion / confusion.sum(axis=0, keepdims=True)
     n = confusion.shape[0]
@@ -159,9 +172,26 @@ def predicted_vs_observed(
     ax.set_xlabel("observed bin")
     ax.set_ylabel("predicted bin (most likely)")
     which = "" if genes is None else f"{genes if isinstance(genes, str) else f'{index.size} genes'}: "
-    share_expressed = f"{exact_expressed / expressed:.1%}" if expressed else "n/a"
-    ax.set_title(f"{which}exact bin for {exact / total:.1%} of values, {share_expressed} of expressed")
+    share_expressed = f"{exact_expressed / expressed:.1%}" if expressed else "n/a (none observed)"
+    lines = [
+        f"{which}exact bin for {share_expressed} of expressed values",
+        f"all values: {exact / total:.1%}; predicting 0 everywhere: {zeros / total:.1%}",
+    ]
+    how = _how_predicted(adata.uns.get(keys.predicted, {}).get("params"))
+    if how:
+        lines.append(how)
+    ax.set_title("\n".join(lines), fontsize=10)
     return _finish(ax, show=show, return_fig=return_fig)
+
+
+def _how_predicted(params: dict | None) -> str:
+    """Whether `bf.tl.predict` hid each value while predicting it, from its record; ``""`` without one."""
+    if params is None:
+        return ""
+    mask_ratio = params.get("mask_ratio")
+    if mask_ratio is None:
+        return "not masked: decoded from each cell's state, which saw every value"
+    return f"masked: each value hidden while predicted (mask_ratio={float(mask_ratio):g})"
 
 
 def _binned(adata: AnnData, keys: Keys):

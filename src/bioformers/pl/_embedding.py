@@ -39,6 +39,8 @@ def embedding(
 ) -> Axes | list[Axes] | Figure | None:
     """Plot a UMAP of the cell embedding that `bf.tl.pretrain` / `bf.tl.embed` wrote.
 
+    The axes read UMAP1 and UMAP2, whatever the stored key.
+
     The neighbour graph and UMAP of `basis` are computed with Scanpy and stored under keys of
     their own (below), so the user's `obsm['X_umap']` and `uns['neighbors']` are never
     overwritten. They are reused on later calls as long as `basis` holds the same values and
@@ -93,6 +95,8 @@ def embedding(
     >>> ax = bf.pl.embedding(adata, color="cell_type", show=False)
     >>> adata.obsm["X_umap_bioformers"].shape
     (300, 2)
+    >>> ax.get_xlabel(), ax.get_ylabel()
+    ('UMAP1', 'UMAP2')
     """
     keys = Keys(key_added)
     basis = keys.embedding if basis is None else basis
@@ -122,6 +126,10 @@ def embedding(
         adata.uns[umap_key] = work.uns[umap_key]
 
     axes = sc.pl.embedding(adata, basis=umap_key, color=color, ax=ax, show=False, **kwargs)
+    for each in axes if isinstance(axes, list) else [axes]:
+        # Scanpy names the axes after the basis ("X_umap_bioformers1"); readers know them as UMAP1/2
+        each.set_xlabel("UMAP1")
+        each.set_ylabel("UMAP2")
     return _finish(axes, show=show, return_fig=return_fig)
 
 

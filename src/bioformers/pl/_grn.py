@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
@@ -11,8 +13,8 @@ from scipy.cluster import hierarchy
 from scipy.spatial.distance import squareform
 
 from .._docs import DOC_RETURNS_AX, DOC_SHOW_AX, DOC_SHOW_AX_SIZED, doc_key_added_read, doc_params
-from .._keys import Keys
-from .._validation import did_you_mean
+from .._keys import Keys, safe_name
+from .._validation import did_you_mean, shown
 from ._utils import _finish, _gene_index
 
 if TYPE_CHECKING:
@@ -26,14 +28,105 @@ _ATTENTION_TOOL = "`bf.tl.attention_grn(adata, model)`"
 _PROGRAMS_TOOL = "`bf.tl.gene_programs(adata, model)`"
 _UNASSIGNED = "unassigned"
 
+#: How the plots of this module choose and filter genes by detection, shared by their docstrings.
+_DOC_MIN_DETECTION = """\
+min_detection
+    Leave out of the ranked genes (partners, most attended) those expressed in fewer than this
+    fraction of the cells the matrix was computed from, as `bf.tl.attention_grn` recorded it
+    (``var`` / ``varm["bioformers_attention_detected"]``). `None`: the threshold
+    `bf.tl.attention_grn` used (its ``min_detection``, 5% by default); ``0`` ranks every gene.
+    Matrices without a detection record (another `varp` key, e.g. the gene-embedding
+    similarity) are not filtered."""
 
-@doc_params(show_ax=DOC_SHOW_AX_SIZED, returns_ax=DOC_RETURNS_AX, key_added=doc_key_added_read("`bf.tl.attention_grn`"))
+
+@dataclass
+class _Network:
+    """A gene x gene matrix of `varp`, what it is, and which genes may be ranked in it."""
+
+    key: str
+    matrix: object
+    source: str  # e.g. "attention, all cells", for titles
+    detected: np.ndarray | None  # fraction of cells expressing each gene, when recorded
+    min_detection: float
+
+    @property
+    def ranked(self) -> np.ndarray | None:
+        """Genes that may be ranked (`None`: all)."""
+        if self.detected is None or self.min_detection <= 0:
+            return None
+        return self.detected >= self.min_detection
+
+    @property
+    def filter_note(self) -> str:
+        """The line a title adds when genes were left out, or ``""``."""
+        ranked = self.ranked
+        if ranked is None or ranked.all():
+            return ""
+        return f"not ranked: {np.count_nonzero(~ranked)} genes expressed in < {self.min_detection:.0%} of cells"
+
+    def check_center(self, gene: str, index: int) -> None:
+        """Warn when the gene a plot is centred on is too rarely expressed to be ranked itself."""
+        ranked = self.ranked
+        if ranked is not None and not ranked[index]:
+            warnings.warn(
+                f"{gene} is expressed in {self.detected[index]:.1%} of the cells of `varp[{self.key!r}]`, fewer than "
+                f"`min_detection={self.min_detection:g}`: its attention averages few cells, so its partners may be "
+                "noise.",
+                UserWarning,
+                stacklevel=3,
+            )
+
+
+def _attention_network(adata: AnnData, keys: Keys, group: str | None, min_detection: float | None) -> _Network:
+    """The attention GRN over all cells or of one group (found by its label), with its detection record."""
+    key = keys.attention if group is None else keys.attention_group(group)
+    if key not in adata.varp and group is not None and f"{keys.attention}_{group}" in adata.varp:
+        key = f"{keys.attention}_{group}"  # written before group labels were made safe
+    if key not in adata.varp:
+        raise KeyError(_missing_attention(adata, keys, group))
+    return _network(adata, keys, key, min_detection)
+
+
+def _network(adata: AnnData, keys: Keys, key: str, min_detection: float | None) -> _Network:
+    """The matrix of ``varp[key]`` and, for an attention GRN of `bf.tl.attention_grn`, its detection record."""
+    record = adata.uns.get(keys.attention, {})
+    recorded = float(record.get("params", {}).get("min_detection", 0.0))
+    threshold = recorded if min_detection is None else float(min_detection)
+    if not 0 <= threshold <= 1:
+        raise ValueError(f"`min_detection={min_detection!r}` must be a fraction of cells, from 0 to 1.")
+    detected, source = None, key
+    if key == keys.attention:
+        source = "attention, all cells"
+        if keys.attention_detected in adata.var:
+            detected = adata.var[keys.attention_detected].to_numpy(dtype=np.float64)
+    elif key == keys.similarity:
+        source = "gene-embedding similarity"
+    else:
+        groups = record.get("groups", {})
+        labels, group_keys = list(groups.get("label", [])), list(groups.get("key", []))
+        if key in group_keys:
+            label = str(labels[group_keys.index(key)])
+            source = f"attention, {label}"
+            table = adata.varm[keys.attention_detected] if keys.attention_detected in adata.varm else None
+            column = safe_name(label)
+            if table is not None and hasattr(table, "columns") and column in table.columns:
+                detected = np.asarray(table[column], dtype=np.float64)
+    return _Network(key, adata.varp[key], source, detected, threshold)
+
+
+@doc_params(
+    show_ax=DOC_SHOW_AX_SIZED,
+    returns_ax=DOC_RETURNS_AX,
+    key_added=doc_key_added_read("`bf.tl.attention_grn`"),
+    min_detection=_DOC_MIN_DETECTION,
+)
 def attention(
     adata: AnnData,
     genes: str | Sequence[str] | None = None,
     *,
     top: int = 10,
     group: str | None = None,
+    min_detection: float | None = None,
     key_added: str = "bioformers",
     cmap: str = "viridis",
     ax: Axes | None = None,
@@ -53,13 +146,16 @@ def attention(
         A single gene: that gene (first) and its `top` partners by mutual attention, the larger of
         the attention it pays and the attention it receives, ``max(A[g, j], A[j, g])``, strongest
         first; the larger rather than the mean, so a partner that only one side attends to
-        strongly is kept.
+        strongly is kept. A group's matrix stored sparse (``top_k``) offers only its stored pairs.
         `None`: the `top` genes that receive the most attention (column sums), most first.
+        Partners and most attended genes are taken among the genes expressed in at least
+        `min_detection` of the cells.
     top
         Number of partners (single gene) or of genes (`genes=None`).
     group
-        A group of the ``groupby`` column passed to `bf.tl.attention_grn`: plot that group's
-        matrix instead of the one over all cells.
+        A group of the ``groupby`` column passed to `bf.tl.attention_grn`, by its label (e.g.
+        ``"CD14+ Monocytes"``): plot that group's matrix instead of the one over all cells.
+    {min_detection}
     {key_added}
     cmap
         Colormap of the heatmap.
@@ -79,43 +175,49 @@ def attention(
     >>> adata.varp["bioformers_attention"] = np.random.default_rng(0).random((30, 30), dtype=np.float32)
     >>> ax = bf.pl.attention(adata, "gene_3", top=8, show=False)
     >>> ax.get_title(), ax.get_ylabel()
-    ('attention around gene_3', 'attending gene (query)')
+    ('attention around gene_3 (all cells)', 'attending gene (query)')
     """
     _check_top(top)
     keys = Keys(key_added)
-    key = keys.attention if group is None else keys.attention_group(group)
-    if key not in adata.varp:
-        raise KeyError(_missing_attention(adata, keys, group))
-    matrix = adata.varp[key]
+    network = _attention_network(adata, keys, group, min_detection)
+    matrix, ranked = network.matrix, network.ranked
+    where = "all cells" if group is None else str(group)
 
     if genes is None:
-        received = np.asarray(matrix.sum(axis=0)).ravel() if matrix.ndim == 2 else _head_mean(matrix).sum(axis=0)
-        index = np.argsort(-received, kind="stable")[:top]
-        title = "attention, most attended genes"
+        received = _column_sums(matrix)
+        if ranked is not None:
+            received = np.where(ranked, received, -np.inf)
+        index = np.argsort(-received, kind="stable")[: min(top, np.count_nonzero(np.isfinite(received)))]
+        title = f"attention, most attended genes ({where})"
+        note = network.filter_note
     elif isinstance(genes, str):
         center = _gene_index(adata, [genes])[0]
-        index = np.concatenate([[center], _partners(matrix, center, top)])
-        title = f"attention around {genes}"
+        network.check_center(genes, center)
+        index = np.concatenate([[center], _partners(matrix, center, top, ranked)])
+        title = f"attention around {genes} ({where})"
+        note = network.filter_note
     else:
         index = _gene_index(adata, genes)
-        title = "attention"
-    if group is not None:
-        title += f" ({group})"
+        title = f"attention among {index.size} genes ({where})"
+        note = ""
 
     values = _submatrix(matrix, index)
-    ax = _heatmap(values, adata.var_names[index], ax=ax, cmap=cmap, title=title, cbar_label="attention")
+    label = "attention" + (f" (top {_top_k_of(adata, keys)} per row stored)" if sparse.issparse(matrix) else "")
+    ax = _heatmap(values, adata.var_names[index], ax=ax, cmap=cmap, title=title, cbar_label=label, note=note)
     ax.set_ylabel("attending gene (query)")
     ax.set_xlabel("attended gene (key)")
     return _finish(ax, show=show, return_fig=return_fig)
 
 
-@doc_params(show_ax=DOC_SHOW_AX, returns_ax=DOC_RETURNS_AX)
+@doc_params(show_ax=DOC_SHOW_AX, returns_ax=DOC_RETURNS_AX, min_detection=_DOC_MIN_DETECTION)
 def grn(
     adata: AnnData,
     gene: str,
     *,
     key: str | None = None,
+    group: str | None = None,
     top: int = 20,
+    min_detection: float | None = None,
     key_added: str = "bioformers",
     ax: Axes | None = None,
     show: bool | None = None,
@@ -125,10 +227,11 @@ def grn(
 
     Partners are ranked as in :func:`attention`, by ``max(W[g, j], W[j, g])``, and edges are
     undirected with that weight. Edges join `gene` to each partner, and two partners where their
-    weight is at least that of the weakest partner of `gene`, which shows the modules among the
-    partners without clutter (partner edges are drawn lighter). Edge width grows linearly with
-    the weight, from the weakest to the strongest edge drawn; the layout is a spring layout with a
-    fixed seed, so the same GRN always gives the same picture.
+    weight is at least that of the weakest partner of `gene`, the strongest of those first and
+    at most as many as there are partners, which shows the modules among the partners without
+    clutter (partner edges are drawn lighter). Edge width grows linearly with the weight, from
+    the weakest to the strongest edge drawn. The layout (Kamada-Kawai, on the number of edges
+    between genes) has no randomness, so the same GRN always gives the same picture.
 
     Parameters
     ----------
@@ -137,12 +240,16 @@ def grn(
     gene
         The centre gene, highlighted.
     key
-        Key of `varp` holding the GRN (a per-group attention GRN, e.g.
-        ``"bioformers_attention_<group>"``, works too). Default: the attention GRN
-        ``f"{key_added}_attention"`` of `bf.tl.attention_grn` if present, otherwise the
-        gene-embedding similarity ``f"{key_added}_similarity"`` of `bf.tl.gene_programs`.
+        Key of `varp` holding the GRN. Default: the attention GRN ``f"{key_added}_attention"``
+        of `bf.tl.attention_grn` if present, otherwise the gene-embedding similarity
+        ``f"{key_added}_similarity"`` of `bf.tl.gene_programs`.
+    group
+        Instead of `key`: a group of the ``groupby`` column passed to `bf.tl.attention_grn`, by
+        its label (e.g. ``"B cells"``); draws that group's attention GRN. A matrix stored sparse
+        (``top_k``) offers only its stored pairs as partners.
     top
         Number of partners drawn.
+    {min_detection}
     key_added
         Base key of the default GRNs.
     {show_ax}
@@ -160,27 +267,34 @@ def grn(
     >>> adata.varp["bioformers_attention"] = np.random.default_rng(0).random((30, 30), dtype=np.float32)
     >>> ax = bf.pl.grn(adata, "gene_3", top=10, show=False)
     >>> ax.get_title()
-    'gene_3 and its top 10 partners (bioformers_attention)'
+    'gene_3 and its top 10 partners (attention, all cells)'
     """
     import networkx as nx  # networkx comes with scanpy; only this plot needs it
 
     _check_top(top)
     keys = Keys(key_added)
-    if key is None:
-        key = next((k for k in (keys.attention, keys.similarity) if k in adata.varp), None)
+    if key is not None and group is not None:
+        raise ValueError("Pass `key=` (any GRN of `adata.varp`) or `group=` (a group's attention GRN), not both.")
+    if group is not None:
+        network = _attention_network(adata, keys, group, min_detection)
+    else:
         if key is None:
+            key = next((k for k in (keys.attention, keys.similarity) if k in adata.varp), None)
+            if key is None:
+                raise KeyError(
+                    f"Neither `adata.varp[{keys.attention!r}]` nor `adata.varp[{keys.similarity!r}]` found. "
+                    f"Run {_ATTENTION_TOOL} or {_PROGRAMS_TOOL} first, or pass `key=`."
+                )
+        elif key not in adata.varp:
             raise KeyError(
-                f"Neither `adata.varp[{keys.attention!r}]` nor `adata.varp[{keys.similarity!r}]` found. "
-                f"Run {_ATTENTION_TOOL} or {_PROGRAMS_TOOL} first, or pass `key=`."
+                f"`adata.varp[{key!r}]` not found. Available keys of `adata.varp`: {list(adata.varp)}."
+                f"{did_you_mean(key, adata.varp.keys())}"
             )
-    elif key not in adata.varp:
-        raise KeyError(
-            f"`adata.varp[{key!r}]` not found. Available keys of `adata.varp`: {list(adata.varp)}."
-            f"{did_you_mean(key, adata.varp.keys())}"
-        )
-    matrix = adata.varp[key]
+        network = _network(adata, keys, key, min_detection)
+    matrix = network.matrix
     center = _gene_index(adata, [gene])[0]
-    partners = _partners(matrix, center, top)
+    network.check_center(gene, center)
+    partners = _partners(matrix, center, top, network.ranked)
     index = np.concatenate([[center], partners])
     values = _submatrix(matrix, index)
     weights = np.maximum(values, values.T)
@@ -189,10 +303,14 @@ def grn(
     names = list(adata.var_names[index])
     graph = nx.Graph()
     graph.add_nodes_from(names)
-    for i in range(len(names)):
-        for j in range(i + 1, len(names)):
-            if i == 0 or weights[i, j] >= threshold:
-                graph.add_edge(names[i], names[j], weight=float(weights[i, j]))
+    for j in range(1, len(names)):
+        graph.add_edge(names[0], names[j], weight=float(weights[0, j]))
+    # among partners, the strongest links at least as strong as the weakest partner, at most one per partner
+    upper = np.triu_indices(len(names), k=1)
+    among = [(i, j) for i, j in zip(*upper, strict=True) if i > 0 and weights[i, j] >= threshold]
+    among.sort(key=lambda pair: -weights[pair])
+    for i, j in among[: partners.size]:
+        graph.add_edge(names[i], names[j], weight=float(weights[i, j]))
 
     # Widths span the weakest to the strongest edge drawn: attention weights are often all close
     # to 1 / n_vars, so widths proportional to the weight itself would all look the same.
@@ -200,9 +318,9 @@ def grn(
     drawn = np.array([w for *_, w in edges])
     spread = np.ptp(drawn) if drawn.size else 0.0
     relative = (drawn - drawn.min()) / spread if spread > 0 else np.full(drawn.size, 0.5)
-    for (*_, data), r in zip(graph.edges(data=True), relative, strict=True):
-        data["strength"] = 0.1 + r  # the layout pulls strongly linked genes together; needs positive weights
-    pos = nx.spring_layout(graph, weight="strength", seed=0)
+    # Kamada-Kawai on hop distances: deterministic, and it keeps a module of partners apart from
+    # the partners linked to `gene` alone, where a spring layout piles the module's labels up
+    pos = nx.kamada_kawai_layout(graph, weight=None)
 
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 6))
@@ -225,7 +343,8 @@ def grn(
     )
     nx.draw_networkx_labels(graph, pos, labels={n: n for n in names[1:]}, font_size=8, ax=ax)
     nx.draw_networkx_labels(graph, pos, labels={gene: gene}, font_size=8, font_weight="bold", ax=ax)
-    ax.set_title(f"{gene} and its top {partners.size} partners ({key})")
+    note = network.filter_note
+    ax.set_title(f"{gene} and its top {partners.size} partners ({network.source})" + (f"\n{note}" if note else ""))
     ax.set_axis_off()
     ax.margins(0.1)
     return _finish(ax, show=show, return_fig=return_fig)
@@ -236,6 +355,7 @@ def gene_programs(
     adata: AnnData,
     program: str,
     *,
+    max_genes: int | None = 50,
     key_added: str = "bioformers",
     cmap: str = "RdBu_r",
     ax: Axes | None = None,
@@ -244,8 +364,10 @@ def gene_programs(
 ) -> Axes | Figure | None:
     """Heatmap of the gene-embedding similarity within one gene program.
 
-    Genes are ordered by average-linkage hierarchical clustering on ``1 - similarity`` (with
-    optimal leaf ordering), so tighter sub-modules sit together. The colour scale is the
+    A program larger than `max_genes` is shown by its `max_genes` most central genes: those with
+    the highest mean similarity to the rest of the program (its core; the title says how many of
+    how many). Genes are ordered by average-linkage hierarchical clustering on ``1 - similarity``
+    (with optimal leaf ordering), so tighter sub-modules sit together. The colour scale is the
     full cosine range [-1, 1], centred on 0.
 
     Parameters
@@ -255,6 +377,8 @@ def gene_programs(
     program
         A program label of ``adata.var[f"{key_added}_program"]`` (``"0"`` is the largest);
         ``"unassigned"`` is no program.
+    max_genes
+        Most genes shown, so that every gene name stays readable; `None` shows the whole program.
     {key_added}
     cmap
         Colormap of the heatmap; a diverging one suits the signed similarity.
@@ -278,7 +402,12 @@ def gene_programs(
     >>> ax = bf.pl.gene_programs(adata, "0", show=False)
     >>> ax.get_title()
     'program 0 (12 genes)'
+    >>> ax = bf.pl.gene_programs(adata, "0", max_genes=5, show=False)
+    >>> ax.get_title()
+    'program 0: the 5 most central of 12 genes'
     """
+    if max_genes is not None and (not isinstance(max_genes, int | np.integer) or max_genes < 2):
+        raise ValueError(f"`max_genes={max_genes!r}` must be at least 2 genes, or None to show the whole program.")
     keys = Keys(key_added)
     for where, key, present in (
         ("adata.var", keys.program, adata.var.columns),
@@ -300,6 +429,13 @@ def gene_programs(
         )
     index = np.flatnonzero(labels.to_numpy() == program)
     values = _submatrix(adata.varp[keys.similarity], index)
+    title = f"program {program} ({index.size} genes)"
+    if max_genes is not None and index.size > max_genes:
+        # the core: highest mean similarity to the other genes of the program (self-similarity left out)
+        centrality = (values.sum(axis=1) - np.diag(values)) / (index.size - 1)
+        core = np.sort(np.argsort(-centrality, kind="stable")[:max_genes])
+        title = f"program {program}: the {max_genes} most central of {index.size} genes"
+        index, values = index[core], values[np.ix_(core, core)]
     order = _cluster_order(values)
     index, values = index[order], values[np.ix_(order, order)]
     ax = _heatmap(
@@ -307,7 +443,7 @@ def gene_programs(
         adata.var_names[index],
         ax=ax,
         cmap=cmap,
-        title=f"program {program} ({index.size} genes)",
+        title=title,
         cbar_label="cosine similarity",
         vmin=-1,
         vmax=1,
@@ -326,6 +462,13 @@ def _head_mean(matrix) -> np.ndarray:
     return matrix.mean(axis=-1) if matrix.ndim == 3 else matrix
 
 
+def _column_sums(matrix) -> np.ndarray:
+    """Column sums of a dense, per-head or sparse gene x gene matrix (heads averaged), ``float64``."""
+    if sparse.issparse(matrix):
+        return np.asarray(matrix.sum(axis=0), dtype=np.float64).ravel()
+    return _head_mean(matrix).sum(axis=0, dtype=np.float64)
+
+
 def _submatrix(matrix, index: np.ndarray) -> np.ndarray:
     """Dense ``matrix[index][:, index]``, reading no more of a sparse matrix than that."""
     if sparse.issparse(matrix):
@@ -333,16 +476,30 @@ def _submatrix(matrix, index: np.ndarray) -> np.ndarray:
     return _head_mean(np.asarray(matrix)[np.ix_(index, index)])
 
 
-def _partners(matrix, center: int, top: int) -> np.ndarray:
-    """The `top` genes most linked to `center`, by ``max(W[center, j], W[j, center])``, strongest first."""
+def _partners(matrix, center: int, top: int, ranked: np.ndarray | None = None) -> np.ndarray:
+    """The `top` genes most linked to `center`, by ``max(W[center, j], W[j, center])``, strongest first.
+
+    Only genes where `ranked` is true are candidates; in a sparse matrix, only the stored pairs.
+    """
     if sparse.issparse(matrix):
         matrix = sparse.csr_matrix(matrix)
         row, column = matrix[center].toarray().ravel(), matrix[:, center].toarray().ravel()
+        stored = np.zeros(row.size, dtype=bool)
+        stored[matrix[center].indices] = True
+        stored[sparse.csc_matrix(matrix[:, center]).indices] = True
     else:
         row, column = _head_mean(matrix[center]), _head_mean(matrix[:, center])
+        stored = np.ones(row.size, dtype=bool)
     score = np.maximum(row, column).astype(np.float64)
-    score[center] = -np.inf
-    return np.argsort(-score, kind="stable")[: min(top, score.size - 1)]
+    candidate = stored if ranked is None else stored & ranked
+    candidate[center] = False
+    score[~candidate] = -np.inf
+    return np.argsort(-score, kind="stable")[: min(top, np.count_nonzero(candidate))]
+
+
+def _top_k_of(adata: AnnData, keys: Keys) -> str:
+    """The ``top_k`` that `bf.tl.attention_grn` recorded, for a label ("k" when unknown)."""
+    return str(adata.uns.get(keys.attention, {}).get("params", {}).get("top_k", "k"))
 
 
 def _heatmap(
@@ -355,19 +512,22 @@ def _heatmap(
     cbar_label: str,
     vmin: float | None = None,
     vmax: float | None = None,
+    note: str = "",
 ) -> Axes:
-    """Square gene x gene heatmap with gene names on both axes and a colorbar."""
+    """Square gene x gene heatmap with gene names on both axes and a colorbar; `note` is a smaller second title line."""
     n = len(labels)
     if ax is None:
         side = min(14.0, 2.5 + 0.28 * n)
         _, ax = plt.subplots(figsize=(side + 1.2, side))
     image = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
-    fontsize = min(10.0, max(4.0, 240 / max(n, 1)))
+    # a label may take most of its row's height: the axes' height in points over the rows
+    height = ax.get_position().height * ax.figure.get_figheight() * 72
+    fontsize = float(np.clip(0.6 * height / max(n, 1), 4.0, 10.0))
     ax.set_xticks(np.arange(n), labels, rotation=90, fontsize=fontsize)
     ax.set_yticks(np.arange(n), labels, fontsize=fontsize)
     ax.figure.colorbar(image, ax=ax, label=cbar_label, shrink=0.8)
     ax.grid(False)  # Scanpy's `set_figure_params` turns axes grids on, which would cut through the cells
-    ax.set_title(title)
+    ax.set_title(f"{title}\n{note}" if note else title)
     return ax
 
 
@@ -387,8 +547,12 @@ def _missing_attention(adata: AnnData, keys: Keys, group: str | None) -> str:
             f"`adata.varp[{keys.attention!r}]` not found.{did_you_mean(keys.attention, adata.varp.keys())} "
             f"Run {_ATTENTION_TOOL} first."
         )
-    groups = adata.uns.get(keys.attention, {}).get("params", {}).get("groups")
-    known = f" Groups with a matrix: {', '.join(map(str, groups))}." if groups is not None and len(groups) else ""
+    record = adata.uns.get(keys.attention, {})
+    labels = record.get("groups", {}).get("label")
+    if labels is None:
+        labels = record.get("params", {}).get("groups")
+    labels = [] if labels is None else [str(label) for label in labels]
+    known = f" Groups with a matrix: {shown(labels, 20)}.{did_you_mean(group, labels)}" if labels else ""
     return (
         f"`adata.varp[{keys.attention_group(group)!r}]` not found: no attention GRN for group {group!r}.{known} "
         "Run `bf.tl.attention_grn(adata, model, groupby=...)` with the column that holds the group."

@@ -8,7 +8,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import scanpy as sc
 
-from .._validation import shown
+from .._validation import did_you_mean, shown
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -51,7 +51,26 @@ def _gene_index(adata: AnnData, genes: Sequence[str]) -> np.ndarray:
     missing = [gene for gene in genes if gene not in adata.var_names]
     if missing:
         raise KeyError(
-            f"Genes not found: {shown(missing, 5)}. Check `adata.var_names` "
-            f"(e.g. {', '.join(adata.var_names[:3])}, ...)."
+            f"Genes not found: {shown(missing, 5)}.{_suggest(str(missing[0]), adata.var_names)} "
+            f"Check `adata.var_names` (e.g. {', '.join(adata.var_names[:3])}, ...)."
         )
     return adata.var_names.get_indexer(genes)
+
+
+def _suggest(gene: str, names: Sequence[str]) -> str:
+    """`` Did you mean ...?`` for a gene name: the same name in another case, the names it begins, or a close one.
+
+    A family prefix (``"CD3"``) is answered with its members (``'CD3D', 'CD3E'``) rather than the
+    single closest spelling, which would be an arbitrary one of them.
+    """
+    names = [str(name) for name in names]
+    lower = gene.lower()
+    same = [name for name in names if name.lower() == lower]
+    if same:
+        return f" Did you mean {same[0]!r}?"
+    starting = sorted(name for name in names if name.lower().startswith(lower)) if lower else []
+    if len(starting) == 1:
+        return f" Did you mean {starting[0]!r}?"
+    if starting:
+        return f" Did you mean one of {shown(starting, 5)}?"
+    return did_you_mean(gene, names)

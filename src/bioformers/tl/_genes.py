@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 import anndata as ad
@@ -9,6 +10,7 @@ import numpy as np
 import pandas as pd
 import scanpy as sc
 from scanpy import logging as logg
+from scipy import sparse
 
 from .._docs import (
     DOC_ADATA,
@@ -20,7 +22,7 @@ from .._docs import (
     DOC_WRITES,
     doc_params,
 )
-from .._keys import DEFAULT_KEY, Keys
+from .._keys import DEFAULT_KEY, Keys, safe_name
 from .._record import params_record
 from .._validation import check_anndata, check_n_groups, check_obs_key, did_you_mean, shown
 from ..pp._binning import bin_centers
@@ -32,6 +34,12 @@ if TYPE_CHECKING:
 
 #: More groups than this would store that many n_vars x n_vars matrices in ``varp``.
 MAX_GROUPS = 50
+#: Entries kept per row of a group's attention matrix (``attention_grn(top_k=...)``).
+DEFAULT_TOP_K = 50
+#: Fraction of the cells read that must express a gene for it to be ranked (``attention_grn(min_detection=...)``).
+DEFAULT_MIN_DETECTION = 0.05
+#: A group read from fewer cells than this gives a warning in ``attention_grn``.
+MIN_GROUP_CELLS = 10
 UNASSIGNED = "unassigned"
 
 
@@ -159,6 +167,8 @@ def attention_grn(
     *,
     groupby: str | None = None,
     max_groups: int = MAX_GROUPS,
+    top_k: int | None = DEFAULT_TOP_K,
+    min_detection: float = DEFAULT_MIN_DETECTION,
     layer: int = -1,
     n_cells: int | None = None,
     keep_heads: bool = False,
@@ -171,9 +181,16 @@ def attention_grn(
 
     Per cell, the attention matrix of one layer (query gene x key gene, heads averaged unless
     ``keep_heads``) is added into a gene x gene sum; each pair is divided by the number of cells
-    whose sequence held both genes. High mutual attention suggests interaction; genes that receive
-    much attention are candidate regulators. With ``groupby``, one matrix per group (e.g. control
-    vs perturbed), which is how conditions are compared.
+    whose sequence held both genes. High mutual attention suggests interaction. With ``groupby``,
+    one matrix per group (e.g. control vs perturbed), which is how conditions are compared.
+
+    A gene expressed in a handful of cells gets its attention averaged over those few cells, so
+    its pairs are the noisiest and often the largest: on PBMC 3k, the gene that receives the most
+    attention is expressed in under 2% of the cells. The matrices keep every gene, but the
+    ranking written (``attention_received``) leaves out genes expressed in fewer than
+    ``min_detection`` of the cells read, and the plots (:func:`bioformers.pl.attention`,
+    :func:`bioformers.pl.grn`) leave them out of the partners and most-attended genes they show;
+    the fraction of cells expressing each gene is written beside the matrices.
 
     Everything is checked before anything is written, and results are written only once all are
     computed. Cells with no counts raise an error; genes with no counts are fine.
@@ -183,11 +200,28 @@ def attention_grn(
     {adata}
     {model}
     groupby
-        Column of ``adata.obs``, without missing values; also write one matrix per group.
+        Column of ``adata.obs``, without missing values; also write one matrix per group. Its
+        labels are made into keys that every writer keeps: each run of characters other than
+        ASCII letters, digits and ``_`` becomes one ``_``, and ``_`` at the ends is dropped
+        (``"CD14+ Monocytes"`` gives ``varp["bioformers_attention_CD14_Monocytes"]``); two
+        labels that give the same key are refused. Plots find a group by its label. A group with
+        fewer than 10 cells read gives a warning: its matrix averages too few cells to tell a
+        network from noise.
     max_groups
-        Most groups allowed in ``groupby``: each stores an ``n_vars x n_vars`` matrix in ``varp``
-        (4 bytes per gene pair, e.g. 16 MB each for 2,000 genes) and costs a pass over its cells.
-        Subset the AnnData to the groups to compare, or raise this limit knowingly.
+        Most groups allowed in ``groupby``: each costs a pass over its cells and stores a matrix in
+        ``varp`` (at most ``n_vars * top_k`` entries; ``n_vars x n_vars`` with ``top_k=None``,
+        16 MB for 2,000 genes). Subset the AnnData to the groups to compare, or raise this limit
+        knowingly.
+    top_k
+        Per-group matrices keep, in each row, only the ``top_k`` strongest genes attended to, as a
+        sparse CSR matrix (``n_vars * top_k`` entries at most: under 1 MB per group for 2,000 genes
+        and the default 50, against 16 MB dense). ``None`` keeps them dense. With ``keep_heads``
+        the group matrices are dense whatever ``top_k`` (a sparse matrix has two axes). The matrix
+        over all cells is always dense: it is one matrix, its column sums give
+        ``attention_received`` exactly, and :mod:`bioformers.metrics` scores read all its pairs.
+    min_detection
+        Fraction of the cells read (of the group's cells, per group) in which a gene must be
+        expressed (nonzero) to be ranked; 5% by default. ``0`` ranks every gene.
     layer
         Transformer block to read (``-1``: the last).
     n_cells
@@ -207,12 +241,22 @@ def attention_grn(
         ``adata.varp['bioformers_attention']`` : :class:`~numpy.ndarray` ``float32`` (n_vars, n_vars)
             Row = attending gene, column = attended gene, over all (chosen) cells;
             ``(n_vars, n_vars, n_heads)`` with ``keep_heads``.
-        ``adata.varp['bioformers_attention_<group>']`` : :class:`~numpy.ndarray` ``float32``
-            The same for the cells of each group of ``groupby`` (one key per group).
+        ``adata.varp['bioformers_attention_<group>']`` : :class:`~scipy.sparse.csr_matrix` ``float32``
+            The same for the cells of each group of ``groupby``, ``<group>`` being the label made
+            safe; the ``top_k`` largest entries of every row (a dense array with ``top_k=None``
+            or ``keep_heads``).
         ``adata.var['bioformers_attention_received']`` : ``float32``
-            Attention each gene receives: column sums of the overall matrix (heads averaged).
+            Attention each gene receives: column sums of the overall matrix (heads averaged); NaN
+            for genes expressed in fewer than ``min_detection`` of the cells read, so that
+            ``nlargest`` and ``sort_values`` rank only the others.
+        ``adata.var['bioformers_attention_detected']`` : ``float32``
+            Fraction of the cells read in which each gene is expressed.
+        ``adata.varm['bioformers_attention_detected']`` : :class:`~pandas.DataFrame` ``float32``
+            The same per group: one column per group, named like the group's key (``<group>``).
         ``adata.uns['bioformers_attention']`` : :class:`dict`
-            ``params``: the arguments, including ``groupby`` and its ``groups``, and the model class.
+            ``params``: the arguments, including ``groupby`` and its ``groups`` (labels), and the
+            model class. With ``groupby``, ``groups``: lists ``label``, ``key`` (of ``varp``) and
+            ``n_cells`` (cells read), in the same order.
         {binned_written}
 
     Examples
@@ -220,12 +264,14 @@ def attention_grn(
     >>> import bioformers as bf
     >>> adata = bf.datasets.synthetic(n_obs=200, n_vars=50)
     >>> model = bf.tl.pretrain(adata, n_layers=1, n_hidden=16, n_heads=2, max_epochs=1, batch_size=32)
-    >>> bf.tl.attention_grn(adata, model, groupby="cell_type")
+    >>> bf.tl.attention_grn(adata, model, groupby="cell_type", top_k=10)
     >>> adata.varp["bioformers_attention"].shape
     (50, 50)
     >>> sorted(key for key in adata.varp if key.startswith("bioformers_attention_"))
     ['bioformers_attention_type_0', 'bioformers_attention_type_1', 'bioformers_attention_type_2']
-    >>> top = adata.var["bioformers_attention_received"].nlargest(5)  # candidate regulators
+    >>> int(adata.varp["bioformers_attention_type_0"].getnnz(axis=1).max())  # top_k per row, sparse
+    10
+    >>> top = adata.var["bioformers_attention_received"].nlargest(5)  # genes detected in >= 5% of cells
     >>> top.size, top.dtype
     (5, dtype('float32'))
     """
@@ -235,7 +281,11 @@ def attention_grn(
     model.check_prediction_args(layer=layer)
     if n_cells is not None and n_cells < 1:
         raise ValueError(f"`n_cells` must be a positive number of cells or None, not {n_cells}.")
-    groups = _groups(adata, groupby, max_groups=max_groups) if groupby is not None else {}
+    if top_k is not None and (not isinstance(top_k, int | np.integer) or isinstance(top_k, bool) or top_k < 1):
+        raise ValueError(f"`top_k={top_k!r}` must be a positive number of genes per row, or None to keep dense.")
+    if not 0 <= min_detection <= 1:
+        raise ValueError(f"`min_detection={min_detection!r}` must be a fraction of cells, from 0 to 1.")
+    groups = _groups(adata, groupby, max_groups=max_groups, keys=keys) if groupby is not None else {}
     rng = np.random.default_rng(seed)
 
     def subsample(cells: np.ndarray) -> np.ndarray:
@@ -243,12 +293,18 @@ def attention_grn(
 
     chosen = subsample(np.arange(adata.n_obs))
     group_cells = {group: subsample(cells) for group, cells in groups.items()}
+    _warn_small_groups(group_cells, groupby)
 
     with model.prepare_query(adata, copy=copy) as query:
         kwargs = {"layer": layer, "keep_heads": keep_heads, "batch_size": batch_size}
         overall = model.get_attention(query.adata, indices=chosen, **kwargs)
         per_group = {g: model.get_attention(query.adata, indices=cells, **kwargs) for g, cells in group_cells.items()}
-    received = overall.mean(axis=-1) if keep_heads else overall
+        detected = _detected(query, chosen, batch_size)
+        group_detected = {g: _detected(query, cells, batch_size) for g, cells in group_cells.items()}
+    if top_k is not None and not keep_heads:
+        per_group = {g: _top_k(matrix, top_k) for g, matrix in per_group.items()}
+    received = (overall.mean(axis=-1) if keep_heads else overall).sum(axis=0).astype(np.float32)
+    received[detected < min_detection] = np.nan
     record = {
         "params": params_record(
             groupby=groupby,
@@ -256,28 +312,47 @@ def attention_grn(
             layer=layer,
             n_cells=n_cells,
             keep_heads=keep_heads,
+            top_k=top_k if not keep_heads else None,
+            min_detection=min_detection,
             seed=seed,
             model=type(model).__name__,
         )
     }
+    if groups:
+        record["groups"] = {
+            "label": list(groups),
+            "key": [keys.attention_group(g) for g in groups],
+            "n_cells": [int(cells.size) for cells in group_cells.values()],
+        }
 
     adata = adata.copy() if copy else adata
     query.write_binning(adata)
     adata.varp[keys.attention] = overall
     for group, matrix in per_group.items():
         adata.varp[keys.attention_group(group)] = matrix
-    adata.var[keys.attention_received] = received.sum(axis=0).astype(np.float32)
+    adata.var[keys.attention_received] = received
+    adata.var[keys.attention_detected] = detected
+    if groups:
+        adata.varm[keys.attention_detected] = pd.DataFrame(
+            {safe_name(g): values for g, values in group_detected.items()}, index=adata.var_names.copy()
+        )
+    elif keys.attention_detected in adata.varm:  # from an earlier call with groupby: it would not match
+        del adata.varm[keys.attention_detected]
     adata.uns[keys.attention] = record
     written = ", ".join(repr(keys.attention_group(g)) for g in groups)
+    n_ranked = int(np.isfinite(received).sum())
     logg.info(
         f"added\n    'varp[{keys.attention!r}]', attention GRN"
         + (f"\n    varp {written}, attention GRN per group" if groups else "")
-        + f"\n    'var[{keys.attention_received!r}]', attention received per gene"
+        + f"\n    'var[{keys.attention_received!r}]', attention received per gene "
+        f"({n_ranked} of {adata.n_vars} genes expressed in >= {min_detection:.0%} of cells ranked)"
+        + f"\n    'var[{keys.attention_detected!r}]', fraction of cells expressing each gene"
+        + (f"\n    'varm[{keys.attention_detected!r}]', the same per group" if groups else "")
     )
     return adata if copy else None
 
 
-def _groups(adata: ad.AnnData, groupby: str, *, max_groups: int) -> dict[str, np.ndarray]:
+def _groups(adata: ad.AnnData, groupby: str, *, max_groups: int, keys: Keys) -> dict[str, np.ndarray]:
     """Cell indices of each group of ``adata.obs[groupby]``, checked for what ``varp`` can hold."""
     check_obs_key(adata, groupby, argument="groupby")
     labels = adata.obs[groupby]
@@ -288,13 +363,24 @@ def _groups(adata: ad.AnnData, groupby: str, *, max_groups: int) -> dict[str, np
         key=groupby,
         limit=max_groups,
         limit_argument="max_groups",
-        why=f"each group stores a {adata.n_vars} x {adata.n_vars} attention matrix in `adata.varp`",
+        why=f"each group is a pass over its cells and a {adata.n_vars} x {adata.n_vars} matrix in `adata.varp`",
     )
-    groups = {}
+    groups, by_key = {}, {}
     for category in categories:
         name = str(category)
-        if "/" in name:
-            raise ValueError(f"Group {name!r} contains '/', which h5ad keys cannot hold. Rename the category.")
+        if not safe_name(name):
+            raise ValueError(
+                f"Group {name!r} of `adata.obs[{groupby!r}]` has no letter or digit to name its key "
+                f"`varp[{keys.attention_group(name)!r}]`. Rename the category."
+            )
+        key = keys.attention_group(name)
+        if key in by_key:
+            raise ValueError(
+                f"Groups {by_key[key]!r} and {name!r} of `adata.obs[{groupby!r}]` would both be stored as "
+                f"`varp[{key!r}]` (keys keep letters, digits and '_'; other characters become '_'). "
+                "Rename one of the categories."
+            )
+        by_key[key] = name
         cells = np.flatnonzero((labels == category).to_numpy())
         if cells.size == 0:
             raise ValueError(
@@ -303,6 +389,43 @@ def _groups(adata: ad.AnnData, groupby: str, *, max_groups: int) -> dict[str, np
             )
         groups[name] = cells
     return groups
+
+
+def _warn_small_groups(group_cells: dict[str, np.ndarray], groupby: str | None) -> None:
+    """Warn about groups read from fewer than :data:`MIN_GROUP_CELLS` cells."""
+    small = {g: cells.size for g, cells in group_cells.items() if cells.size < MIN_GROUP_CELLS}
+    if small:
+        named = ", ".join(f"{g!r} ({n} cell{'s' if n != 1 else ''})" for g, n in small.items())
+        warnings.warn(
+            f"Groups of `adata.obs[{groupby!r}]` with fewer than {MIN_GROUP_CELLS} cells: {named}. Their attention "
+            "GRNs average too few cells to tell a network from noise; merge or drop these groups, or read their "
+            "matrices with care.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _detected(query, cells: np.ndarray, batch_size: int | None) -> np.ndarray:
+    """Fraction of ``cells`` in which each of the model's genes is expressed (token above 0), ``float32``."""
+    count = None
+    for bins in query.batches(cells, batch_size=batch_size or 128):
+        expressed = (bins > 0).sum(dim=0).cpu().numpy().astype(np.int64)
+        count = expressed if count is None else count + expressed
+    return (count / max(cells.size, 1)).astype(np.float32)
+
+
+def _top_k(matrix: np.ndarray, k: int) -> sparse.csr_matrix:
+    """The ``k`` largest positive entries of every row of ``matrix``, as a ``float32`` CSR matrix."""
+    n_rows, n_cols = matrix.shape
+    if k < n_cols:
+        columns = np.argpartition(-matrix, k - 1, axis=1)[:, :k]
+    else:
+        columns = np.broadcast_to(np.arange(n_cols), (n_rows, n_cols))
+    values = np.take_along_axis(matrix, columns, axis=1)
+    rows = np.broadcast_to(np.arange(n_rows)[:, None], columns.shape)
+    keep = values > 0
+    top = sparse.coo_matrix((values[keep], (rows[keep], columns[keep])), shape=matrix.shape, dtype=np.float32)
+    return top.tocsr()
 
 
 @doc_params(**DOC_WRITES, view=DOC_VIEW, model=DOC_MODEL)
