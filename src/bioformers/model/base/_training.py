@@ -118,7 +118,7 @@ class TokenTrainingMixin(UnsupervisedTrainingMixin):
         Checkpoints are never written mid-epoch: resume repeats the epoch that was interrupted.
 
         **Console output.** Training first says what it will run (e.g. "training BioFormer on 2,638
-        cells x 2,000 genes (264 held out for validation): 11 epochs of 38 steps of 64 cells"), then
+        cells x 2,000 genes (263 held out for validation): 11 epochs of 38 steps of 64 cells"), then
         shows one progress bar over all its steps: the epoch, the training and validation losses, the
         cells per second and the time left. ``enable_progress_bar=False`` hides the bar and logs the
         start line at ``sc.settings.verbosity = "info"``. Lightning's banner, tips and routine
