@@ -166,11 +166,6 @@ def test_progress_bar_off_still_works(counts, tiny_model, capfd):
     assert "Epoch" not in capfd.readouterr().out
 
 
-@pytest.mark.xfail(
-    reason="`scvi.settings.seed = seed` in tl/_pretrain.py and tl/_perturbation.py runs outside the training guard; "
-    "remove this marker when it is wrapped in `bioformers._logging.lightning_console()`",
-    strict=True,
-)
 def test_pretrain_does_not_say_seed_set(counts, tiny_model, capfd, verbosity):
     verbosity("warning")
     with Console(capfd) as console:

@@ -14,6 +14,7 @@ from sklearn.model_selection import train_test_split
 
 from .._docs import DOC_BATCH_SIZE, DOC_KEY_ADDED_RETURNED, DOC_LR, DOC_PAIRS_BATCH_SIZE, doc_params
 from .._keys import DEFAULT_KEY, Keys
+from .._logging import lightning_console
 from .._record import params_record
 from .._validation import (
     check_anndata,
@@ -216,7 +217,8 @@ def train_perturbation(
     weights = _response_weights(
         expression, labels, train_cells, [control, *perturbations], train_labels, control, n_top_genes, response_weight
     )
-    scvi.settings.seed = seed
+    with lightning_console():  # Lightning's "Seed set to", shown from sc.settings.verbosity = "hint"
+        scvi.settings.seed = seed
     BioFormer.setup_anndata(work, layer=keys.binned, perturbation_key=perturbation_key, control=control)
     n_bins = model.module.n_bins if model is not None else None
     fitted = BioFormer(work, **architecture, n_bins=n_bins)

@@ -22,6 +22,7 @@ from .._docs import (
     doc_params,
 )
 from .._keys import DEFAULT_KEY, Keys
+from .._logging import lightning_console
 from .._private import private_anndata
 from .._record import params_record
 from .._validation import (
@@ -208,7 +209,8 @@ def pretrain(
 
     if copy:
         adata = adata.copy()
-    scvi.settings.seed = seed
+    with lightning_console():  # Lightning's "Seed set to", shown from sc.settings.verbosity = "hint"
+        scvi.settings.seed = seed
     work = private_anndata(adata, obs=[batch_key, labels_key], layers=[keys.binned, layer], uns=[keys.binned])
     if must_bin and binning == "rank":
         rank_values(work, n_ranks=DEFAULT_N_RANKS if n_bins is None else n_bins, layer=layer, key_added=key_added)
