@@ -218,7 +218,7 @@ def attention_grn(
         and the default 50, against 16 MB dense). ``None`` keeps them dense. With ``keep_heads``
         the group matrices are dense whatever ``top_k`` (a sparse matrix has two axes). The matrix
         over all cells is always dense: it is one matrix, its column sums give
-        ``attention_received`` exactly, and :mod:`bioformers.metrics` scores read all its pairs.
+        ``attention_received`` exactly, and the scores of ``bf.metrics`` read all its pairs.
     min_detection
         Fraction of the cells read (of the group's cells, per group) in which a gene must be
         expressed (nonzero) to be ranked; 5% by default. ``0`` ranks every gene.
