@@ -1,4 +1,4 @@
-"""Training speed alone and beside another busy PyTorch process on the same cores (issue: notebooks run beside other work).
+"""Training speed alone and beside another busy PyTorch process on the same cores (notebooks run beside other work).
 
 Each configuration runs in a fresh process (OpenMP reads its environment when torch is imported):
 a short default `bf.tl.pretrain` of PBMC 3k cells, once alone and once while a second process
