@@ -48,9 +48,7 @@ CONFIGS = {
 
 def run(env: dict, threads: int, cells: int, epochs: int) -> float:
     code = TRAIN.format(threads=threads, cells=cells, epochs=epochs)
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=os.environ | env, capture_output=True, text=True, check=True
-    )
+    out = subprocess.run([sys.executable, "-c", code], env=os.environ | env, capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
