@@ -18,6 +18,7 @@ import warnings
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+import scvi
 from scanpy import settings
 
 if TYPE_CHECKING:
@@ -79,3 +80,12 @@ def lightning_console() -> Iterator[None]:
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
+
+
+def seed(value: int) -> None:
+    """Seed every random number generator (``scvi.settings.seed``) without Lightning's "Seed set to" line.
+
+    The line is shown, as Lightning prints it, from ``sc.settings.verbosity = "hint"`` on.
+    """
+    with lightning_console():
+        scvi.settings.seed = value

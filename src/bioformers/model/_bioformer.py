@@ -101,7 +101,8 @@ class BioFormer(
         super().__init__(adata)
         n_bins = self._n_bins(n_bins)
         # perturbation targets that are not measured genes still get a gene token
-        extra = [t for t in self.registered_targets() if t not in set(adata.var_names.astype(str))]
+        measured = set(adata.var_names.astype(str))
+        extra = [t for t in self.registered_targets() if t not in measured]
         self._init_tokens(adata, extra)
         #: The perturbation split and training record (set by :func:`bioformers.tl.train_perturbation`).
         self.perturbation_: dict = {}

@@ -7,14 +7,13 @@ from typing import TYPE_CHECKING, Literal
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scvi
 from scanpy import logging as logg
 from scipy import sparse
 from sklearn.model_selection import train_test_split
 
 from .._docs import DOC_BATCH_SIZE, DOC_KEY_ADDED_RETURNED, DOC_LR, DOC_PAIRS_BATCH_SIZE, doc_params
 from .._keys import DEFAULT_KEY, Keys
-from .._logging import lightning_console
+from .._logging import seed as quiet_seed
 from .._record import params_record
 from .._validation import (
     check_anndata,
@@ -217,8 +216,7 @@ def train_perturbation(
     weights = _response_weights(
         expression, labels, train_cells, [control, *perturbations], train_labels, control, n_top_genes, response_weight
     )
-    with lightning_console():  # Lightning's "Seed set to", shown from sc.settings.verbosity = "hint"
-        scvi.settings.seed = seed
+    quiet_seed(seed)
     BioFormer.setup_anndata(work, layer=keys.binned, perturbation_key=perturbation_key, control=control)
     n_bins = model.module.n_bins if model is not None else None
     fitted = BioFormer(work, **architecture, n_bins=n_bins)

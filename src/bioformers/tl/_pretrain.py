@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-import scvi
 from scanpy import logging as logg
 
 from .._docs import (
@@ -22,7 +21,7 @@ from .._docs import (
     doc_params,
 )
 from .._keys import DEFAULT_KEY, Keys
-from .._logging import lightning_console
+from .._logging import seed as quiet_seed
 from .._private import private_anndata
 from .._record import params_record
 from .._validation import (
@@ -183,9 +182,9 @@ def pretrain(
     """
     keys = Keys(key_added)
     check_anndata(adata, copy=copy)
-    check_train_kwargs(
-        train_kwargs, tool=pretrain, train=MODEL_CLASSES.get(architecture, BioFormer).train, where="`bf.tl.pretrain`"
-    )
+    if architecture not in MODEL_CLASSES:
+        raise ValueError(f"`architecture` must be 'encoder' or 'decoder', not {architecture!r}.")
+    check_train_kwargs(train_kwargs, tool=pretrain, train=MODEL_CLASSES[architecture].train, where="`bf.tl.pretrain`")
     check_obs_key(adata, batch_key, argument="batch_key")
     check_obs_key(adata, labels_key, argument="labels_key")
     must_bin = keys.binned not in adata.layers
@@ -193,8 +192,6 @@ def pretrain(
         if binning not in ("value", "segment", "rank"):
             raise ValueError(f"`binning` must be 'value', 'segment' or 'rank', not {binning!r}.")
         check_counts(get_matrix(adata, layer), where=matrix_name(layer), require_integer=binning == "value")
-    if architecture not in MODEL_CLASSES:
-        raise ValueError(f"`architecture` must be 'encoder' or 'decoder', not {architecture!r}.")
     if batch_adversarial_weight < 0:
         raise ValueError(f"`batch_adversarial_weight` must be >= 0, not {batch_adversarial_weight}.")
     sizes = {"n_hidden": n_hidden, "n_layers": n_layers, "n_heads": n_heads, "max_seq_len": max_seq_len}
@@ -209,8 +206,7 @@ def pretrain(
 
     if copy:
         adata = adata.copy()
-    with lightning_console():  # Lightning's "Seed set to", shown from sc.settings.verbosity = "hint"
-        scvi.settings.seed = seed
+    quiet_seed(seed)
     work = private_anndata(adata, obs=[batch_key, labels_key], layers=[keys.binned, layer], uns=[keys.binned])
     if must_bin and binning == "rank":
         rank_values(work, n_ranks=DEFAULT_N_RANKS if n_bins is None else n_bins, layer=layer, key_added=key_added)
