@@ -8,6 +8,8 @@ from dataclasses import dataclass
 DEFAULT_KEY = "bioformers"
 #: scvi-tools registry key of the perturbation column (``setup_anndata(perturbation_key=...)``).
 PERTURBATION_KEY = "perturbation"
+#: scvi-tools registry key of the raw counts the bins came from (``setup_anndata(counts_layer=...)``).
+COUNTS_KEY = "counts"
 
 
 #: Runs of characters other than ASCII letters, digits and ``_``: each becomes one ``_`` in a key.

@@ -8,6 +8,7 @@ from ._perturbation import (
     perturbation_targets,
 )
 from ._stream import DEFAULT_CHUNK_SIZE, binned_batches
+from ._views import thin, value_binning_args, value_bins
 from ._tokenize import cell_uniforms, mask_positions, n_masked, order_by_value, prediction_masks, select_genes
 
 __all__ = [
@@ -24,4 +25,7 @@ __all__ = [
     "perturbation_targets",
     "prediction_masks",
     "select_genes",
+    "thin",
+    "value_binning_args",
+    "value_bins",
 ]

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
+from scipy import sparse
 from scvi.model.base import BaseModelClass
 
+from .._keys import COUNTS_KEY
 from .._docs import DOC_ADATA_REGISTERED, DOC_NETWORK, DOC_OBJECTIVE, doc_params
+from ..data._views import value_binning_args
 from ..module import BioFormerModule, BioFormerPerturbationModule
 from ..train import WarmupCosineTrainingPlan
 from .base import (
@@ -17,6 +21,15 @@ from .base import (
     TokenSetupMixin,
     TokenTrainingMixin,
 )
+
+
+
+def mean_shares(counts) -> np.ndarray:
+    """Each gene's mean share of a cell's counts, ``(n_genes,)``, from a cells x genes count matrix."""
+    counts = sparse.csr_matrix(counts, dtype=np.float64)
+    totals = np.asarray(counts.sum(axis=1)).ravel()
+    return np.asarray((sparse.diags(1 / totals) @ counts).mean(axis=0)).ravel()
+
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -61,6 +74,17 @@ class BioFormer(
         at weight 1 reached iLISI 0.41 and the cell types clustered better too (NMI 0.77 vs 0.57)
         (``benchmarks/results/pbmc_integration.md``).
         See :class:`~bioformers.module.BioFormerModule`.
+    count_weight
+        With raw counts registered (``setup_anndata(..., counts=True)``, as :func:`bioformers.tl.pretrain`
+        does): weight of the count objective, a negative-binomial likelihood of the cell's counts
+        decoded from CLS and the batch token, with the library size as a covariate (scVI's decoder).
+        After training the decoder is fitted to the final embeddings (:meth:`fit_count_decoder`); it
+        gives :meth:`get_normalized_expression` and :func:`bioformers.tl.predict`. 0: off.
+    view_weight
+        With raw counts registered and value binning: weight of the two-view objective, which makes the
+        CLS state of a cell and of its counts binomially thinned to a random depth (30-100%) agree
+        (Barlow Twins' redundancy reduction). Off by default: one more encoder pass per step, and on
+        PBMC 3k it did not help (``benchmarks/README.md``).
 
     Examples
     --------
@@ -92,11 +116,13 @@ class BioFormer(
         dropout: float = 0.1,
         max_seq_len: int = 256,
         value_encoder: Literal["linear", "embedding"] = "embedding",
-        mask_ratio: float = 0.1,
+        mask_ratio: float = 0.25,
         nonzero_ratio: float = 0.5,
         expression_weight: float = 10.0,
         n_bins: int | None = None,
-        batch_adversarial_weight: float = 1.0,
+        batch_adversarial_weight: float = 3.0,
+        count_weight: float = 10.0,
+        view_weight: float = 0.0,
     ):
         super().__init__(adata)
         n_bins = self._n_bins(n_bins)
@@ -120,11 +146,19 @@ class BioFormer(
             "n_batch": self._n_categories("batch"),
             "batch_adversarial_weight": batch_adversarial_weight,
             "n_extra_genes": len(extra),
+            # the count objective scores registered counts only
+            "count_weight": count_weight if self.has_counts else 0.0,
         }
+        if self.has_counts and self.binning_.get("method", "value") == "value" and view_weight > 0:
+            # thinned views are binned like the training data
+            sizes["view_weight"] = view_weight
+            sizes["view_binning"] = value_binning_args(self.binning_)
         if self.control_ is None:
             self.module = self._module_cls(adata.n_vars, **sizes)
         else:
             self.module = BioFormerPerturbationModule(adata.n_vars, n_external=N_PERTURBATION_CATEGORIES, **sizes)
+        if self.module.count_head is not None:
+            self.module.start_count_decoder(mean_shares(self.adata_manager.get_from_registry(COUNTS_KEY)))
         self._model_summary_string = (
             f"BioFormer: {adata.n_vars} genes, {n_bins} bins, n_hidden={n_hidden}, n_layers={n_layers}, "
             f"n_heads={n_heads}, max_seq_len={max_seq_len}, value_encoder={value_encoder!r}"

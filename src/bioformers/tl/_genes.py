@@ -9,6 +9,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scanpy as sc
+import torch
 from scanpy import logging as logg
 from scipy import sparse
 
@@ -25,6 +26,7 @@ from .._docs import (
 from .._keys import DEFAULT_KEY, Keys, safe_name
 from .._record import params_record
 from .._validation import check_anndata, check_n_groups, check_obs_key, did_you_mean, shown
+from ..data._views import value_binning_args, value_bins
 from ..pp._binning import bin_centers
 from ..pp._genes import DEFAULT_MIN_GENE_COVERAGE
 from ._models import require_encoder
@@ -122,17 +124,18 @@ def predict(
     model.check_prediction_args(mask_ratio=mask_ratio)
     genes = model.align_genes(adata, gene_symbols=gene_symbols, min_gene_coverage=min_gene_coverage)
     with model.prepare_query(adata, layer=layer, copy=copy, genes=genes) as query:
-        expected, best = model.get_predicted_bins(
-            query.adata,
-            mask_ratio=mask_ratio,
-            batch_size=batch_size,
-            genes=genes,
-            counts_layer=layer,
-            chunk_size=chunk_size,
-        )
-    centers = bin_centers(model.binning_, model.module.n_bins)
-    if centers is not None:
-        expected = np.interp(expected, np.arange(centers.size), centers)
+        centers = bin_centers(model.binning_, model.module.n_bins)
+        read = {"batch_size": batch_size, "genes": genes, "counts_layer": layer, "chunk_size": chunk_size}
+        if mask_ratio is None and model.module.count_head is not None:
+            # decoded by the count decoder, on the scale the training data was binned at
+            expected = model.get_normalized_expression(query.adata, **read)
+            scale = value_binning_args(model.binning_) | {"target_sum": None}  # already at the binned scale
+            best = value_bins(torch.from_numpy(expected), max_bin=model.module.n_bins - 1, **scale).numpy()
+            best[expected < 0.5] = 0  # below half a count the nearest value is 0
+        else:
+            expected, best = model.get_predicted_bins(query.adata, mask_ratio=mask_ratio, **read)
+            if centers is not None:
+                expected = np.interp(expected, np.arange(centers.size), centers)
     expected = genes.put(expected.astype(np.float32), fill=np.nan)
     best = genes.put(best.astype(np.int16), fill=-1)
     record = {

@@ -75,11 +75,13 @@ def pretrain(
     max_seq_len: int = 256,
     value_encoder: Literal["linear", "embedding"] = "embedding",
     architecture: Literal["encoder", "decoder"] = "encoder",
-    batch_adversarial_weight: float = 1.0,
+    batch_adversarial_weight: float = 3.0,
+    count_weight: float = 10.0,
+    view_weight: float = 0.0,
     max_epochs: int | None = None,
     batch_size: int = 64,
     lr: float = 1e-3,
-    mask_ratio: float = 0.1,
+    mask_ratio: float = 0.25,
     nonzero_ratio: float = 0.5,
     seed: int = 0,
     key_added: str = DEFAULT_KEY,
@@ -131,6 +133,13 @@ def pretrain(
     batch_adversarial_weight
         Encoder with ``batch_key``: weight of an adversarial batch classifier on the embedding (0: off;
         see :class:`bioformers.BioFormer`).
+    count_weight
+        Encoder with value binning: weight of the count objective, a negative-binomial likelihood of
+        the raw counts decoded from the cell embedding with the library size as a covariate (scVI's
+        decoder); its decoder gives :func:`bioformers.tl.predict` (see :class:`bioformers.BioFormer`). 0: off.
+    view_weight
+        Encoder with value binning: weight of the two-view objective on counts thinned to a random depth
+        (see :class:`bioformers.BioFormer`; off by default).
     max_epochs
         Passes over the data; ``None`` picks 5 to 30 by data size.
     {batch_size}
@@ -192,14 +201,18 @@ def pretrain(
         if binning not in ("value", "segment", "rank"):
             raise ValueError(f"`binning` must be 'value', 'segment' or 'rank', not {binning!r}.")
         check_counts(get_matrix(adata, layer), where=matrix_name(layer), require_integer=binning == "value")
-    if batch_adversarial_weight < 0:
-        raise ValueError(f"`batch_adversarial_weight` must be >= 0, not {batch_adversarial_weight}.")
+    for name, weight in {"batch_adversarial_weight": batch_adversarial_weight, "count_weight": count_weight,
+                         "view_weight": view_weight}.items():
+        if weight < 0:
+            raise ValueError(f"`{name}` must be >= 0, not {weight}.")
     sizes = {"n_hidden": n_hidden, "n_layers": n_layers, "n_heads": n_heads, "max_seq_len": max_seq_len}
     sizes["value_encoder"] = value_encoder
     objective = {"mask_ratio": mask_ratio, "nonzero_ratio": nonzero_ratio}
     check_module_arguments(**sizes, **objective)
     if architecture == "encoder":  # the decoder's objective (next gene) has no masking
         objective["batch_adversarial_weight"] = batch_adversarial_weight
+        objective["count_weight"] = count_weight
+        objective["view_weight"] = view_weight
     else:
         objective = {}
     check_batch_size(adata.n_obs, batch_size)
@@ -214,7 +227,8 @@ def pretrain(
         bin_values(work, method=binning, n_bins=n_bins, layer=layer, key_added=key_added)
     warn_genes_without_counts(work.layers[keys.binned], where=matrix_name(layer if must_bin else keys.binned))
     model_cls = MODEL_CLASSES[architecture]
-    model_cls.setup_anndata(work, layer=keys.binned, batch_key=batch_key, labels_key=labels_key)
+    counts = architecture == "encoder" and (count_weight > 0 or view_weight > 0) and work.uns[keys.binned]["params"].get("method") == "value"
+    model_cls.setup_anndata(work, layer=keys.binned, batch_key=batch_key, labels_key=labels_key, counts=counts)
     model = model_cls(work, **sizes, **objective)
     model.train(max_epochs=max_epochs, batch_size=batch_size, lr=lr, **train_kwargs)
     binned = (work.layers[keys.binned], work.uns[keys.binned]) if must_bin else None
@@ -236,6 +250,8 @@ def pretrain(
             nonzero_ratio=nonzero_ratio,
             architecture=architecture,
             batch_adversarial_weight=batch_adversarial_weight,
+            count_weight=count_weight,
+            view_weight=view_weight,
             max_epochs=len(model.loss_history()["train_loss"]),
             batch_size=batch_size,
             lr=lr,

@@ -6,7 +6,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from scipy import sparse
+from scvi import REGISTRY_KEYS
 
+from ..._keys import COUNTS_KEY
 from ..._docs import DOC_BATCH_SIZE, doc_params
 from ...data import prediction_masks
 from ...pp._genes import DEFAULT_MIN_GENE_COVERAGE
@@ -119,6 +122,94 @@ class MaskedPredictionMixin:
                 expected_chunks.append(expected.float().cpu())
                 best_chunks.append(best.cpu())
         return torch.cat(expected_chunks).numpy(), torch.cat(best_chunks).numpy()
+
+    def _finish_training(self) -> None:
+        super()._finish_training()
+        if self.module.count_head is not None and self.has_counts:
+            self.fit_count_decoder()
+
+    def fit_count_decoder(self, *, steps: int = 4000, seed: int = 0) -> list[float]:
+        """Fit the count decoder to the final cell embeddings of the training data (run at the end of ``train``).
+
+        See :meth:`bioformers.module.BioFormerModule.fit_count_decoder`; the network is unchanged, so
+        embeddings stay the same.
+
+        Parameters
+        ----------
+        steps
+            Adam steps.
+        seed
+            Seed of the minibatch draws.
+
+        Returns
+        -------
+        list of float
+            The loss of every 100th step.
+        """
+        cls = torch.as_tensor(self.get_latent_representation(), device=self.device)
+        batch = None
+        if self.module.n_batch:
+            codes = self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)
+            batch = torch.as_tensor(np.asarray(codes).ravel(), device=self.device)
+        counts = sparse.csr_matrix(self.adata_manager.get_from_registry(COUNTS_KEY), dtype=np.float32)
+        return self.module.fit_count_decoder(cls, counts, batch, steps=steps, seed=seed)
+
+    @torch.inference_mode()
+    @doc_params(batch_size=DOC_BATCH_SIZE)
+    def get_normalized_expression(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        *,
+        library_size: float | None = None,
+        batch_size: int | None = None,
+        gene_symbols: str | None = None,
+        min_gene_coverage: float = DEFAULT_MIN_GENE_COVERAGE,
+        genes: GeneAlignment | None = None,
+        counts_layer: str | None = None,
+        chunk_size: int | None = None,
+    ) -> np.ndarray:
+        """Each cell's expression decoded from its CLS state by the count decoder, scaled to ``library_size``.
+
+        The decoder's share of every gene (scVI's ``px_scale``, the mean of the negative binomial the
+        counts were trained under, divided by the library size) times ``library_size``: denoised,
+        depth-normalised expression, as :meth:`scvi.model.SCVI.get_normalized_expression` gives it.
+        Batch-averaged when the model has batch tokens. Needs a model trained with the count
+        objective (``count_weight > 0``, the default of :func:`bioformers.tl.pretrain`).
+
+        Parameters
+        ----------
+        adata, indices
+            As in :meth:`get_predicted_bins`.
+        library_size
+            Total each cell is scaled to; ``None``: the ``target_sum`` the training data was binned at
+            (the scale of ``layers['bioformers_predicted']``), 1e4 when it was not normalised.
+        {batch_size}
+        gene_symbols, min_gene_coverage, genes, counts_layer, chunk_size
+            As in :meth:`get_latent_representation`.
+
+        Returns
+        -------
+        :class:`~numpy.ndarray`
+            ``float32`` ``(n_cells, n_model_genes)``, columns in the order of ``model.genes_``.
+        """
+        if self.module.count_head is None:
+            raise ValueError(
+                "This model has no count decoder (it was trained with `count_weight=0`, or without raw counts). Use "
+                "`get_predicted_bins`, or pretrain with `bf.tl.pretrain(adata)`'s default `count_weight`."
+            )
+        if library_size is None:
+            library_size = float(self.binning_.get("target_sum", 1e4))
+        if adata is not None and genes is None:
+            genes = self.align_genes(adata, gene_symbols=gene_symbols, min_gene_coverage=min_gene_coverage)
+        batches = self.binned_batches(
+            adata, indices, batch_size or 128, genes=genes, counts_layer=counts_layer, chunk_size=chunk_size
+        )
+        chunks = []
+        with self.inference_context():
+            for bins in batches:
+                chunks.append((self.module.normalized_expression(bins) * library_size).cpu())
+        return torch.cat(chunks).numpy()
 
     @torch.inference_mode()
     def get_masked_predictions(

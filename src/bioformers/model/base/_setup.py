@@ -11,15 +11,17 @@ from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, LayerField
 
 from ..._docs import DOC_CONDITION_KIND, DOC_RETURNS_SETUP, DOC_SCVI_FIELDS, DOC_SETUP_KWARGS, doc_params
-from ..._keys import PERTURBATION_KEY, Keys
+from ..._keys import COUNTS_KEY, PERTURBATION_KEY, Keys
 from ..._validation import (
     check_anndata,
     check_control,
+    check_counts,
     check_dtype,
     check_obs_key,
     check_setup_kwargs,
     did_you_mean,
     get_matrix,
+    matrix_name,
     shown,
 )
 
@@ -64,6 +66,11 @@ class TokenSetupMixin:
         super()._restore(attributes)
         self.binning_ = attributes["binning"]
 
+    @property
+    def has_counts(self) -> bool:
+        """Whether the raw counts were registered (``setup_anndata(..., counts=True)``)."""
+        return bool(self.registry_["setup_args"].get("counts", False))
+
     def _n_categories(self, kind: Literal["labels", "batch"]) -> int:
         """Categories of the registered ``labels_key`` / ``batch_key`` column (0 when not registered)."""
         if self.registry_["setup_args"].get(f"{kind}_key") is None:
@@ -80,6 +87,7 @@ class TokenSetupMixin:
         labels_key: str | None = None,
         perturbation_key: str | None = None,
         control: str = "control",
+        counts: bool = False,
         **kwargs,
     ) -> None:
         """Register the binned values (and optional batch, label and perturbation columns) with scvi-tools.
@@ -105,6 +113,10 @@ class TokenSetupMixin:
             a measured gene; see :func:`bioformers.tl.train_perturbation`.
         control
             The label of control cells in ``perturbation_key``.
+        counts
+            Also register the raw counts the bins were made from (the layer named in the binning
+            record, ``adata.X`` when it names none), which the count objective of
+            :class:`~bioformers.BioFormer` (``count_weight``) scores. They must be whole numbers.
         {kwargs}
 
         Returns
@@ -150,6 +162,7 @@ class TokenSetupMixin:
         if perturbation_key is not None:
             check_control(adata.obs[perturbation_key], control, perturbation_key)
         setup_method_args = cls._get_setup_method_args(**locals())
+        source = _counts_source(adata, layer) if counts else None
         fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
             CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
@@ -157,6 +170,8 @@ class TokenSetupMixin:
         ]
         if perturbation_key is not None:
             fields.append(CategoricalObsField(PERTURBATION_KEY, perturbation_key))
+        if counts:
+            fields.append(LayerField(COUNTS_KEY, source, is_count_data=True))
         adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
         adata_manager.register_fields(adata, **kwargs)
         cls.register_manager(adata_manager)
@@ -179,6 +194,18 @@ class TokenSetupMixin:
             return []
         registry_key = REGISTRY_KEYS.LABELS_KEY if kind == "labels" else REGISTRY_KEYS.BATCH_KEY
         return [str(c) for c in self.adata_manager.get_state_registry(registry_key).categorical_mapping]
+
+
+def _counts_source(adata: AnnData, layer: str) -> str | None:
+    """The layer with the raw counts that ``layers[layer]`` was binned from (``None``: ``adata.X``), checked."""
+    source = adata.uns.get(layer, {}).get("params", {}).get("layer")
+    if source is not None and source not in adata.layers:
+        raise KeyError(
+            f"`counts=True` registers the raw counts that {layer!r} was binned from, layer {source!r}, which is not in "
+            f"`adata.layers` ({shown(adata.layers.keys())}). Add it, or pass `counts=False`."
+        )
+    check_counts(get_matrix(adata, source), where=matrix_name(source), require_integer=True)
+    return source
 
 
 def _check_bins(X, layer: str) -> None:

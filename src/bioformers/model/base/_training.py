@@ -186,6 +186,10 @@ class TokenTrainingMixin(UnsupervisedTrainingMixin):
             gradient_clip_val=gradient_clip_val,
             **trainer_kwargs,
         )
+        self._finish_training()
+
+    def _finish_training(self) -> None:
+        """Work after the optimiser's last step (a hook: the encoder fits its count decoder here)."""
 
 
 def train_in_session(model: UnsupervisedTrainingMixin, session: TrainingSession, **train_kwargs) -> None:
