@@ -157,7 +157,9 @@ def run_annotation(seed: int, options: dict, baselines: bool) -> dict:
         truth = query.obs["cell_type"].astype(str).to_numpy()
         # classes with a single reference cell cannot be learned (nor validated): unlabelled, for every method
         counts = ref.obs["cell_type"].value_counts()
-        ref.obs["reference_label"] = ref.obs["cell_type"].astype(str).mask(ref.obs["cell_type"].isin(counts.index[counts < 2]))
+        ref.obs["reference_label"] = (
+            ref.obs["cell_type"].astype(str).mask(ref.obs["cell_type"].isin(counts.index[counts < 2]))
+        )
         labelled = ref.obs["reference_label"].notna().to_numpy()
         fold = out["macro_f1"].setdefault(chemistry, {})
         if baselines:
@@ -173,8 +175,11 @@ def run_annotation(seed: int, options: dict, baselines: bool) -> dict:
 
 
 def mean_sd(values: list[float]) -> str:
+    """``mean ± sd`` (sample sd) of the seeds' values; the value alone for one seed."""
     values = np.asarray(values, dtype=float)
-    return f"{values.mean():.3f} ± {values.std(ddof=1) if values.size > 1 else 0:.3f}"
+    if values.size == 1:
+        return f"{values[0]:.3f} (1 seed)"
+    return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
 
 
 def report(runs: dict, args, options: dict) -> str:
@@ -195,17 +200,28 @@ def report(runs: dict, args, options: dict) -> str:
                 values.append(node)
         return values
 
-    if "pbmc3k" in args.sections:
-        lines += ["## PBMC 3k", "", "| method | KMeans AvgBIO | best-Leiden AvgBIO | predicted expression, median gene r |"]
+    if any("pbmc3k" in run for run in runs.values()):
+        lines += [
+            "## PBMC 3k",
+            "",
+            "| method | KMeans AvgBIO | best-Leiden AvgBIO | predicted expression, median gene r |",
+        ]
         lines += ["|---|---|---|---|"]
         for name in ("PCA", "scVI", "bioformers"):
-            kmeans, leiden = collect("pbmc3k", "clustering", name, "kmeans"), collect("pbmc3k", "clustering", name, "leiden")
+            kmeans, leiden = (
+                collect("pbmc3k", "clustering", name, "kmeans"),
+                collect("pbmc3k", "clustering", name, "leiden"),
+            )
             r = collect("pbmc3k", "predicted_r", name)
             if kmeans:
                 lines.append(f"| {name} | {mean_sd(kmeans)} | {mean_sd(leiden)} | {mean_sd(r) if r else ''} |")
         lines.append("")
-    if "chemistries" in args.sections:
-        lines += ["## Three PBMC chemistries", "", "| method | KMeans AvgBIO | best-Leiden AvgBIO | bio | batch | overall |"]
+    if any("chemistries" in run for run in runs.values()):
+        lines += [
+            "## Three PBMC chemistries",
+            "",
+            "| method | KMeans AvgBIO | best-Leiden AvgBIO | bio | batch | overall |",
+        ]
         lines += ["|---|---|---|---|---|---|"]
         for name in ("PCA", "scVI", "bioformers", "scVI (batch_key)", "bioformers (batch_key)"):
             kmeans = collect("chemistries", "clustering", name, "kmeans")
@@ -217,8 +233,8 @@ def report(runs: dict, args, options: dict) -> str:
                 cells.append(mean_sd(values) if values else "")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
-    if "annotation" in args.sections:
-        folds = list(runs[seeds[0]]["annotation"]["macro_f1"])
+    if any("annotation" in run for run in runs.values()):
+        folds = list(next(run for run in runs.values() if "annotation" in run)["annotation"]["macro_f1"])
         lines += ["## Annotation across chemistries (macro-F1; query = the named chemistry)", ""]
         lines += ["| method | " + " | ".join(folds) + " | mean |", "|---" * (len(folds) + 2) + "|"]
         for name in ("LogReg", "bioformers"):
@@ -256,12 +272,18 @@ def main() -> None:
             start = time.perf_counter()
             runs[seed][section] = runners[section](seed, options, not args.no_baselines)
             print(f"seed {seed} {section} ({time.perf_counter() - start:.0f} s): {json.dumps(runs[seed][section])}")
+            write(runs, args, options)  # after every section: an interrupted run keeps what it measured
+    print(write(runs, args, options))
+
+
+def write(runs: dict, args, options: dict) -> str:
+    """Write ``results/cell_representations[_tag].{md,json}``; return the markdown."""
     text = report(runs, args, options)
-    print(text)
     RESULTS.mkdir(exist_ok=True)
     name = "cell_representations" + (f"_{args.tag}" if args.tag else "")
     (RESULTS / f"{name}.md").write_text(text + "\n")
     (RESULTS / f"{name}.json").write_text(json.dumps({"options": options, "runs": runs}, indent=1) + "\n")
+    return text
 
 
 if __name__ == "__main__":

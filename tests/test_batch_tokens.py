@@ -79,7 +79,7 @@ def test_embedding_does_not_need_the_batch(with_and_without):
 def test_adversary_is_optional_and_recorded(with_and_without):
     _, _, corrected, model = with_and_without
     assert model.module.batch_classifier is not None
-    assert corrected.uns["bioformers"]["params"]["batch_adversarial_weight"] == 1.0
+    assert corrected.uns["bioformers"]["params"]["batch_adversarial_weight"] == 3.0
     assert "batch_loss_train" in model.history_
     adata = bf.datasets.synthetic(n_obs=64, n_vars=20)
     token_only = bf.tl.pretrain(

@@ -88,7 +88,26 @@ def registered(model: BaseModelClass, adata: ad.AnnData | None) -> Iterator[ad.A
         yield validated(model, adata)
         return
     work = mirror(adata)
+    if getattr(model, "has_counts", False):
+        _stand_in_counts(model, work)
     try:
         yield validated(model, work)
     finally:
         forget(model, work)
+
+
+def _stand_in_counts(model: BaseModelClass, work: ad.AnnData) -> None:
+    """Give a query without raw counts its bins in their place, so scvi-tools can register it.
+
+    scvi-tools registers every field of the model's registry, the raw counts of the count objective
+    among them, but reading cells for inference uses only the bins: a query that has no counts
+    matrix (an AnnData holding only the binned layer) gets the binned layer in its place.
+    """
+    binned = model.registry_["setup_args"]["layer"]
+    if binned not in work.layers:
+        return
+    source = work.uns.get(binned, {}).get("params", {}).get("layer")
+    if source is None and work.X is None:
+        work.X = work.layers[binned]
+    elif source is not None and source not in work.layers:
+        work.layers[source] = work.layers[binned]

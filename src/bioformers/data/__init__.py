@@ -8,8 +8,8 @@ from ._perturbation import (
     perturbation_targets,
 )
 from ._stream import DEFAULT_CHUNK_SIZE, binned_batches
-from ._views import thin, value_binning_args, value_bins
 from ._tokenize import cell_uniforms, mask_positions, n_masked, order_by_value, prediction_masks, select_genes
+from ._views import thin, value_binning_args, value_bins
 
 __all__ = [
     "COMBINATION_SEPARATOR",

@@ -55,7 +55,9 @@ def value_bins(
     if target_sum is not None:
         x = x * (target_sum / x.sum(dim=1, keepdim=True).clamp(min=1))
     bins = torch.floor(x + 0.5).clamp(min=1)
-    log_bins = math.floor(cutoff + 0.5) + torch.ceil((torch.log2(x.clamp(min=cutoff)) - math.log2(cutoff)) * bins_per_octave)
+    log_bins = math.floor(cutoff + 0.5) + torch.ceil(
+        (torch.log2(x.clamp(min=cutoff)) - math.log2(cutoff)) * bins_per_octave
+    )
     bins = torch.where(x > cutoff, log_bins, bins)
     return torch.where(x > 0, bins, 0).clamp(max=max_bin).long()
 

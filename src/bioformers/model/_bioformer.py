@@ -8,8 +8,8 @@ import numpy as np
 from scipy import sparse
 from scvi.model.base import BaseModelClass
 
-from .._keys import COUNTS_KEY
 from .._docs import DOC_ADATA_REGISTERED, DOC_NETWORK, DOC_OBJECTIVE, doc_params
+from .._keys import COUNTS_KEY
 from ..data._views import value_binning_args
 from ..module import BioFormerModule, BioFormerPerturbationModule
 from ..train import WarmupCosineTrainingPlan
@@ -21,7 +21,6 @@ from .base import (
     TokenSetupMixin,
     TokenTrainingMixin,
 )
-
 
 
 def mean_shares(counts) -> np.ndarray:

@@ -82,7 +82,9 @@ def predict(
         {view}
     {model}
     mask_ratio
-        ``None``: every gene is decoded from the cell's CLS state (denoised expression).
+        ``None``: every gene is decoded from the cell's CLS state (denoised expression): by the
+        count decoder when the model has one (the default of :func:`bioformers.tl.pretrain`; see
+        :meth:`bioformers.BioFormer.get_normalized_expression`), else by the bin decoder.
         A fraction in (0, 1): each gene is predicted by the masked-modelling head from the rest of
         the cell, with that fraction of the cell's genes hidden at a time (imputation); see
         :meth:`bioformers.BioFormer.get_predicted_bins`.
@@ -96,11 +98,13 @@ def predict(
     {returns_copy}
 
         ``adata.layers['bioformers_predicted']`` : :class:`~numpy.ndarray` ``float32`` (n_obs, n_vars)
-            The expected bin mapped back to the binned scale (normalised counts for value binning;
-            bin units for segment and rank tokens, which have no common value scale); NaN for genes
-            the model does not know.
+            Without ``mask_ratio`` and with a count decoder: the decoded expression, normalised to
+            the total the training data was binned at. Otherwise the expected bin mapped back to the
+            binned scale (normalised counts for value binning; bin units for segment and rank tokens,
+            which have no common value scale). NaN for genes the model does not know.
         ``adata.layers['bioformers_predicted_bins']`` : :class:`~numpy.ndarray` ``int16`` (n_obs, n_vars)
-            The most likely bin; -1 for genes the model does not know.
+            The most likely bin (from the count decoder: the bin of the decoded value, 0 below half a
+            count); -1 for genes the model does not know.
         ``adata.uns['bioformers_predicted']`` : :class:`dict`
             ``params``: the arguments, ``genes_found``, ``scale`` (``"normalized counts"``,
             ``"counts"`` or ``"bins"``) and the model class.

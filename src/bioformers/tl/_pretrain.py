@@ -201,8 +201,11 @@ def pretrain(
         if binning not in ("value", "segment", "rank"):
             raise ValueError(f"`binning` must be 'value', 'segment' or 'rank', not {binning!r}.")
         check_counts(get_matrix(adata, layer), where=matrix_name(layer), require_integer=binning == "value")
-    for name, weight in {"batch_adversarial_weight": batch_adversarial_weight, "count_weight": count_weight,
-                         "view_weight": view_weight}.items():
+    for name, weight in {
+        "batch_adversarial_weight": batch_adversarial_weight,
+        "count_weight": count_weight,
+        "view_weight": view_weight,
+    }.items():
         if weight < 0:
             raise ValueError(f"`{name}` must be >= 0, not {weight}.")
     sizes = {"n_hidden": n_hidden, "n_layers": n_layers, "n_heads": n_heads, "max_seq_len": max_seq_len}
@@ -227,7 +230,11 @@ def pretrain(
         bin_values(work, method=binning, n_bins=n_bins, layer=layer, key_added=key_added)
     warn_genes_without_counts(work.layers[keys.binned], where=matrix_name(layer if must_bin else keys.binned))
     model_cls = MODEL_CLASSES[architecture]
-    counts = architecture == "encoder" and (count_weight > 0 or view_weight > 0) and work.uns[keys.binned]["params"].get("method") == "value"
+    counts = (
+        architecture == "encoder"
+        and (count_weight > 0 or view_weight > 0)
+        and work.uns[keys.binned]["params"].get("method") == "value"
+    )
     model_cls.setup_anndata(work, layer=keys.binned, batch_key=batch_key, labels_key=labels_key, counts=counts)
     model = model_cls(work, **sizes, **objective)
     model.train(max_epochs=max_epochs, batch_size=batch_size, lr=lr, **train_kwargs)

@@ -9,8 +9,8 @@ import torch
 from scipy import sparse
 from scvi import REGISTRY_KEYS
 
-from ..._keys import COUNTS_KEY
 from ..._docs import DOC_BATCH_SIZE, doc_params
+from ..._keys import COUNTS_KEY
 from ...data import prediction_masks
 from ...pp._genes import DEFAULT_MIN_GENE_COVERAGE
 
@@ -173,7 +173,7 @@ class MaskedPredictionMixin:
 
         The decoder's share of every gene (scVI's ``px_scale``, the mean of the negative binomial the
         counts were trained under, divided by the library size) times ``library_size``: denoised,
-        depth-normalised expression, as :meth:`scvi.model.SCVI.get_normalized_expression` gives it.
+        depth-normalised expression, as scVI's ``get_normalized_expression`` gives it.
         Batch-averaged when the model has batch tokens. Needs a model trained with the count
         objective (``count_weight > 0``, the default of :func:`bioformers.tl.pretrain`).
 
