@@ -10,8 +10,7 @@ from scipy import sparse
 import bioformers as bf
 from bioformers._keys import COUNTS_KEY
 from bioformers.data._views import thin, value_bins
-from bioformers.module import BioFormerModule
-from bioformers.module._bioformer import redundancy_reduction
+from bioformers.module import BioFormerModule, redundancy_reduction
 from bioformers.pp._binning import bin_counts
 
 N_GENES = 30

@@ -23,9 +23,9 @@ from .._docs import (
     doc_returns_loss,
 )
 from .._keys import COUNTS_KEY
-from ..data import mask_positions, n_masked, select_genes
-from ..data._views import thin, value_bins
+from ..data import mask_positions, n_masked, select_genes, thin, value_bins
 from ..nn import TransformerEncoder, ValueEncoder
+from ._objectives import redundancy_reduction
 
 #: Smallest share of a cell's molecules that a thinned view keeps.
 VIEW_MIN_DEPTH = 0.3
@@ -85,7 +85,8 @@ class BioFormerModule(BaseModuleClass):
     view_weight
         Weight of the two-view objective (0: off): the CLS state of the masked cell and of its counts
         thinned to a random depth (``bioformers.data.thin``), binned again, must agree under
-        ``redundancy_reduction`` (Barlow Twins) of a small projector's outputs. Needs the raw counts.
+        :func:`~bioformers.module.redundancy_reduction` (Barlow Twins) of a small projector's
+        outputs. Needs the raw counts.
     view_binning
         How thinned views are binned: ``target_sum``, ``cutoff`` and ``bins_per_octave`` of the
         training data's value binning (``bioformers.data.value_bins``).
@@ -491,60 +492,6 @@ class BioFormerModule(BaseModuleClass):
         shares = torch.as_tensor(shares, dtype=torch.float32)
         self.count_head.bias.copy_(torch.log(shares + 1e-8 + 1e-3 / shares.numel()))
 
-    @torch.enable_grad()
-    def fit_count_decoder(
-        self,
-        cls: torch.Tensor,
-        counts: torch.Tensor,
-        batch_index: torch.Tensor | None = None,
-        *,
-        steps: int = 4000,
-        batch_size: int = 256,
-        lr: float = 1e-2,
-        seed: int = 0,
-    ) -> list[float]:
-        """Fit the count decoder (and the dispersions) to fixed CLS states, the network unchanged.
-
-        Training moves the embedding under the decoder until the last step, and its few hundred
-        steps leave a linear decoder far from fitted: on PBMC 3k its predictions tracked the data
-        with a median per-gene r of 0.10 after training and 0.25 after this fit (4,000 steps of 256
-        cells; ``benchmarks/README.md``). The fit is the decoder's negative-binomial likelihood on minibatches of
-        the final, unmasked CLS states, with Adam: a convex-like problem in a linear layer, seconds long.
-
-        Parameters
-        ----------
-        cls
-            CLS states of the training cells, ``(cells, n_hidden)``.
-        counts
-            Their raw counts, ``(cells, n_genes)`` (dense, or sparse rows are densified per minibatch).
-        batch_index
-            Their batch codes, ``(cells,)``; ``None`` without batch tokens.
-        steps, batch_size, lr
-            Adam steps, cells per step, learning rate.
-        seed
-            Seed of the minibatch draws.
-
-        Returns
-        -------
-        list of float
-            The loss of every 100th step.
-        """
-        parameters = [*self.count_head.parameters(), self.log_dispersion]
-        optimizer = torch.optim.Adam(parameters, lr=lr)
-        generator = torch.Generator().manual_seed(seed)
-        losses = []
-        for step in range(steps):
-            rows = torch.randint(0, len(cls), (min(batch_size, len(cls)),), generator=generator)
-            batch = None if batch_index is None else self.batch_token(batch_index[rows], len(rows), cls.dtype).detach()
-            loss = self.count_nll(self.decode_counts(cls[rows], batch), _dense_rows(counts, rows, cls.device)).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if step % 100 == 0:
-                losses.append(float(loss.detach()))
-        optimizer.zero_grad(set_to_none=True)  # leave no gradients on the model
-        return losses
-
     def count_nll(self, count_logits: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """Negative-binomial negative log-likelihood of each cell's counts, averaged over genes, ``(cells,)``.
 
@@ -707,30 +654,6 @@ class _GradientReversal(torch.autograd.Function):
 def _reverse_gradient(x: torch.Tensor) -> torch.Tensor:
     """Identity forward, negated gradient backward (Ganin & Lempitsky 2015)."""
     return _GradientReversal.apply(x)
-
-
-def redundancy_reduction(z1: torch.Tensor, z2: torch.Tensor, off_diagonal: float | None = None) -> torch.Tensor:
-    """Barlow Twins' loss between two views' projections, ``(cells, dim)`` each, divided by ``dim``.
-
-    Each column is standardised over the minibatch; ``C`` is the cross-correlation matrix of the two
-    views. The loss is ``sum_i (1 - C_ii)^2 + off_diagonal * sum_{i != j} C_ij^2``: the same cell
-    must give the same features in both views, and features must not repeat each other.
-    ``off_diagonal`` defaults to ``1 / dim``.
-    """
-    n, dim = z1.shape
-    z1 = (z1 - z1.mean(dim=0)) / z1.std(dim=0, correction=0).clamp(min=1e-4)
-    z2 = (z2 - z2.mean(dim=0)) / z2.std(dim=0, correction=0).clamp(min=1e-4)
-    c = z1.T @ z2 / n
-    on = (1 - c.diagonal()).pow(2).sum()
-    off = c.pow(2).sum() - c.diagonal().pow(2).sum()
-    return (on + (1.0 / dim if off_diagonal is None else off_diagonal) * off) / dim
-
-
-def _dense_rows(matrix, rows: torch.Tensor, device) -> torch.Tensor:
-    """Rows of a tensor or a scipy sparse matrix as a dense float tensor on ``device``."""
-    if isinstance(matrix, torch.Tensor):
-        return matrix[rows.to(matrix.device)].to(device)
-    return torch.as_tensor(matrix[rows.numpy()].toarray(), dtype=torch.float32, device=device)
 
 
 def cell_depth(bins: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ from scvi import REGISTRY_KEYS
 from ..._docs import DOC_BATCH_SIZE, doc_params
 from ..._keys import COUNTS_KEY
 from ...data import prediction_masks
+from ...module import fit_count_decoder
 from ...pp._genes import DEFAULT_MIN_GENE_COVERAGE
 
 if TYPE_CHECKING:
@@ -131,7 +132,7 @@ class MaskedPredictionMixin:
     def fit_count_decoder(self, *, steps: int = 4000, seed: int = 0) -> list[float]:
         """Fit the count decoder to the final cell embeddings of the training data (run at the end of ``train``).
 
-        See :meth:`bioformers.module.BioFormerModule.fit_count_decoder`; the network is unchanged, so
+        See :func:`bioformers.module.fit_count_decoder`; the network is unchanged, so
         embeddings stay the same.
 
         Parameters
@@ -152,7 +153,7 @@ class MaskedPredictionMixin:
             codes = self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)
             batch = torch.as_tensor(np.asarray(codes).ravel(), device=self.device)
         counts = sparse.csr_matrix(self.adata_manager.get_from_registry(COUNTS_KEY), dtype=np.float32)
-        return self.module.fit_count_decoder(cls, counts, batch, steps=steps, seed=seed)
+        return fit_count_decoder(self.module, cls, counts, batch, steps=steps, seed=seed)
 
     @torch.inference_mode()
     @doc_params(batch_size=DOC_BATCH_SIZE)
