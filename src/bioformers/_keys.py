@@ -85,6 +85,15 @@ class Keys:
         return f"{self.attention}_{safe_name(group)}"
 
     @property
+    def grn(self) -> str:
+        """``varp[...]`` with the GRN of :func:`bioformers.tl.grn` (rows regulate columns); ``uns[...]`` its record."""
+        return f"{self.base}_grn"
+
+    def grn_group(self, group: object) -> str:
+        """``varp[...]`` with the GRN of one group: its label made safe by :func:`safe_name`."""
+        return f"{self.grn}_{safe_name(group)}"
+
+    @property
     def similarity(self) -> str:
         """``varp[...]`` with the gene-embedding similarity GRN."""
         return f"{self.base}_similarity"

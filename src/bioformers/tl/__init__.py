@@ -3,6 +3,7 @@
 from ._annotate import annotate
 from ._generate import generate
 from ._genes import attention_grn, gene_embeddings, gene_programs, predict
+from ._grn import grn
 from ._in_silico import in_silico_perturb
 from ._perturbation import predict_perturbation, train_perturbation
 from ._pretrain import embed, pretrain
@@ -14,6 +15,7 @@ __all__ = [
     "gene_embeddings",
     "gene_programs",
     "generate",
+    "grn",
     "in_silico_perturb",
     "predict",
     "predict_perturbation",

@@ -292,7 +292,7 @@ def attention_grn(
         raise ValueError(f"`top_k={top_k!r}` must be a positive number of genes per row, or None to keep dense.")
     if not 0 <= min_detection <= 1:
         raise ValueError(f"`min_detection={min_detection!r}` must be a fraction of cells, from 0 to 1.")
-    groups = _groups(adata, groupby, max_groups=max_groups, keys=keys) if groupby is not None else {}
+    groups = _groups(adata, groupby, max_groups=max_groups, key_of=keys.attention_group) if groupby is not None else {}
     rng = np.random.default_rng(seed)
 
     def subsample(cells: np.ndarray) -> np.ndarray:
@@ -359,8 +359,11 @@ def attention_grn(
     return adata if copy else None
 
 
-def _groups(adata: ad.AnnData, groupby: str, *, max_groups: int, keys: Keys) -> dict[str, np.ndarray]:
-    """Cell indices of each group of ``adata.obs[groupby]``, checked for what ``varp`` can hold."""
+def _groups(adata: ad.AnnData, groupby: str, *, max_groups: int, key_of) -> dict[str, np.ndarray]:
+    """Cell indices of each group of ``adata.obs[groupby]``, checked for what ``varp`` can hold.
+
+    ``key_of`` gives the ``varp`` key of a group's label (e.g. :meth:`~bioformers._keys.Keys.attention_group`).
+    """
     check_obs_key(adata, groupby, argument="groupby")
     labels = adata.obs[groupby]
     categories = labels.cat.categories if isinstance(labels.dtype, pd.CategoricalDtype) else pd.unique(labels)
@@ -378,9 +381,9 @@ def _groups(adata: ad.AnnData, groupby: str, *, max_groups: int, keys: Keys) -> 
         if not safe_name(name):
             raise ValueError(
                 f"Group {name!r} of `adata.obs[{groupby!r}]` has no letter or digit to name its key "
-                f"`varp[{keys.attention_group(name)!r}]`. Rename the category."
+                f"`varp[{key_of(name)!r}]`. Rename the category."
             )
-        key = keys.attention_group(name)
+        key = key_of(name)
         if key in by_key:
             raise ValueError(
                 f"Groups {by_key[key]!r} and {name!r} of `adata.obs[{groupby!r}]` would both be stored as "
@@ -404,7 +407,7 @@ def _warn_small_groups(group_cells: dict[str, np.ndarray], groupby: str | None) 
     if small:
         named = ", ".join(f"{g!r} ({n} cell{'s' if n != 1 else ''})" for g, n in small.items())
         warnings.warn(
-            f"Groups of `adata.obs[{groupby!r}]` with fewer than {MIN_GROUP_CELLS} cells: {named}. Their attention "
+            f"Groups of `adata.obs[{groupby!r}]` with fewer than {MIN_GROUP_CELLS} cells: {named}. Their "
             "GRNs average too few cells to tell a network from noise; merge or drop these groups, or read their "
             "matrices with care.",
             UserWarning,
