@@ -98,7 +98,7 @@ def test_correlation_per_group_needs_no_model():
         ({"regulators": ["NOT_A_GENE"]}, KeyError, "not among the genes"),
         ({"n_cells": 1}, ValueError, "at least 2"),
         ({"groupby": "single"}, ValueError, "single cell"),
-        ({"layer": "count"}, KeyError, "not a layer"),
+        ({"layer": "count"}, KeyError, "not found"),
     ],
 )
 def test_bad_input_is_refused_before_writing(planted_models, snapshot, assert_unchanged, kwargs, error, match):

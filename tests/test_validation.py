@@ -244,6 +244,11 @@ ENTRIES = {
         "counts",
         _reads_counts(QUERY, backed=None),
     ),
+    "tl.grn": Entry(
+        lambda adata, models, **kw: bf.tl.grn(adata, models["pretrained"], n_cells=20, **kw),
+        "counts",
+        _reads_counts(QUERY, _obs_errors("groupby", "cell_type", "cell_typ"), backed=None),
+    ),
     "tl.attention_grn": Entry(
         lambda adata, models, **kw: bf.tl.attention_grn(adata, models["pretrained"], **kw),
         "counts",

@@ -12,7 +12,7 @@ from scanpy import logging as logg
 from .._docs import DOC_ADATA, DOC_BATCH_SIZE, DOC_BINNED_WRITTEN, DOC_WRITES, doc_params
 from .._keys import DEFAULT_KEY, Keys
 from .._record import params_record
-from .._validation import check_anndata, did_you_mean, shown
+from .._validation import check_anndata, did_you_mean, get_matrix
 from ..data import log_normalize
 from ..metrics import correlation_grn
 from ._genes import MAX_GROUPS, _groups, _warn_small_groups
@@ -142,11 +142,7 @@ def grn(
             )
     if n_cells is not None and (isinstance(n_cells, bool) or not isinstance(n_cells, int | np.integer) or n_cells < 2):
         raise ValueError(f"`n_cells` must be a whole number of cells, at least 2, or None for all; not {n_cells!r}.")
-    if layer is not None and layer not in adata.layers:
-        raise KeyError(
-            f"`layer={layer!r}` is not a layer of the AnnData (layers: {shown(adata.layers.keys())})."
-            f"{did_you_mean(layer, adata.layers.keys())}"
-        )
+    counts = get_matrix(adata, layer)  # a clear error for a missing layer
     rows = _regulator_rows(regulators, genes)
     groups = _groups(adata, groupby, max_groups=max_groups, key_of=keys.grn_group) if groupby is not None else {}
     rng = np.random.default_rng(seed)
@@ -168,7 +164,6 @@ def grn(
     )
 
     if method == "correlation":
-        counts = adata.layers[layer] if layer is not None else adata.X
         read = {None: chosen} | group_cells
         matrices = {g: _correlation(counts, cells, rows) for g, cells in read.items()}
         query = None
