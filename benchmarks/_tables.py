@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 
@@ -16,3 +17,11 @@ def markdown(frame: pd.DataFrame, digits: int = 3) -> str:
     head = "| " + " | ".join([str(frame.index.name or ""), *map(str, frame.columns)]) + " |"
     rows = ["| " + " | ".join([str(i), *(cell(v) for v in row)]) + " |" for i, row in frame.iterrows()]
     return "\n".join([head, "|---" * (frame.shape[1] + 1) + "|", *rows])
+
+
+def mean_sd(values) -> str:
+    """``mean ± sd`` (sample sd) of the seeds' values; the value alone, marked, for one seed."""
+    values = np.asarray(values, dtype=float)
+    if values.size == 1:
+        return f"{values[0]:.3f} (1 seed)"
+    return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"

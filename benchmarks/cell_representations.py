@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import scanpy as sc
 import scvi
+from _tables import mean_sd
 from scipy import sparse
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
@@ -172,14 +173,6 @@ def run_annotation(seed: int, options: dict, baselines: bool) -> dict:
         out["seconds"][chemistry] = seconds + time.perf_counter() - start
         fold["bioformers"] = float(f1_score(truth, query.obs["bioformers_label"].astype(str), average="macro"))
     return out
-
-
-def mean_sd(values: list[float]) -> str:
-    """``mean ± sd`` (sample sd) of the seeds' values; the value alone for one seed."""
-    values = np.asarray(values, dtype=float)
-    if values.size == 1:
-        return f"{values[0]:.3f} (1 seed)"
-    return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
 
 
 def report(runs: dict, args, options: dict) -> str:

@@ -9,6 +9,7 @@ import pytest
 from matplotlib.axes import Axes
 from matplotlib.collections import LineCollection, PathCollection
 from matplotlib.figure import Figure
+from matplotlib.patches import FancyArrowPatch
 from scipy import sparse
 
 import bioformers as bf
@@ -176,10 +177,48 @@ def test_grn_default_key_falls_back_to_similarity(adata):
     # the block of gene_0 (even genes of 0-7) is the most similar
     assert {text.get_text() for text in ax.texts} == {"gene_0", "gene_2", "gene_4", "gene_6"}
     del adata.varp["bioformers_similarity"]
-    with pytest.raises(KeyError, match=r"bf\.tl\.attention_grn.*bf\.tl\.gene_programs"):
+    with pytest.raises(KeyError, match=r"bf\.tl\.grn.*bf\.tl\.attention_grn.*bf\.tl\.gene_programs"):
         bf.pl.grn(adata, "gene_0")
     with pytest.raises(KeyError, match=r"'other'.*not found"):
         bf.pl.grn(adata, "gene_0", key="other")
+
+
+def _tl_grn(adata, matrix, groups=None):
+    """Write what bf.tl.grn writes (signed knockout GRN), with one group if given."""
+    adata.varp["bioformers_grn"] = matrix
+    adata.uns["bioformers_grn"] = {"params": {"method": "knockout", "signed": True}}
+    for label, group_matrix in (groups or {}).items():
+        key = Keys("bioformers").grn_group(label)
+        adata.varp[key] = group_matrix
+        adata.uns["bioformers_grn"]["groups"] = {"label": [label], "key": [key], "n_cells": [10]}
+
+
+def test_grn_of_tl_grn_draws_a_regulators_targets_as_signed_arrows(adata):
+    matrix = np.zeros((N_VARS, N_VARS), dtype=np.float32)
+    matrix[0, [1, 2, 3]] = [0.9, -0.8, 0.1]  # gene_0 raises gene_1, lowers gene_2
+    matrix[5, 0] = 5.0  # gene_5 regulates gene_0: a regulator of the centre, not a target
+    matrix[1, 2] = -0.85  # between targets, stronger than the weakest target edge: drawn
+    _tl_grn(adata, matrix)
+    ax = bf.pl.grn(adata, "gene_0", top=2, show=False)  # bf.tl.grn's key comes before attention
+    assert {text.get_text() for text in ax.texts} == {"gene_0", "gene_1", "gene_2"}
+    assert ax.get_title().splitlines()[0] == "gene_0 and its top 2 targets (knockout, all cells)"
+    arrows = [patch for patch in ax.patches if isinstance(patch, FancyArrowPatch)]
+    assert len(arrows) == 3  # gene_0 -> gene_1, gene_0 -> gene_2, gene_1 -> gene_2
+    colours = sorted(matplotlib.colors.to_hex(arrow.get_edgecolor(), keep_alpha=False) for arrow in arrows)
+    assert colours == sorted(matplotlib.colors.to_hex(c) for c in ("tab:red", "tab:blue", "cornflowerblue"))
+
+
+def test_grn_of_tl_grn_by_group_and_a_row_that_was_not_computed(adata):
+    whole = np.zeros((N_VARS, N_VARS), dtype=np.float32)
+    whole[0, 1] = 1.0
+    in_group = np.zeros((N_VARS, N_VARS), dtype=np.float32)
+    in_group[0, 4] = 1.0
+    _tl_grn(adata, whole, groups={"B cells": in_group})
+    ax = bf.pl.grn(adata, "gene_0", group="B cells", top=1, show=False)
+    assert {text.get_text() for text in ax.texts} == {"gene_0", "gene_4"}
+    assert "knockout, B cells" in ax.get_title()
+    with pytest.raises(ValueError, match=r"gene_3's row .* all zero.*`regulators`.*e\.g\. gene_0"):
+        bf.pl.grn(adata, "gene_3", show=False)
 
 
 # --- gene programs -----------------------------------------------------------------------------

@@ -10,6 +10,8 @@ from scipy import sparse
 
 import bioformers as bf
 from bioformers.data import log_normalize
+from bioformers.tl._genes import _subsample
+from bioformers.tl._grn import _background_genes, _without_shared_shift
 
 N_CELLS, N_GENES = 600, 20
 REGULATOR, TARGET = "REG", "TARGET"
@@ -52,7 +54,7 @@ def test_knockout_finds_the_planted_target(planted_models):
             # knocking REG out lowers TARGET more than any other gene, and with the right sign
             assert np.argmax(np.abs(row)) == data.var_names.get_loc(TARGET)
             assert row[data.var_names.get_loc(TARGET)] > 0
-    assert abs(weights[True]) > 3 * abs(weights[False])  # 0.86 against 0.17 (seed 0)
+    assert abs(weights[True]) > 3 * abs(weights[False])  # 5.1 against -0.27 (seed 0)
 
 
 def test_rows_are_regulators(planted_models):
@@ -63,8 +65,26 @@ def test_rows_are_regulators(planted_models):
     nonzero_rows = np.flatnonzero(np.abs(grn).sum(axis=1))
     assert nonzero_rows.tolist() == [data.var_names.get_loc(REGULATOR)]
     assert grn[0, 0] == 0  # no self-loop
-    cells = np.sort(np.random.default_rng(0).choice(np.arange(adata.n_obs), 100, replace=False))  # seed=0's cells
-    np.testing.assert_allclose(grn, model.get_knockout_effects(indices=cells, regulators=[0]), atol=1e-6)
+    # the row is the raw knockout effect minus a multiple of the background genes' mean effect
+    cells, _ = _subsample(adata.n_obs, {}, 100, 0)  # the cells the tool read
+    background = _background_genes(model, data, cells, seed=0)
+    raw = model.get_knockout_effects(indices=cells, regulators=np.union1d([0], background)).astype(np.float64)
+    shared = raw[background[background != 0]].mean(axis=0)
+    shared[0] = 0  # REG's own column is no target
+    removed = raw[0] - grn[0]
+    assert np.linalg.norm(removed) > 0
+    np.testing.assert_allclose(removed, (removed @ shared / (shared @ shared)) * shared, atol=1e-5)
+    assert abs(grn[0] @ shared) < 1e-4 * np.linalg.norm(raw[0]) * np.linalg.norm(shared)
+
+
+def test_shared_shift_is_projected_out_of_each_row():
+    # genes 2 and 3 are the background; knocking either out raises gene 1 by 2 (the shared shift)
+    effects = np.array([[0, 1.0, 3.0, 1.0], [0, 0, 0, 0], [0, 2.0, 0, 0], [0, 2.0, 0, 0]])
+    out = _without_shared_shift(effects, rows=np.array([0, 2]), background=np.array([2, 3]))
+    np.testing.assert_allclose(out[0], [0, 0, 3.0, 1.0])  # its part along [0, 2, 0, 0] removed
+    # gene 2, itself background, is corrected with the other background genes only: all of it is shared
+    np.testing.assert_allclose(out[2], [0, 0, 0, 0], atol=1e-12)
+    np.testing.assert_array_equal(out[1], effects[1])  # rows not asked for are left alone
 
 
 def test_attention_rows_are_what_targets_pay_their_regulator(planted_models):

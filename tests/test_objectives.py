@@ -150,5 +150,5 @@ def test_normalized_expression_needs_the_count_decoder():
     model = bf.tl.pretrain(
         adata, n_layers=1, n_hidden=16, max_epochs=1, batch_size=32, count_weight=0, enable_progress_bar=False
     )
-    with pytest.raises(ValueError, match="no count decoder"):
+    with pytest.raises(ValueError, match="count decoder, which this model lacks"):
         model.get_normalized_expression()

@@ -45,6 +45,8 @@ MARKERS = [
 ]
 #: A marker and the cell type it marks, for the network of one gene in its own cells; the first present is used.
 EXAMPLES = [("CD79A", "B cells"), ("MS4A1", "B cells"), ("LYZ", "CD14+ Monocytes"), ("CD3E", "CD4 T cells")]
+#: Transcription factors of the PBMC cell types, for the knockout GRN's example; the first with a row is used.
+REGULATORS = ["SPI1", "CEBPB", "PAX5", "TCF7", "IRF8"]
 
 
 def figures(adata: AnnData) -> dict[str, Figure]:
@@ -59,10 +61,14 @@ def figures(adata: AnnData) -> dict[str, Figure]:
     gene, group = next(((g, c) for g, c in EXAMPLES if g in adata.var_names), (markers[0], None))
     programs = adata.var["bioformers_program"].astype(str)
     holder = next((g for g in markers if programs[g] != "unassigned"), None)
+    grn = adata.varp["bioformers_grn"]
+    computed = adata.var_names[abs(grn).sum(axis=1) > 0]
+    regulator = next((g for g in REGULATORS if g in computed), computed[0])
+    attention = {"group": group} if group is not None else {"key": "bioformers_attention"}
     program = "0" if holder is None else programs[holder]
     print(f"example genes (known PBMC markers among the HVGs): {', '.join(markers)}")
     print(
-        f"network of {gene} in {group or 'all cells'}; gene program {program}"
+        f"knockout GRN of {regulator}; attention network of {gene} in {group or 'all cells'}; gene program {program}"
         + (f" (holds {holder})" if holder else "")
     )
     return {
@@ -71,7 +77,8 @@ def figures(adata: AnnData) -> dict[str, Figure]:
         "binning.png": bf.pl.binning(adata, return_fig=True, show=False),
         "predicted_vs_observed.png": bf.pl.predicted_vs_observed(adata, return_fig=True, show=False),
         "attention.png": bf.pl.attention(adata, markers, return_fig=True, show=False),
-        "grn.png": bf.pl.grn(adata, gene, group=group, return_fig=True, show=False),
+        "grn.png": bf.pl.grn(adata, regulator, return_fig=True, show=False),
+        "attention_network.png": bf.pl.grn(adata, gene, **attention, return_fig=True, show=False),
         "gene_program.png": bf.pl.gene_programs(adata, program, return_fig=True, show=False),
     }
 
@@ -103,8 +110,13 @@ def main(argv: list[str] | None = None) -> None:
     bf.tl.predict(adata, model)
     bf.tl.attention_grn(adata, model, groupby="cell_type", n_cells=300)
     bf.tl.gene_programs(adata, model)
+    tfs = sorted(set(bf.datasets.trrust()["source"]) & set(adata.var_names))
+    bf.tl.grn(adata, model, regulators=tfs)  # in-silico knockouts of the known transcription factors
     seconds = time.perf_counter() - start
-    print(f"gene-level results (predicted expression, attention GRNs, gene programs) in {seconds:.0f} s")
+    print(
+        "gene-level results (predicted expression, attention GRNs, gene programs, knockout GRN of "
+        f"{len(tfs)} TFs) in {seconds:.0f} s"
+    )
     plots = figures(adata)
     for name, fig in plots.items():
         fig.savefig(out / name, dpi=150, bbox_inches="tight")

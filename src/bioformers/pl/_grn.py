@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -12,7 +13,7 @@ from scipy import sparse
 from scipy.cluster import hierarchy
 from scipy.spatial.distance import squareform
 
-from .._docs import DOC_RETURNS_AX, DOC_SHOW_AX, DOC_SHOW_AX_SIZED, doc_key_added_read, doc_params
+from .._docs import DOC_RETURNS_AX, DOC_SHOW_AX_SIZED, doc_key_added_read, doc_params
 from .._keys import Keys, safe_name
 from .._validation import did_you_mean, shown
 from ._utils import _finish, _gene_index
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+_GRN_TOOL = "`bf.tl.grn(adata, model)`"
 _ATTENTION_TOOL = "`bf.tl.attention_grn(adata, model)`"
 _PROGRAMS_TOOL = "`bf.tl.gene_programs(adata, model)`"
 _UNASSIGNED = "unassigned"
@@ -48,6 +50,8 @@ class _Network:
     source: str  # e.g. "attention, all cells", for titles
     detected: np.ndarray | None  # fraction of cells expressing each gene, when recorded
     min_detection: float
+    directed: bool = False  # rows regulate columns (`bf.tl.grn`): partners are the row's targets
+    signed: bool = False
 
     @property
     def ranked(self) -> np.ndarray | None:
@@ -89,6 +93,14 @@ def _attention_network(adata: AnnData, keys: Keys, group: str | None, min_detect
 
 def _network(adata: AnnData, keys: Keys, key: str, min_detection: float | None) -> _Network:
     """The matrix of ``varp[key]`` and, for an attention GRN of `bf.tl.attention_grn`, its detection record."""
+    grn_record = adata.uns.get(keys.grn, {})
+    grn_groups = grn_record.get("groups", {})
+    grn_keys = list(grn_groups.get("key", []))
+    if key == keys.grn or key in grn_keys:
+        params = grn_record.get("params", {})
+        cells = "all cells" if key == keys.grn else str(list(grn_groups.get("label", []))[grn_keys.index(key)])
+        source = f"{params.get('method', 'GRN')}, {cells}"
+        return _Network(key, adata.varp[key], source, None, 0.0, directed=True, signed=bool(params.get("signed")))
     record = adata.uns.get(keys.attention, {})
     recorded = float(record.get("params", {}).get("min_detection", 0.0))
     threshold = recorded if min_detection is None else float(min_detection)
@@ -209,7 +221,11 @@ def attention(
     return _finish(ax, show=show, return_fig=return_fig)
 
 
-@doc_params(show_ax=DOC_SHOW_AX, returns_ax=DOC_RETURNS_AX, min_detection=_DOC_MIN_DETECTION)
+@doc_params(
+    show_ax=DOC_SHOW_AX_SIZED,
+    returns_ax=DOC_RETURNS_AX,
+    min_detection=_DOC_MIN_DETECTION,
+)
 def grn(
     adata: AnnData,
     gene: str,
@@ -225,13 +241,17 @@ def grn(
 ) -> Axes | Figure | None:
     """Network of one gene and its strongest partners in a gene x gene GRN.
 
-    Partners are ranked as in :func:`attention`, by ``max(W[g, j], W[j, g])``, and edges are
-    undirected with that weight. Edges join `gene` to each partner, and two partners where their
-    weight is at least that of the weakest partner of `gene`, the strongest of those first and
-    at most as many as there are partners, which shows the modules among the partners without
-    clutter (partner edges are drawn lighter). Edge width grows linearly with the weight, from
-    the weakest to the strongest edge drawn. The layout (Kamada-Kawai, on the number of edges
-    between genes) has no randomness, so the same GRN always gives the same picture.
+    For a GRN of `bf.tl.grn` (rows regulate columns), `gene` is a regulator and its partners are
+    its `top` targets, ranked by ``|W[gene, target]|``; arrows point from regulator to target, and
+    for a signed GRN red means the regulator raises the target, blue that it lowers it. For
+    other matrices (attention, gene-embedding similarity) partners are ranked as in
+    :func:`attention`, by ``max(W[g, j], W[j, g])``, and edges are undirected with that weight.
+    Edges join `gene` to each partner, and two partners where their weight (absolute, for a signed
+    GRN) is at least that of the weakest partner of `gene`, the strongest of those first and at
+    most as many as there are partners: the modules among the partners without clutter (partner
+    edges are drawn lighter). Edge width grows linearly with the weight, from the weakest to the
+    strongest edge drawn. The layout (Kamada-Kawai, on the number of edges between genes) has no
+    randomness, so the same GRN always gives the same picture.
 
     Parameters
     ----------
@@ -240,13 +260,14 @@ def grn(
     gene
         The centre gene, highlighted.
     key
-        Key of `varp` holding the GRN. Default: the attention GRN ``f"{key_added}_attention"``
-        of `bf.tl.attention_grn` if present, otherwise the gene-embedding similarity
-        ``f"{key_added}_similarity"`` of `bf.tl.gene_programs`.
+        Key of `varp` holding the GRN. Default: the first present of the GRN of `bf.tl.grn`
+        ``f"{{key_added}}_grn"``, the attention GRN ``f"{{key_added}}_attention"`` of
+        `bf.tl.attention_grn` and the gene-embedding similarity ``f"{{key_added}}_similarity"`` of
+        `bf.tl.gene_programs`.
     group
-        Instead of `key`: a group of the ``groupby`` column passed to `bf.tl.attention_grn`, by
-        its label (e.g. ``"B cells"``); draws that group's attention GRN. A matrix stored sparse
-        (``top_k``) offers only its stored pairs as partners.
+        Instead of `key`: a group of the ``groupby`` column passed to `bf.tl.grn` (looked up first)
+        or `bf.tl.attention_grn`, by its label (e.g. ``"B cells"``); draws that group's GRN. A
+        matrix stored sparse (``top_k``) offers only its stored pairs as partners.
     top
         Number of partners drawn.
     {min_detection}
@@ -268,22 +289,32 @@ def grn(
     >>> ax = bf.pl.grn(adata, "gene_3", top=10, show=False)
     >>> ax.get_title()
     'gene_3 and its top 10 partners (attention, all cells)'
+    >>> model = bf.tl.pretrain(adata, n_layers=1, n_hidden=16, n_heads=2, max_epochs=1, batch_size=32)
+    >>> bf.tl.grn(adata, model, n_cells=20)
+    >>> ax = bf.pl.grn(adata, "gene_3", top=5, show=False)
+    >>> ax.get_title().splitlines()[0]
+    'gene_3 and its top 5 targets (knockout, all cells)'
     """
     import networkx as nx  # networkx comes with scanpy; only this plot needs it
 
     _check_top(top)
     keys = Keys(key_added)
     if key is not None and group is not None:
-        raise ValueError("Pass `key=` (any GRN of `adata.varp`) or `group=` (a group's attention GRN), not both.")
+        raise ValueError("Pass `key=` (any GRN of `adata.varp`) or `group=` (a group's GRN), not both.")
     if group is not None:
-        network = _attention_network(adata, keys, group, min_detection)
+        grn_groups = adata.uns.get(keys.grn, {}).get("groups", {})
+        labels = [str(label) for label in grn_groups.get("label", [])]
+        if str(group) in labels:
+            network = _network(adata, keys, list(grn_groups["key"])[labels.index(str(group))], min_detection)
+        else:
+            network = _attention_network(adata, keys, group, min_detection)
     else:
         if key is None:
-            key = next((k for k in (keys.attention, keys.similarity) if k in adata.varp), None)
+            key = next((k for k in (keys.grn, keys.attention, keys.similarity) if k in adata.varp), None)
             if key is None:
                 raise KeyError(
-                    f"Neither `adata.varp[{keys.attention!r}]` nor `adata.varp[{keys.similarity!r}]` found. "
-                    f"Run {_ATTENTION_TOOL} or {_PROGRAMS_TOOL} first, or pass `key=`."
+                    f"None of `adata.varp[{keys.grn!r}]`, `[{keys.attention!r}]` or `[{keys.similarity!r}]` found. "
+                    f"Run {_GRN_TOOL}, {_ATTENTION_TOOL} or {_PROGRAMS_TOOL} first, or pass `key=`."
                 )
         elif key not in adata.varp:
             raise KeyError(
@@ -294,60 +325,96 @@ def grn(
     matrix = network.matrix
     center = _gene_index(adata, [gene])[0]
     network.check_center(gene, center)
-    partners = _partners(matrix, center, top, network.ranked)
+    if network.directed:
+        partners = _targets(adata, network, gene, center, top)
+    else:
+        partners = _partners(matrix, center, top, network.ranked)
     index = np.concatenate([[center], partners])
     values = _submatrix(matrix, index)
-    weights = np.maximum(values, values.T)
-    threshold = weights[0, 1:].min() if partners.size else np.inf
+    strength = np.abs(values) if network.directed else np.maximum(values, values.T)
+    threshold = strength[0, 1:].min() if partners.size else np.inf
 
     names = list(adata.var_names[index])
-    graph = nx.Graph()
+    graph = nx.DiGraph() if network.directed else nx.Graph()
     graph.add_nodes_from(names)
     for j in range(1, len(names)):
-        graph.add_edge(names[0], names[j], weight=float(weights[0, j]))
+        graph.add_edge(names[0], names[j], weight=float(values[0, j] if network.directed else strength[0, j]))
     # among partners, the strongest links at least as strong as the weakest partner, at most one per partner
-    upper = np.triu_indices(len(names), k=1)
-    among = [(i, j) for i, j in zip(*upper, strict=True) if i > 0 and weights[i, j] >= threshold]
-    among.sort(key=lambda pair: -weights[pair])
+    pairs = (
+        itertools.permutations(range(1, len(names)), 2)
+        if network.directed
+        else itertools.combinations(range(1, len(names)), 2)
+    )
+    among = [(i, j) for i, j in pairs if strength[i, j] >= threshold and strength[i, j] > 0]
+    among.sort(key=lambda pair: -strength[pair])
     for i, j in among[: partners.size]:
-        graph.add_edge(names[i], names[j], weight=float(weights[i, j]))
+        graph.add_edge(names[i], names[j], weight=float(values[i, j] if network.directed else strength[i, j]))
 
     # Widths span the weakest to the strongest edge drawn: attention weights are often all close
     # to 1 / n_vars, so widths proportional to the weight itself would all look the same.
     edges = list(graph.edges(data="weight"))
-    drawn = np.array([w for *_, w in edges])
+    drawn = np.abs([w for *_, w in edges])
     spread = np.ptp(drawn) if drawn.size else 0.0
     relative = (drawn - drawn.min()) / spread if spread > 0 else np.full(drawn.size, 0.5)
     # Kamada-Kawai on hop distances: deterministic, and it keeps a module of partners apart from
     # the partners linked to `gene` alone, where a spring layout piles the module's labels up
-    pos = nx.kamada_kawai_layout(graph, weight=None)
+    pos = nx.kamada_kawai_layout(graph.to_undirected(as_view=True), weight=None)
 
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 6))
+    sizes = [600, *[300] * (len(names) - 1)]
     nx.draw_networkx_edges(
         graph,
         pos,
         edgelist=[(u, v) for u, v, _ in edges],
         width=0.5 + 4 * relative,
-        edge_color=["0.35" if names[0] in (u, v) else "0.7" for u, v, _ in edges],
+        edge_color=[_edge_colour(network, names[0] in (u, v), w) for u, v, w in edges],
         alpha=0.8,
         ax=ax,
+        **({"arrows": True, "arrowstyle": "-|>", "arrowsize": 12, "node_size": sizes} if network.directed else {}),
     )
     nx.draw_networkx_nodes(
         graph,
         pos,
         nodelist=names,
-        node_color=["tab:red", *["lightsteelblue"] * (len(names) - 1)],
-        node_size=[600, *[300] * (len(names) - 1)],
+        node_color=["tab:red" if not network.signed else "gold", *["lightsteelblue"] * (len(names) - 1)],
+        node_size=sizes,
         ax=ax,
     )
     nx.draw_networkx_labels(graph, pos, labels={n: n for n in names[1:]}, font_size=8, ax=ax)
     nx.draw_networkx_labels(graph, pos, labels={gene: gene}, font_size=8, font_weight="bold", ax=ax)
-    note = network.filter_note
-    ax.set_title(f"{gene} and its top {partners.size} partners ({network.source})" + (f"\n{note}" if note else ""))
+    notes = [network.filter_note] if network.filter_note else []
+    if network.signed:
+        notes.append("red: raises the target, blue: lowers it")
+    kind = "targets" if network.directed else "partners"
+    ax.set_title(f"{gene} and its top {partners.size} {kind} ({network.source})" + "".join(f"\n{n}" for n in notes))
     ax.set_axis_off()
     ax.margins(0.1)
     return _finish(ax, show=show, return_fig=return_fig)
+
+
+def _edge_colour(network: _Network, from_center: bool, weight: float) -> str:
+    """Grey for unsigned GRNs, red (raises) or blue (lowers) for signed ones; lighter between partners."""
+    if not network.signed:
+        return "0.35" if from_center else "0.7"
+    if weight >= 0:
+        return "tab:red" if from_center else "lightcoral"
+    return "tab:blue" if from_center else "cornflowerblue"
+
+
+def _targets(adata: AnnData, network: _Network, gene: str, center: int, top: int) -> np.ndarray:
+    """The `top` targets of regulator `center` in a GRN of `bf.tl.grn`, by ``|W[center, j]|``, strongest first."""
+    matrix = network.matrix
+    row = np.abs(matrix[center].toarray().ravel() if sparse.issparse(matrix) else np.asarray(matrix[center]))
+    row[center] = 0
+    if not row.any():
+        with_rows = adata.var_names[np.flatnonzero(np.abs(_head_mean(matrix)).sum(axis=1))]
+        raise ValueError(
+            f"{gene}'s row of `adata.varp[{network.key!r}]` is all zero: it was not among the `regulators` of "
+            f"`bf.tl.grn`, or none of the cells read expresses it. Rerun `bf.tl.grn` with {gene!r} in `regulators`"
+            + (f", or plot a regulator with a row (e.g. {', '.join(with_rows[:3])})." if with_rows.size else ".")
+        )
+    return np.argsort(-row, kind="stable")[: min(top, np.count_nonzero(row))]
 
 
 @doc_params(show_ax=DOC_SHOW_AX_SIZED, returns_ax=DOC_RETURNS_AX, key_added=doc_key_added_read("`bf.tl.gene_programs`"))

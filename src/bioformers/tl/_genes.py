@@ -293,13 +293,7 @@ def attention_grn(
     if not 0 <= min_detection <= 1:
         raise ValueError(f"`min_detection={min_detection!r}` must be a fraction of cells, from 0 to 1.")
     groups = _groups(adata, groupby, max_groups=max_groups, key_of=keys.attention_group) if groupby is not None else {}
-    rng = np.random.default_rng(seed)
-
-    def subsample(cells: np.ndarray) -> np.ndarray:
-        return cells if n_cells is None or cells.size <= n_cells else np.sort(rng.choice(cells, n_cells, replace=False))
-
-    chosen = subsample(np.arange(adata.n_obs))
-    group_cells = {group: subsample(cells) for group, cells in groups.items()}
+    chosen, group_cells = _subsample(adata.n_obs, groups, n_cells, seed)
     _warn_small_groups(group_cells, groupby)
 
     with model.prepare_query(adata, copy=copy) as query:
@@ -399,6 +393,18 @@ def _groups(adata: ad.AnnData, groupby: str, *, max_groups: int, key_of) -> dict
             )
         groups[name] = cells
     return groups
+
+
+def _subsample(
+    n_obs: int, groups: dict[str, np.ndarray], n_cells: int | None, seed: int
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """At most ``n_cells`` sorted random cells of all ``n_obs`` cells and of each group (``None``: all)."""
+    rng = np.random.default_rng(seed)
+
+    def subsample(cells: np.ndarray) -> np.ndarray:
+        return cells if n_cells is None or cells.size <= n_cells else np.sort(rng.choice(cells, n_cells, replace=False))
+
+    return subsample(np.arange(n_obs)), {group: subsample(cells) for group, cells in groups.items()}
 
 
 def _warn_small_groups(group_cells: dict[str, np.ndarray], groupby: str | None) -> None:

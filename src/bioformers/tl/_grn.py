@@ -15,7 +15,7 @@ from .._record import params_record
 from .._validation import check_anndata, did_you_mean, get_matrix
 from ..data import log_normalize
 from ..metrics import correlation_grn
-from ._genes import MAX_GROUPS, _groups, _warn_small_groups
+from ._genes import MAX_GROUPS, _groups, _subsample, _warn_small_groups
 from ._models import require_encoder
 
 if TYPE_CHECKING:
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 METHODS = ("knockout", "attention", "correlation")
 #: Cells read by default (per group): the knockout readout decodes each cell once per gene it expresses.
 DEFAULT_N_CELLS = 500
+#: Genes knocked out to estimate the shift shared by every knockout, and how often they must be expressed.
+N_BACKGROUND, BACKGROUND_DETECTION = 50, 0.1
 
 
 @doc_params(**DOC_WRITES, adata=DOC_ADATA, batch_size=DOC_BATCH_SIZE, binned_written=DOC_BINNED_WRITTEN)
@@ -50,11 +52,16 @@ def grn(
     Readouts (``method``):
 
     * ``"knockout"``: in-silico knockout through the model. In every read cell that expresses a
-      regulator, its bin is set to 0 and the cell is decoded again by the count decoder; the weight
-      of a target is the mean drop of its log1p(normalised expression)
-      (:meth:`bioformers.BioFormer.get_knockout_effects`). Signed: positive when the regulator
-      raises the target in the model, negative when it lowers it. Directed, unlike correlation; an
-      effect learned from co-variation across cells, not a measured causal one.
+      regulator, its bin is set to 0 and the cell is decoded again by the count decoder; the effect
+      on a target is the mean drop of its normalised expression (counts per the training
+      ``target_sum``; :meth:`bioformers.BioFormer.get_knockout_effects`). Knocking out *any*
+      expressed gene shifts the decoded cell in much the same direction, so each row then loses
+      its projection on that shared shift, the mean effect of knocking out 50 random genes
+      expressed in at least 10% of the read cells: what is left is what this regulator does that
+      others do not. Signed: positive when the regulator raises the target in the model, negative
+      when it lowers it. Directed, unlike correlation; an effect the model learned from
+      co-variation across cells, not a measured causal one (see the benchmark in the method
+      page: it still ranks targets largely by their expression).
     * ``"attention"``: attention between genes, every layer and head, each corrected for the
       attention every gene pays the regulator on average (genes that all genes attend to would
       otherwise rank first in every row), then averaged; read as "a target attends to its
@@ -84,8 +91,8 @@ def grn(
         layer is missing, and the counts ``"correlation"`` reads.
     n_cells
         Read at most this many randomly chosen cells (per group with ``groupby``); ``None``: all.
-        The knockout readout decodes each cell once per regulator it expresses, so its time grows
-        with ``n_cells`` times the genes a cell expresses.
+        The knockout readout decodes each cell once per regulator (and background gene) it
+        expresses, so its time grows with ``n_cells`` times the genes a cell expresses.
     regulators
         Genes whose rows are computed (``None``: every gene); the other rows are 0. With
         ``"knockout"`` this is what sets the time: e.g. only the transcription factors.
@@ -93,7 +100,7 @@ def grn(
         Most groups allowed in ``groupby``: each is a dense ``n_vars x n_vars`` matrix in ``varp``.
     {batch_size}
     seed
-        Seed of the cell subsample.
+        Seed of the cell subsample and of the knockout readout's background genes.
     {key_added_copy}
 
     Returns
@@ -134,24 +141,14 @@ def grn(
         require_encoder(model, "Inferring a GRN")
         model.check_genes(adata)
         genes = pd.Index(model.genes_)
-        if method == "knockout" and model.module.count_head is None:
-            raise ValueError(
-                "`method='knockout'` decodes cells with the count decoder, which this model lacks (trained with "
-                "`count_weight=0` or without raw counts). Use `method='attention'`, or pretrain with the default "
-                "`count_weight`."
-            )
+        if method == "knockout":
+            model.check_count_decoder("Knockout effects (`method='knockout'`)")
     if n_cells is not None and (isinstance(n_cells, bool) or not isinstance(n_cells, int | np.integer) or n_cells < 2):
         raise ValueError(f"`n_cells` must be a whole number of cells, at least 2, or None for all; not {n_cells!r}.")
     counts = get_matrix(adata, layer)  # a clear error for a missing layer
     rows = _regulator_rows(regulators, genes)
     groups = _groups(adata, groupby, max_groups=max_groups, key_of=keys.grn_group) if groupby is not None else {}
-    rng = np.random.default_rng(seed)
-
-    def subsample(cells: np.ndarray) -> np.ndarray:
-        return cells if n_cells is None or cells.size <= n_cells else np.sort(rng.choice(cells, n_cells, replace=False))
-
-    chosen = subsample(np.arange(adata.n_obs))
-    group_cells = {group: subsample(cells) for group, cells in groups.items()}
+    chosen, group_cells = _subsample(adata.n_obs, groups, n_cells, seed)
     single = [g for g, cells in group_cells.items() if cells.size < 2]
     if single:
         raise ValueError(
@@ -170,7 +167,9 @@ def grn(
     else:
         with model.prepare_query(adata, layer=layer, copy=copy) as query:
             read = {None: chosen} | group_cells
-            matrices = {g: _model_grn(model, query.adata, method, cells, rows, batch_size) for g, cells in read.items()}
+            matrices = {
+                g: _model_grn(model, query.adata, method, cells, rows, batch_size, seed) for g, cells in read.items()
+            }
     overall = matrices.pop(None)
     record = {
         "params": params_record(
@@ -232,9 +231,14 @@ def _correlation(counts, cells: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return _keep_rows(correlation_grn(log_normalize(counts[cells])), rows)
 
 
-def _model_grn(model: BioFormer, adata: ad.AnnData, method: str, cells: np.ndarray, rows: np.ndarray, batch_size):
+def _model_grn(
+    model: BioFormer, adata: ad.AnnData, method: str, cells: np.ndarray, rows: np.ndarray, batch_size, seed: int
+) -> np.ndarray:
     if method == "knockout":
-        matrix = model.get_knockout_effects(adata, indices=cells, regulators=rows, batch_size=batch_size)
+        background = _background_genes(model, adata, cells, seed)
+        computed = np.union1d(rows, background)
+        effects = model.get_knockout_effects(adata, indices=cells, regulators=computed, batch_size=batch_size)
+        matrix = _without_shared_shift(effects, rows, background)
     else:
         n_layers = len(model.module.encoder.blocks)
         matrix = 0
@@ -244,3 +248,41 @@ def _model_grn(model: BioFormer, adata: ad.AnnData, method: str, cells: np.ndarr
             matrix = matrix + (weights - weights.mean(axis=0, keepdims=True)).mean(axis=-1) / n_layers
         matrix = matrix.T  # query (target) x key (regulator) -> regulator x target
     return _keep_rows(matrix, rows)
+
+
+def _background_genes(model: BioFormer, adata: ad.AnnData, cells: np.ndarray, seed: int) -> np.ndarray:
+    """:data:`N_BACKGROUND` random genes expressed in at least :data:`BACKGROUND_DETECTION` of ``cells``.
+
+    Their knockouts estimate the shift that removing any expressed gene causes. Fewer qualifying
+    genes: the most often expressed ones.
+    """
+    expressed = np.zeros(model.genes_.size)
+    for bins in model.binned_batches(adata, cells, 256):
+        expressed += (bins > 0).sum(dim=0).cpu().numpy()
+    detected = expressed / max(cells.size, 1)
+    common = np.flatnonzero(detected >= BACKGROUND_DETECTION)
+    if common.size <= N_BACKGROUND:
+        return np.sort(np.argsort(-detected, kind="stable")[: max(common.size, min(N_BACKGROUND, detected.size))])
+    return np.sort(np.random.default_rng(seed).choice(common, N_BACKGROUND, replace=False))
+
+
+def _without_shared_shift(effects: np.ndarray, rows: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """Each row of ``rows`` minus its projection on the mean knockout effect of the ``background`` genes.
+
+    Knocking out any expressed gene moves the decoded cell in much the same direction (one gene fewer
+    in the cell), scaled by how much the gene weighs in it; what is left is the regulator's own effect.
+    A background gene's own row is left out of the mean it is corrected with.
+    """
+    effects = effects.astype(np.float64)
+    active = background[np.abs(effects[background]).sum(axis=1) > 0]  # genes no read cell expresses have no row
+    total = effects[active].sum(axis=0)
+    out = effects.copy()
+    for row in rows:
+        own = row in active
+        shared = (total - effects[row]) if own else total
+        shared = shared / max(active.size - own, 1)
+        shared[row] = 0  # the regulator's own column is not a target
+        norm = shared @ shared
+        if norm > 0:
+            out[row] = effects[row] - (effects[row] @ shared / norm) * shared
+    return out
