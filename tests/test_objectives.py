@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+import scanpy as sc
 import torch
 from scipy import sparse
 
@@ -152,3 +153,28 @@ def test_normalized_expression_needs_the_count_decoder():
     )
     with pytest.raises(ValueError, match="count decoder, which this model lacks"):
         model.get_normalized_expression()
+
+
+def test_count_objective_says_where_the_counts_went(snapshot, assert_unchanged):
+    # binned from X, then X log-normalised in place: the recorded source no longer holds counts
+    adata = bf.datasets.synthetic(n_obs=60, n_vars=20)
+    bf.pp.bin(adata)
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    before = snapshot(adata)
+    with pytest.raises(ValueError, match=r"binned from adata\.X.*bf\.pp\.bin\(adata, layer='counts'\)"):
+        bf.tl.pretrain(adata, max_epochs=1, batch_size=16, enable_progress_bar=False)
+    assert_unchanged(before, adata)
+
+
+def test_count_objective_reads_the_layer_the_bins_were_made_from():
+    # the tutorial's order: counts kept in a layer, binned from it, X log-normalised afterwards
+    adata = bf.datasets.synthetic(n_obs=60, n_vars=20)
+    adata.layers["counts"] = adata.X.copy()
+    bf.pp.bin(adata, layer="counts")
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    model = bf.tl.pretrain(adata, n_layers=1, n_hidden=16, max_epochs=1, batch_size=16, enable_progress_bar=False)
+    decoded = model.get_normalized_expression()  # the count decoder was trained and fitted
+    assert np.isfinite(decoded).all()
+    np.testing.assert_allclose(decoded.sum(axis=1), adata.uns["bioformers_binned"]["params"]["target_sum"], rtol=1e-4)

@@ -137,6 +137,8 @@ def test_perfect_and_negated_predictions(small):
         "mse_top",
         "l2_top",
         "direction_top",
+        "pearson_delta_perturbed",
+        "centroid_rank",
     ]
     np.testing.assert_allclose(perfect[["pearson", "pearson_delta", "pearson_delta_top", "direction_top"]], 1.0)
     np.testing.assert_allclose(perfect[["mse_top", "l2_top"]], 0.0, atol=1e-12)
@@ -152,6 +154,26 @@ def test_perfect_and_negated_predictions(small):
     assert scores.loc["A", "l2_top"] == pytest.approx(np.sqrt(8))
     assert scores.loc["B", "mse_top"] == pytest.approx(16)
     assert scores.loc["B", "l2_top"] == pytest.approx(np.sqrt(32))
+
+
+def test_delta_against_other_perturbations_and_centroid_rank_by_hand(small):
+    observed = bf.metrics.mean_profiles(small)  # control (1, 2, 3, 4), A (2, 1, 3, 4), B (1, 4, 3, 2)
+    top = {"A": ["g0", "g1"], "B": ["g1", "g3"]}
+    perfect = bf.metrics.perturbation_scores(observed.loc[["A", "B"]], small, top_genes=top)
+    np.testing.assert_allclose(perfect["pearson_delta_perturbed"], 1.0)
+    assert perfect["centroid_rank"].tolist() == [1.0, 1.0]
+    no_change = pd.DataFrame([observed.loc["control"]] * 2, index=["A", "B"])
+    scores = bf.metrics.perturbation_scores(no_change, small, top_genes=top)
+    # A relative to B, the only other perturbation: predicted (0, -2, 0, 2), observed (1, -3, 0, 2)
+    expected = np.corrcoef([0, -2, 0, 2], [1, -3, 0, 2])[0, 1]
+    assert scores.loc["A", "pearson_delta_perturbed"] == pytest.approx(expected)
+    # the control profile lies sqrt(2) from A and sqrt(8) from B: right for A, B's own profile second
+    assert scores["centroid_rank"].tolist() == [1.0, 2.0]
+    # with no other perturbation there is nothing to compare with
+    alone = small[small.obs["perturbation"] != "B"].copy()
+    alone.obs["perturbation"] = alone.obs["perturbation"].cat.remove_unused_categories()
+    single = bf.metrics.perturbation_scores(observed.loc[["A"]], alone, top_genes={"A": ["g0", "g1"]})
+    assert single[["pearson_delta_perturbed", "centroid_rank"]].isna().all(axis=None)
 
 
 def test_pearson_of_profiles_is_numpys(small):

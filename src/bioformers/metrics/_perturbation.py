@@ -41,6 +41,8 @@ _SCORE_COLUMNS = (
     "mse_top",
     "l2_top",
     "direction_top",
+    "pearson_delta_perturbed",
+    "centroid_rank",
 )
 # A vector whose spread is below this share of its size is constant up to rounding, e.g. the
 # "no change" baseline's delta: its correlation is undefined (NaN), not the correlation of noise.
@@ -195,6 +197,18 @@ def perturbation_scores(
             Euclidean distance between the predicted and observed mean profiles on the top DE genes.
         ``direction_top``
             Share of the top DE genes whose predicted delta has the sign of the observed one.
+        ``pearson_delta_perturbed``
+            Pearson correlation of the predicted and observed profiles, both taken relative to the
+            mean of the *other* perturbations' observed mean profiles instead of the control
+            (Systema, Viñas Torné et al. 2025, Nat Biotechnol): the part of a response that is
+            specific to this perturbation. Predicting the average perturbation effect scores well on
+            ``pearson_delta`` and about 0 here. NaN with no other perturbation in `observed`.
+        ``centroid_rank``
+            Rank of the perturbation's own observed mean profile among all observed perturbations'
+            mean profiles by Euclidean distance to the prediction, over all genes: 1 when the
+            prediction is closer to its own profile than to any other perturbation's. Centroid
+            accuracy is the share of perturbations at rank 1, ``(scores["centroid_rank"] == 1).mean()``.
+            It rewards predictions that tell perturbations apart, which the average effect does not.
 
     Examples
     --------
@@ -226,6 +240,7 @@ def perturbation_scores(
         top_genes = _rank_genes(X, labels, observed.var_names, control, list(profiles.index), n_top_genes)
     observed_profiles = _means(X, labels, observed.var_names, perturbation_key)
     control_mean = observed_profiles.loc[control].to_numpy()
+    perturbed = observed_profiles.drop(index=control)
     rows = [
         _score_profile(
             profiles.loc[group].to_numpy(dtype=np.float64),
@@ -233,6 +248,7 @@ def perturbation_scores(
             control_mean,
             observed.var_names.get_indexer(top_genes[group]),
         )
+        | _score_against_perturbed(profiles.loc[group].to_numpy(dtype=np.float64), perturbed, group)
         for group in profiles.index
     ]
     return pd.DataFrame(rows, index=pd.Index(profiles.index, name="perturbation"), columns=list(_SCORE_COLUMNS))
@@ -352,9 +368,24 @@ def _rank_genes(
     return {group: [str(gene) for gene in ranked[group]] for group in perturbations}
 
 
+def _score_against_perturbed(predicted: np.ndarray, perturbed: pd.DataFrame, group: str) -> dict:
+    """Scores against the other perturbations' observed mean profiles (Systema's reference, centroid rank)."""
+    others = perturbed.drop(index=group).to_numpy()
+    if not np.isfinite(predicted).all() or len(others) == 0:
+        return {"pearson_delta_perturbed": np.nan, "centroid_rank": np.nan}
+    reference = others.mean(axis=0)
+    observed = perturbed.loc[group].to_numpy()
+    own = np.linalg.norm(predicted - observed)
+    closer = int(np.sum(np.linalg.norm(others - predicted, axis=1) < own))
+    return {
+        "pearson_delta_perturbed": _pearson(predicted - reference, observed - reference),
+        "centroid_rank": float(1 + closer),
+    }
+
+
 def _score_profile(predicted: np.ndarray, observed: np.ndarray, control: np.ndarray, top: np.ndarray) -> dict:
     if not np.isfinite(predicted).all():
-        return dict.fromkeys(_SCORE_COLUMNS, np.nan)
+        return dict.fromkeys(_SCORE_COLUMNS[: _SCORE_COLUMNS.index("direction_top") + 1], np.nan)
     predicted_delta, observed_delta = predicted - control, observed - control
     error = predicted[top] - observed[top]
     return {

@@ -223,7 +223,9 @@ def pretrain(
     if copy:
         adata = adata.copy()
     quiet_seed(seed)
-    work = private_anndata(adata, obs=[batch_key, labels_key], layers=[keys.binned, layer], uns=[keys.binned])
+    # the layer the existing bins were made from holds the counts the count objective reads
+    source = None if must_bin else adata.uns.get(keys.binned, {}).get("params", {}).get("layer")
+    work = private_anndata(adata, obs=[batch_key, labels_key], layers=[keys.binned, layer, source], uns=[keys.binned])
     if must_bin and binning == "rank":
         rank_values(work, n_ranks=DEFAULT_N_RANKS if n_bins is None else n_bins, layer=layer, key_added=key_added)
     elif must_bin:
