@@ -44,7 +44,17 @@ matplotlib.use("Agg")
 RESULTS = Path(__file__).parent / "results"
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "papalexi2021_thp1_crispr_sceptre_subset.h5ad"
 KEY, CONTROL = "perturbation", "control"
-METRICS = ["pearson_delta", "pearson_delta_top", "direction_top", "mse_top", "pearson", "pearson_top", "l2_top"]
+METRICS = [
+    "pearson_delta",
+    "pearson_delta_top",
+    "pearson_delta_perturbed",
+    "centroid_rank",
+    "direction_top",
+    "mse_top",
+    "pearson",
+    "pearson_top",
+    "l2_top",
+]
 
 
 def log_normalized(adata: ad.AnnData) -> ad.AnnData:
