@@ -50,6 +50,7 @@ from sklearn.metrics import roc_auc_score
 
 import bioformers as bf
 from bioformers.data import log_normalize
+from bioformers.tl._genes import _subsample
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 RESULTS = Path(__file__).parent / "results"
@@ -85,7 +86,7 @@ def model_readouts(
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Every model readout, regulator rows, diagonal 0; and the seconds each took."""
     names = adata.var_names[regulators].tolist()
-    cells = np.sort(np.random.default_rng(seed).choice(adata.n_obs, min(n_cells, adata.n_obs), replace=False))
+    cells, _ = _subsample(adata.n_obs, {}, n_cells, seed)  # the cells bf.tl.grn reads, for the raw knockout
     out, seconds = {}, {}
 
     def tool(method: str) -> np.ndarray:

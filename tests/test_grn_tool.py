@@ -140,7 +140,11 @@ def test_other_genes_than_the_models_are_refused(planted_models, snapshot, asser
     assert_unchanged(before, data)
 
 
-def test_knockout_needs_the_count_decoder(trained):
+def test_knockout_needs_the_count_decoder(trained, snapshot, assert_unchanged):
     model, adata = trained
-    with pytest.raises(ValueError, match="count decoder"):
-        bf.tl.grn(adata.copy(), model)
+    assert model.module.count_head is None  # this fixture trains without it
+    data = adata.copy()
+    before = snapshot(data)
+    with pytest.raises(ValueError, match="count decoder, which this model lacks"):
+        bf.tl.grn(data, model)
+    assert_unchanged(before, data)

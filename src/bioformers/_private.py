@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 _SCVI_UUID_KEY = "_scvi_uuid"
 
 
+def binned_from(adata: ad.AnnData, binned: str) -> str | None:
+    """The layer that ``layers[binned]`` was binned from, as its binning record in ``uns`` says; ``None``: ``X``."""
+    return adata.uns.get(binned, {}).get("params", {}).get("layer")
+
+
 def private_anndata(
     adata: ad.AnnData, *, obs: Iterable[str] = (), layers: Iterable[str] = (), uns: Iterable[str] = ()
 ) -> ad.AnnData:
@@ -106,7 +111,7 @@ def _stand_in_counts(model: BaseModelClass, work: ad.AnnData) -> None:
     binned = model.registry_["setup_args"]["layer"]
     if binned not in work.layers:
         return
-    source = work.uns.get(binned, {}).get("params", {}).get("layer")
+    source = binned_from(work, binned)
     if source is None and work.X is None:
         work.X = work.layers[binned]
     elif source is not None and source not in work.layers:

@@ -33,7 +33,8 @@ from .._docs import DOC_PERTURBATION_KEY, doc_layer_lognorm, doc_params
 from .._validation import check_control, did_you_mean, get_matrix, matrix_name, shown
 from ._checks import _check_int
 
-_SCORE_COLUMNS = (
+# columns of _score_profile (against the control) and of _score_against_perturbed (against the others)
+_PROFILE_COLUMNS = (
     "pearson",
     "pearson_top",
     "pearson_delta",
@@ -41,9 +42,9 @@ _SCORE_COLUMNS = (
     "mse_top",
     "l2_top",
     "direction_top",
-    "pearson_delta_perturbed",
-    "centroid_rank",
 )
+_PERTURBED_COLUMNS = ("pearson_delta_perturbed", "centroid_rank")
+_SCORE_COLUMNS = _PROFILE_COLUMNS + _PERTURBED_COLUMNS
 # A vector whose spread is below this share of its size is constant up to rounding, e.g. the
 # "no change" baseline's delta: its correlation is undefined (NaN), not the correlation of noise.
 _CONSTANT_RTOL = 1e-10
@@ -372,7 +373,7 @@ def _score_against_perturbed(predicted: np.ndarray, perturbed: pd.DataFrame, gro
     """Scores against the other perturbations' observed mean profiles (Systema's reference, centroid rank)."""
     others = perturbed.drop(index=group).to_numpy()
     if not np.isfinite(predicted).all() or len(others) == 0:
-        return {"pearson_delta_perturbed": np.nan, "centroid_rank": np.nan}
+        return dict.fromkeys(_PERTURBED_COLUMNS, np.nan)
     reference = others.mean(axis=0)
     observed = perturbed.loc[group].to_numpy()
     own = np.linalg.norm(predicted - observed)
@@ -385,7 +386,7 @@ def _score_against_perturbed(predicted: np.ndarray, perturbed: pd.DataFrame, gro
 
 def _score_profile(predicted: np.ndarray, observed: np.ndarray, control: np.ndarray, top: np.ndarray) -> dict:
     if not np.isfinite(predicted).all():
-        return dict.fromkeys(_SCORE_COLUMNS[: _SCORE_COLUMNS.index("direction_top") + 1], np.nan)
+        return dict.fromkeys(_PROFILE_COLUMNS, np.nan)
     predicted_delta, observed_delta = predicted - control, observed - control
     error = predicted[top] - observed[top]
     return {

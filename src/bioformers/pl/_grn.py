@@ -91,15 +91,18 @@ def _attention_network(adata: AnnData, keys: Keys, group: str | None, min_detect
     return _network(adata, keys, key, min_detection)
 
 
+def _grn_group_keys(adata: AnnData, keys: Keys) -> dict[str, str]:
+    """Group label -> ``varp`` key of the per-group GRNs of `bf.tl.grn`, as its record lists them."""
+    groups = adata.uns.get(keys.grn, {}).get("groups", {})
+    return {str(label): str(key) for label, key in zip(groups.get("label", []), groups.get("key", []), strict=True)}
+
+
 def _network(adata: AnnData, keys: Keys, key: str, min_detection: float | None) -> _Network:
     """The matrix of ``varp[key]`` and, for an attention GRN of `bf.tl.attention_grn`, its detection record."""
-    grn_record = adata.uns.get(keys.grn, {})
-    grn_groups = grn_record.get("groups", {})
-    grn_keys = list(grn_groups.get("key", []))
-    if key == keys.grn or key in grn_keys:
-        params = grn_record.get("params", {})
-        cells = "all cells" if key == keys.grn else str(list(grn_groups.get("label", []))[grn_keys.index(key)])
-        source = f"{params.get('method', 'GRN')}, {cells}"
+    grn_groups = {group_key: label for label, group_key in _grn_group_keys(adata, keys).items()}
+    if key == keys.grn or key in grn_groups:
+        params = adata.uns[keys.grn].get("params", {}) if keys.grn in adata.uns else {}
+        source = f"{params.get('method', 'GRN')}, {grn_groups.get(key, 'all cells')}"
         return _Network(key, adata.varp[key], source, None, 0.0, directed=True, signed=bool(params.get("signed")))
     record = adata.uns.get(keys.attention, {})
     recorded = float(record.get("params", {}).get("min_detection", 0.0))
@@ -302,10 +305,9 @@ def grn(
     if key is not None and group is not None:
         raise ValueError("Pass `key=` (any GRN of `adata.varp`) or `group=` (a group's GRN), not both.")
     if group is not None:
-        grn_groups = adata.uns.get(keys.grn, {}).get("groups", {})
-        labels = [str(label) for label in grn_groups.get("label", [])]
-        if str(group) in labels:
-            network = _network(adata, keys, list(grn_groups["key"])[labels.index(str(group))], min_detection)
+        grn_key = _grn_group_keys(adata, keys).get(str(group))
+        if grn_key is not None:
+            network = _network(adata, keys, grn_key, min_detection)
         else:
             network = _attention_network(adata, keys, group, min_detection)
     else:

@@ -22,7 +22,7 @@ from .._docs import (
 )
 from .._keys import DEFAULT_KEY, Keys
 from .._logging import seed as quiet_seed
-from .._private import private_anndata
+from .._private import binned_from, private_anndata
 from .._record import params_record
 from .._validation import (
     check_anndata,
@@ -223,8 +223,8 @@ def pretrain(
     if copy:
         adata = adata.copy()
     quiet_seed(seed)
-    # the layer the existing bins were made from holds the counts the count objective reads
-    source = None if must_bin else adata.uns.get(keys.binned, {}).get("params", {}).get("layer")
+    # the layer existing bins were made from holds the counts the count objective reads
+    source = None if must_bin else binned_from(adata, keys.binned)
     work = private_anndata(adata, obs=[batch_key, labels_key], layers=[keys.binned, layer, source], uns=[keys.binned])
     if must_bin and binning == "rank":
         rank_values(work, n_ranks=DEFAULT_N_RANKS if n_bins is None else n_bins, layer=layer, key_added=key_added)

@@ -12,6 +12,7 @@ from scvi.data.fields import CategoricalObsField, LayerField
 
 from ..._docs import DOC_CONDITION_KIND, DOC_RETURNS_SETUP, DOC_SCVI_FIELDS, DOC_SETUP_KWARGS, doc_params
 from ..._keys import COUNTS_KEY, PERTURBATION_KEY, Keys
+from ..._private import binned_from
 from ..._validation import (
     check_anndata,
     check_control,
@@ -198,7 +199,7 @@ class TokenSetupMixin:
 
 def _counts_source(adata: AnnData, layer: str) -> str | None:
     """The layer with the raw counts that ``layers[layer]`` was binned from (``None``: ``adata.X``), checked."""
-    source = adata.uns.get(layer, {}).get("params", {}).get("layer")
+    source = binned_from(adata, layer)
     if source is not None and source not in adata.layers:
         raise KeyError(
             f"`counts=True` registers the raw counts that {layer!r} was binned from, layer {source!r}, which is not in "
