@@ -163,6 +163,38 @@ def test_fine_tunes_a_pretrained_model(screen):
         )
 
 
+def test_pretrains_on_the_controls_and_starts_from_the_train_mean(screen):
+    model = bf.tl.train_perturbation(
+        screen, perturbation_key="perturbation", test_perturbations=HELD_OUT, max_epochs=1, seed=0, **TRAIN
+    )
+    assert screen.uns["bioformers_perturbation"]["params"]["pretrained"] == "on the control cells"
+    # with the learned, perturbation-specific change switched off, a perturbed cell is predicted as
+    # the train-mean baseline: the control mean plus the mean response of the training perturbations
+    module = model.module
+    with torch.no_grad():
+        for layer in (module.response_cls_head, module.response_token_head[-1]):
+            layer.weight.zero_()
+            layer.bias.zero_()
+        module.response_query.weight.zero_()
+    predicted = bf.metrics.mean_profiles(bf.tl.predict_perturbation(model, screen, HELD_OUT, n_cells=50))
+    log = screen.copy()
+    log.X = bf.data.log_normalize(log.X)
+    train = log[~log.obs["perturbation"].isin(HELD_OUT)].copy()
+    expected = bf.metrics.perturbation_baselines(train, HELD_OUT, methods="train_mean")["train_mean"]
+    np.testing.assert_allclose(predicted.loc[HELD_OUT].to_numpy(), expected.to_numpy(), atol=1e-4)
+
+
+def test_can_start_from_random_weights(screen):
+    kwargs = {"perturbation_key": "perturbation", "test_perturbations": HELD_OUT, "max_epochs": 1, "seed": 0} | TRAIN
+    scratch = bf.tl.train_perturbation(screen, pretrain=False, **kwargs)
+    assert screen.uns["bioformers_perturbation"]["params"]["pretrained"] is False
+    pretrained = bf.tl.train_perturbation(screen, **kwargs)
+    # the same seed, data and steps: only the starting weights differ
+    a = scratch.module.gene_embedding.weight.detach()
+    b = pretrained.module.gene_embedding.weight.detach()
+    assert not torch.allclose(a, b)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -174,11 +206,12 @@ def test_fine_tunes_a_pretrained_model(screen):
         ({"test_perturbations": ["gene_0", "gene_0"]}, "twice"),
         ({"min_cells": 10_000}, "fewer than `min_cells"),
         ({"split": "cells", "test_perturbations": ["gene_0"]}, "applies to `split='simulation'`"),
+        ({"pretrain": "yes"}, "True or False"),
     ],
 )
 def test_bad_training_input_is_refused_before_writing(screen, kwargs, match):
     before = screen.copy()
-    with pytest.raises((ValueError, KeyError), match=match):
+    with pytest.raises((ValueError, KeyError, TypeError), match=match):
         bf.tl.train_perturbation(screen, **({"perturbation_key": "perturbation"} | kwargs), max_epochs=1, **TRAIN)
     assert set(screen.uns) == set(before.uns) and set(screen.layers) == set(before.layers)
     assert (screen.X != before.X).nnz == 0

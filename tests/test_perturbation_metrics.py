@@ -376,6 +376,34 @@ def test_linear_is_the_closed_form_on_sklearn_pca(screen):
     np.testing.assert_allclose(linear["linear"], expected, rtol=1e-6, atol=1e-8)
 
 
+def test_linear_takes_a_given_gene_embedding(screen):
+    train = screen[~screen.obs["perturbation"].isin(HELD_OUT)].copy()
+    default = bf.metrics.perturbation_baselines(train, HELD_OUT, methods="linear", n_components=6, ridge=0.5)
+    X = train.X.toarray().astype(np.float64)
+    pca = PCA(n_components=6, svd_solver="full").fit(X)
+    train.varm["pcs"] = pca.components_.T * pca.singular_values_ / np.sqrt(train.n_obs)
+    # the PCA embedding passed by hand (as a varm key, or as an array) gives the default model
+    for given in ("pcs", train.varm["pcs"]):
+        linear = bf.metrics.perturbation_baselines(train, HELD_OUT, methods="linear", ridge=0.5, gene_embedding=given)
+        np.testing.assert_allclose(linear["linear"], default["linear"], rtol=1e-6, atol=1e-8)
+    # another embedding gives another model
+    other = np.random.default_rng(0).normal(size=(train.n_vars, 6))
+    random = bf.metrics.perturbation_baselines(train, HELD_OUT, methods="linear", ridge=0.5, gene_embedding=other)
+    assert not np.allclose(random["linear"], default["linear"])
+
+
+def test_linear_gene_embedding_is_checked(screen):
+    train = screen[~screen.obs["perturbation"].isin(HELD_OUT)].copy()
+    with pytest.raises(KeyError, match=r"bf\.tl\.gene_embeddings"):
+        bf.metrics.perturbation_baselines(train, HELD_OUT, methods="linear", gene_embedding="bioformers_genes")
+    with pytest.raises(ValueError, match="one row per gene"):
+        bf.metrics.perturbation_baselines(train, HELD_OUT, methods="linear", gene_embedding=np.ones((3, 4)))
+    bad = np.ones((train.n_vars, 4))
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="missing or infinite"):
+        bf.metrics.perturbation_baselines(train, HELD_OUT, methods="linear", gene_embedding=bad)
+
+
 def test_linear_beats_train_mean_on_held_out_targets(screen):
     train = screen[~screen.obs["perturbation"].isin(HELD_OUT)].copy()
     assert sorted(screen.var["program"][HELD_OUT]) == [0, 1, 2, 3]

@@ -50,6 +50,7 @@ def perturbation_baselines(
     methods: _Method | Sequence[_Method] = _METHODS,
     n_components: int = 10,
     ridge: float = 0.1,
+    gene_embedding: str | np.ndarray | None = None,
     n_cells: int = 300,
     seed: int = 0,
     layer: str | None = None,
@@ -105,6 +106,13 @@ def perturbation_baselines(
     ridge
         Ridge penalty λ of the linear model; 0.1 as in Ahlmann-Eltze et al., whose embedding
         (from pseudobulk profiles) has a different scale, so the same λ is not the same penalty.
+    gene_embedding
+        The linear model's gene embedding ``G``: ``None`` computes it by PCA of the training cells
+        (above); otherwise a key of ``train.varm`` or an array, ``(n_vars, K)``, one row per gene of
+        `train` in its order, e.g. a pretrained model's gene embeddings
+        (:func:`bioformers.tl.gene_embeddings` writes them to ``varm['bioformers_genes']``). Such an
+        embedding can know a held-out target from other data, where PCA knows it only from how it
+        co-varies in the training cells. `n_components` then does not apply.
     n_cells
         Number of control cells the MLP's prediction is averaged over (all, if fewer).
     seed
@@ -137,6 +145,7 @@ def perturbation_baselines(
     perturbations = _check_requested(perturbations, control)
     _check_int(n_components, "n_components", 1)
     _check_int(n_cells, "n_cells", 1)
+    embedding = None if gene_embedding is None else _given_embedding(train, gene_embedding)
     if not isinstance(ridge, Real) or isinstance(ridge, bool) or not ridge >= 0:
         raise ValueError(f"`ridge={ridge!r}` must be a non-negative number (Ahlmann-Eltze et al. use 0.1).")
     training = [group for group in counts.index if group != control and counts[group] > 0]
@@ -168,7 +177,15 @@ def perturbation_baselines(
         elif method == "linear":
             delta = profiles.loc[fitted].to_numpy() - control_mean
             values = control_mean + _linear_deltas(
-                X, gene_index, targets, fitted, delta, perturbations, n_components=n_components, ridge=float(ridge)
+                X,
+                gene_index,
+                targets,
+                fitted,
+                delta,
+                perturbations,
+                n_components=n_components,
+                ridge=float(ridge),
+                embedding=embedding,
             )
         else:
             values = _mlp_profiles(
@@ -188,9 +205,10 @@ def _linear_deltas(
     *,
     n_components: int,
     ridge: float,
+    embedding: np.ndarray | None = None,
 ) -> np.ndarray:
     """Deltas of `perturbations` from the linear model fitted on the deltas (perturbations x genes) of `fitted`."""
-    G = _gene_embedding(X, n_components)
+    G = _gene_embedding(X, n_components) if embedding is None else embedding
     Y = delta.T  # genes x perturbations
     b = Y.mean(axis=1, keepdims=True)
     P = np.stack([_embed(G, genes, targets[group]) for group in fitted])
@@ -208,6 +226,26 @@ def _linear_deltas(
         if _measured(targets[group], genes):
             result[row] = b[:, 0] + G @ W @ _embed(G, genes, targets[group])
     return result
+
+
+def _given_embedding(train: ad.AnnData, gene_embedding: str | np.ndarray) -> np.ndarray:
+    """The user's gene embedding for the linear model, checked: finite, one row per gene of `train`."""
+    if isinstance(gene_embedding, str):
+        if gene_embedding not in train.varm:
+            raise KeyError(
+                f"`gene_embedding={gene_embedding!r}` is not a key of `train.varm` (keys: {list(train.varm.keys())}). "
+                "Run `bf.tl.gene_embeddings(train, model)` first, or pass the array itself."
+            )
+        gene_embedding = train.varm[gene_embedding]
+    G = np.asarray(gene_embedding, dtype=np.float64)
+    if G.ndim != 2 or G.shape[0] != train.n_vars or G.shape[1] < 1:
+        raise ValueError(
+            f"`gene_embedding` must have one row per gene of `train` ({train.n_vars}) and at least one column, "
+            f"not shape {G.shape}."
+        )
+    if not np.isfinite(G).all():
+        raise ValueError("`gene_embedding` has missing or infinite values.")
+    return G
 
 
 def _embed(G: np.ndarray, genes: pd.Index, targets: list[str]) -> np.ndarray:

@@ -16,7 +16,8 @@ class BioFormerPerturbationModule(BioFormerModule):
 
     Every position adds an external token (0 = not perturbed, 1 = perturbed; more categories leave
     room for e.g. knock-down vs over-expression). The response, log-normalised expression of a
-    perturbed control cell, is the control mean plus a change decoded from CLS for every gene, plus
+    perturbed control cell, is the control mean, plus (when any gene is perturbed) the mean response
+    of the training perturbations, plus a change decoded from CLS for every gene, plus
     one decoded from each measured gene's own token where it is in the sequence, plus a bilinear
     interaction of that token with the perturbed tokens (``change_j = <Q h_j, K h_perturbed>``, the
     transformer analogue of the linear model of Ahlmann-Eltze et al., ``G W P^T``: a held-out target
@@ -54,6 +55,9 @@ class BioFormerPerturbationModule(BioFormerModule):
         n_hidden = self.cls_token.shape[0]
         self.external_embedding = nn.Embedding(n_external, n_hidden)
         self.register_buffer("control_mean", torch.zeros(n_genes))
+        # the mean response of the training perturbations: a perturbed cell starts from it (the
+        # train-mean baseline) and the network learns what is specific to each perturbation
+        self.register_buffer("mean_response", torch.zeros(n_genes))
         self.response_cls_head = nn.Linear(n_hidden, n_genes)
         self.response_token_head = nn.Sequential(nn.Linear(n_hidden, n_hidden), nn.GELU(), nn.Linear(n_hidden, 1))
         self.response_query = nn.Linear(n_hidden, n_hidden, bias=False)
@@ -136,7 +140,9 @@ class BioFormerPerturbationModule(BioFormerModule):
     def predict_response(self, bins: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Log-normalised expression of each control cell after perturbing its ``targets``, ``(cells, n_genes)``.
 
-        The prediction is the control mean plus a change decoded from CLS for every gene, plus, for
+        The prediction is the control mean, plus ``mean_response`` for a cell with any target (the
+        train-mean baseline's prediction, set by the training), plus a change decoded from CLS for
+        every gene, plus, for
         measured genes in the sequence, a change decoded from the gene's own token (which attends to
         the perturbed tokens) and a bilinear interaction of that token with the mean state of the
         perturbed tokens.
@@ -171,7 +177,8 @@ class BioFormerPerturbationModule(BioFormerModule):
         token_change = (self.response_token_head(tokens).squeeze(-1) + interaction).float()
         measured = (genes < self.n_genes) & ~padding
         change = change.scatter_add(1, torch.where(measured, genes, 0), torch.where(measured, token_change, 0.0))
-        return self.control_mean + change
+        perturbed = (targets >= 0).any(dim=1, keepdim=True).float()
+        return self.control_mean + perturbed * self.mean_response + change
 
     def response_loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
         """Weighted mean squared error of :meth:`predict_response` against the perturbed cells' expression.

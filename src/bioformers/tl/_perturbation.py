@@ -31,6 +31,7 @@ from ..model import BioFormer
 from ..module import check_module_arguments
 from ..pp._tokens import BINNING_ARGS, bin_as_recorded, bin_matrix
 from ._models import require_encoder
+from ._pretrain import pretrain as pretrain_model
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -47,6 +48,7 @@ def train_perturbation(
     test_perturbations: Sequence[str] | None = None,
     test_size: float = 0.2,
     layer: str | None = None,
+    pretrain: bool = True,
     min_cells: int = 5,
     response_weight: float = 4.0,
     n_top_genes: int = 20,
@@ -54,7 +56,7 @@ def train_perturbation(
     n_layers: int = 4,
     n_heads: int = 2,
     max_seq_len: int | None = None,
-    max_epochs: int = 10,
+    max_epochs: int | None = None,
     batch_size: int = 64,
     lr: float = 1e-3,
     seed: int = 0,
@@ -63,13 +65,19 @@ def train_perturbation(
 ) -> BioFormer:
     """Learn how cells respond to perturbations, holding some out for testing.
 
-    Each training cell (perturbed or control) is paired with a control cell drawn at random
-    (seeded, afresh every epoch). The network reads the control cell's binned expression with the
-    perturbed genes marked by an external token (a target that is not a measured gene gets its
-    own gene token, with no value) and predicts the paired cell's log-normalised expression
-    (counts per 10,000, ``log1p``): the control mean plus a change decoded from the CLS state and
-    from each gene's token. The loss is a mean squared error over all genes, with
-    ``1 + response_weight`` times the weight on each training perturbation's top DE genes.
+    Without a ``model``, a network is first pretrained on the training control cells by masked
+    gene modelling (:func:`bioformers.tl.pretrain` with its defaults), so that it knows how genes
+    vary together in unperturbed cells, held-out targets included, before it learns what
+    perturbations do. Each training cell (perturbed or control) is then paired with a control
+    cell drawn at random (seeded, afresh every epoch). The network reads the control cell's binned
+    expression with the perturbed genes marked by an external token (a target that is not a
+    measured gene gets its own gene token, with no value) and predicts the paired cell's
+    log-normalised expression (counts per 10,000, ``log1p``). A perturbed cell's prediction is
+    the control mean, plus the mean response of the training perturbations (what the
+    "train-mean" baseline predicts for any perturbation), plus a change decoded from the CLS state
+    and from each gene's token: the network learns what is specific to each perturbation. The
+    loss is a mean squared error over all genes, with ``1 + response_weight`` times the weight on
+    each training perturbation's top DE genes.
 
     Everything is checked first, and training runs on a private AnnData that shares ``adata``'s
     counts: ``adata`` gets only the record, at the end. Cells with no counts raise an error; genes
@@ -82,7 +90,8 @@ def train_perturbation(
         view: call ``.copy()`` on a subset first.
     model
         A trained :class:`bioformers.BioFormer` (e.g. from :func:`bioformers.tl.pretrain` on the same
-        genes) to start from: its weights, size and binning are kept. ``None`` trains from scratch.
+        genes) to start from: its weights, size and binning are kept. ``None`` pretrains one on the
+        training control cells first (see `pretrain`).
     perturbation_key
         Column of ``adata.obs`` with each cell's perturbation: ``control`` or the targeted gene(s),
         combinations joined by ``+``; no missing values.
@@ -100,6 +109,10 @@ def train_perturbation(
         Fraction of cells held out with ``split="cells"``.
     layer
         Layer with raw counts; ``None`` uses ``adata.X``.
+    pretrain
+        Without a ``model``: pretrain one on the training control cells (``True``), with
+        ``n_hidden``, ``n_layers``, ``n_heads``, ``max_seq_len`` and ``seed`` and
+        :func:`~bioformers.tl.pretrain`'s other defaults, or start from random weights (``False``).
     min_cells
         Fewest cells a perturbation (and the control group) may have.
     response_weight
@@ -107,11 +120,12 @@ def train_perturbation(
     n_top_genes
         DE genes per perturbation that get the extra weight.
     n_hidden, n_layers, n_heads
-        Size of a model trained from scratch (ignored when ``model`` is given).
+        Size of a new model (ignored when ``model`` is given).
     max_seq_len
         Longest sequence; ``None``: the model's, or 256 from scratch. The perturbed genes always enter.
     max_epochs
-        Passes over the training cells.
+        Passes over the training cells; ``None``: 3 to 10 by their number, about 80,000 pairs in all
+        (4 epochs for 20,000 cells).
     {batch_size}
     {lr}
     seed
@@ -154,6 +168,8 @@ def train_perturbation(
     check_obs_key(adata, perturbation_key, argument="perturbation_key")
     labels = adata.obs[perturbation_key].astype(str).to_numpy()
     check_control(adata.obs[perturbation_key], control, perturbation_key)
+    if not isinstance(pretrain, bool):
+        raise TypeError(f"`pretrain` must be True or False, not {pretrain!r}.")
     if split not in ("simulation", "cells"):
         raise ValueError(f"`split` must be 'simulation' or 'cells', not {split!r}.")
     if split == "cells" and not 0 < test_size < 1:
@@ -200,6 +216,13 @@ def train_perturbation(
     train_labels = [p for p in perturbations if p not in set(test)] if split == "simulation" else perturbations
     if not train_labels:
         raise ValueError("No perturbation is left to train on: hold out fewer perturbations.")
+    pretrained_here = model is None and pretrain
+    if pretrained_here:
+        model = _pretrain_on_controls(
+            adata, counts, train_cells[labels[train_cells] == control], architecture, batch_size, seed, train_kwargs
+        )
+        binning = {k: model.binning_[k] for k in BINNING_ARGS if k in model.binning_}
+        architecture = _architecture(model) | {"max_seq_len": architecture["max_seq_len"]}
 
     # everything is built on a private AnnData: the caller's is only written at the end
     work = ad.AnnData(
@@ -253,11 +276,12 @@ def train_perturbation(
             response_weight=response_weight,
             n_top_genes=n_top_genes,
             **architecture,
-            max_epochs=max_epochs,
+            max_epochs=len(history["train_loss"]),
             batch_size=batch_size,
             lr=lr,
             seed=seed,
-            pretrained=model is not None,
+            pretrain=pretrain,
+            pretrained="on the control cells" if pretrained_here else model is not None,
             model=type(fitted).__name__,
         ),
         "test_perturbations": list(test),
@@ -388,6 +412,22 @@ def predict_perturbation(
         )
     }
     return out
+
+
+def _pretrain_on_controls(
+    adata, counts, controls: np.ndarray, architecture: dict, batch_size: int, seed: int, train_kwargs: dict
+):
+    """A model pretrained on the training control cells, as :func:`~bioformers.tl.pretrain` does by default."""
+    logg.info(f"pretraining on {controls.size:,} control cells before the perturbation training")
+    source = ad.AnnData(
+        X=sparse.csr_matrix(counts[controls], dtype=np.float32),
+        obs=pd.DataFrame(index=adata.obs_names[controls].copy()),
+        var=pd.DataFrame(index=adata.var_names.copy()),
+    )
+    # checkpoints belong to the perturbation training: the pretraining must not write or resume them
+    shared = {k: v for k, v in train_kwargs.items() if k not in ("save_checkpoints", "checkpoint_every", "resume_from")}
+    # a small screen may have fewer control cells than a batch
+    return pretrain_model(source, **architecture, batch_size=min(batch_size, controls.size), seed=seed, **shared)
 
 
 def _check_group_sizes(labels: np.ndarray, min_cells: int) -> None:

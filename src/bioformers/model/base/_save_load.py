@@ -13,7 +13,15 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from ..._private import mirror
 from ..._record import package_version
-from ._serialization import check_model_class, check_state_dict, check_version, read_model, upgrade_legacy, write_model
+from ._serialization import (
+    check_model_class,
+    check_state_dict,
+    check_version,
+    read_model,
+    upgrade_legacy,
+    upgrade_legacy_weights,
+    write_model,
+)
 
 if TYPE_CHECKING:
     from typing import Self
@@ -193,6 +201,7 @@ class SaveLoadMixin:
         init = attributes["init_params"]
         kwargs = {k: v for group in init.get("kwargs", {}).values() for k, v in group.items()}
         model = model_cls(adata, **model_cls._saved_init(dict(init["non_kwargs"]) | kwargs, attributes))
+        state_dict = upgrade_legacy_weights(model.module.state_dict(), state_dict)
         check_state_dict(model.module.state_dict(), state_dict, dir_path)
         model.module.load_state_dict(state_dict)
         model.history_ = {

@@ -175,6 +175,19 @@ def upgrade_legacy(attributes: dict[str, Any]) -> dict[str, Any]:
     return upgraded
 
 
+#: Buffers added to a network since models were first saved: older files lack them, and their zero value
+#: reproduces the models those files hold (``mean_response``, of the perturbation network).
+_ADDED_BUFFERS = ("mean_response",)
+
+
+def upgrade_legacy_weights(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> dict:
+    """``found`` with each of :data:`_ADDED_BUFFERS` that ``expected`` has and ``found`` lacks, as zeros."""
+    added = {
+        name: torch.zeros_like(expected[name]) for name in _ADDED_BUFFERS if name in expected and name not in found
+    }
+    return dict(found) | added
+
+
 def check_state_dict(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], dir_path: str) -> None:
     """Raise unless ``found`` has exactly the parameters of ``expected``, each with the same shape.
 

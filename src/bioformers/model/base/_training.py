@@ -18,6 +18,11 @@ def default_max_epochs(n_obs: int) -> int:
     return int(np.clip(round(30_000 / max(n_obs, 1)), 5, 30))
 
 
+def default_perturbation_epochs(n_pairs: int) -> int:
+    """Fine-tuning on control -> perturbed pairs: about 80,000 pairs seen (1,250 steps of 64), 3 to 10 epochs."""
+    return int(np.clip(round(80_000 / max(n_pairs, 1)), 3, 10))
+
+
 class TokenTrainingMixin(UnsupervisedTrainingMixin):
     """``train`` of the models over gene tokens, on scvi-tools' :class:`~scvi.model.base.UnsupervisedTrainingMixin`.
 
