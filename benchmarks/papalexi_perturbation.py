@@ -276,8 +276,8 @@ def main() -> None:
         header = "# Papalexi 2021 perturbation response\n\n" + __doc__.split("\n\n")[1]
         (RESULTS / f"{name}.md").write_text(header + "\n\n" + text + "\n")
         (RESULTS / f"{name}.json").write_text(json.dumps({"leave_one_out": rows, "cells": cells}, indent=1) + "\n")
-    fig = bf.pl.perturbation_scores(loo_frame[loo_frame["seed"] == args.seeds[0]], return_fig=True)
-    fig.savefig(RESULTS / f"{name}_unseen.png", dpi=120, bbox_inches="tight")
+        fig = bf.pl.perturbation_scores(loo_frame[loo_frame["seed"] == args.seeds[0]], return_fig=True)
+        fig.savefig(RESULTS / f"{name}_unseen.png", dpi=120, bbox_inches="tight")
     print(text)
 
 

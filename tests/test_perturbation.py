@@ -17,6 +17,7 @@ TRAIN = {
     "lr": 3e-3,
     "enable_progress_bar": False,
     "accelerator": "cpu",
+    "pretrain": False,  # pretraining on the controls, the default, has its own test: the others skip its time
 }
 # one measured target of each program held out: the other target of its program is seen
 HELD_OUT = ["gene_12", "gene_0"]
@@ -149,7 +150,7 @@ def test_default_hold_out_picks_measured_targets(screen):
 
 
 def test_fine_tunes_a_pretrained_model(screen):
-    pretrained = bf.tl.pretrain(screen.copy(), max_epochs=1, **TRAIN)
+    pretrained = bf.tl.pretrain(screen.copy(), max_epochs=1, **{k: v for k, v in TRAIN.items() if k != "pretrain"})
     model = bf.tl.train_perturbation(
         screen, pretrained, perturbation_key="perturbation", test_perturbations=HELD_OUT, max_epochs=1, **TRAIN
     )
@@ -164,8 +165,9 @@ def test_fine_tunes_a_pretrained_model(screen):
 
 
 def test_pretrains_on_the_controls_and_starts_from_the_train_mean(screen):
+    kwargs = TRAIN | {"pretrain": True}  # the default
     model = bf.tl.train_perturbation(
-        screen, perturbation_key="perturbation", test_perturbations=HELD_OUT, max_epochs=1, seed=0, **TRAIN
+        screen, perturbation_key="perturbation", test_perturbations=HELD_OUT, max_epochs=1, seed=0, **kwargs
     )
     assert screen.uns["bioformers_perturbation"]["params"]["pretrained"] == "on the control cells"
     # with the learned, perturbation-specific change switched off, a perturbed cell is predicted as
@@ -186,9 +188,9 @@ def test_pretrains_on_the_controls_and_starts_from_the_train_mean(screen):
 
 def test_can_start_from_random_weights(screen):
     kwargs = {"perturbation_key": "perturbation", "test_perturbations": HELD_OUT, "max_epochs": 1, "seed": 0} | TRAIN
-    scratch = bf.tl.train_perturbation(screen, pretrain=False, **kwargs)
+    scratch = bf.tl.train_perturbation(screen, **(kwargs | {"pretrain": False}))
     assert screen.uns["bioformers_perturbation"]["params"]["pretrained"] is False
-    pretrained = bf.tl.train_perturbation(screen, **kwargs)
+    pretrained = bf.tl.train_perturbation(screen, **(kwargs | {"pretrain": True}))
     # the same seed, data and steps: only the starting weights differ
     a = scratch.module.gene_embedding.weight.detach()
     b = pretrained.module.gene_embedding.weight.detach()
@@ -212,7 +214,7 @@ def test_can_start_from_random_weights(screen):
 def test_bad_training_input_is_refused_before_writing(screen, kwargs, match):
     before = screen.copy()
     with pytest.raises((ValueError, KeyError, TypeError), match=match):
-        bf.tl.train_perturbation(screen, **({"perturbation_key": "perturbation"} | kwargs), max_epochs=1, **TRAIN)
+        bf.tl.train_perturbation(screen, **({"perturbation_key": "perturbation"} | TRAIN | kwargs), max_epochs=1)
     assert set(screen.uns) == set(before.uns) and set(screen.layers) == set(before.layers)
     assert (screen.X != before.X).nnz == 0
 
