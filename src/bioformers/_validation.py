@@ -148,10 +148,11 @@ def check_dtype(values: np.ndarray, *, where: str) -> None:
 _LOG_NORMALISED_MAX = 15.0
 
 
-def check_counts(X, *, where: str = "adata.X", require_integer: bool = True) -> None:
+def check_counts(X, *, where: str = "adata.X", require_integer: bool = True, fix: str | None = None) -> None:
     """Check that ``X`` holds finite, non-negative (integer) values of a sound dtype and that no cell is empty.
 
-    Genes with no counts are allowed (see :func:`warn_genes_without_counts`).
+    Genes with no counts are allowed (see :func:`warn_genes_without_counts`). ``fix`` replaces the
+    advice of the "not raw counts" errors (by default: pass ``layer=``) where the caller knows better.
     """
     if isinstance(X, CSRDataset | CSCDataset | h5py.Dataset):
         raise TypeError(
@@ -164,12 +165,13 @@ def check_counts(X, *, where: str = "adata.X", require_integer: bool = True) -> 
         raise ValueError(f"{where} contains NaN or infinite values. Remove or fill them before calling bioformers.")
     if values.size and values.min() < 0:
         raise ValueError(
-            f"{where} contains negative values; bioformers needs raw counts. Pass `layer=` naming the raw-count layer."
+            f"{where} contains negative values; bioformers needs raw counts. "
+            + (fix or "Pass `layer=` naming the raw-count layer.")
         )
     if require_integer and values.size:
         fractional = values != np.round(values)
         if fractional.any():
-            raise ValueError(_non_integer_message(values, fractional, where))
+            raise ValueError(_non_integer_message(values, fractional, where, fix))
     totals = np.asarray(X.sum(axis=1)).ravel()
     n_empty = int((totals == 0).sum())
     if n_empty:
@@ -179,13 +181,17 @@ def check_counts(X, *, where: str = "adata.X", require_integer: bool = True) -> 
         )
 
 
-def _non_integer_message(values: np.ndarray, fractional: np.ndarray, where: str) -> str:
+def _non_integer_message(values: np.ndarray, fractional: np.ndarray, where: str, fix: str | None = None) -> str:
     """Say what non-integer values look like and what to do: log-normalised data and scaled counts differ."""
     examples = ", ".join(f"{v:.3g}" for v in np.unique(values[fractional])[:3])
     largest = float(values.max())
     share = f"{fractional.mean():.0%} of its stored values"
     seen = f"{where} holds non-integer values ({share}, e.g. {examples}; largest {largest:.4g})"
     # log1p of counts per 10,000 (or per million) stays below ~15; scaled or corrected counts keep their range
+    if largest <= _LOG_NORMALISED_MAX and fix:
+        return f"{seen}: it looks log-normalised, and this step needs raw counts. {fix}"
+    if fix:
+        return f"{seen}: they look like scaled or corrected counts, and this step needs raw counts. {fix}"
     if largest <= _LOG_NORMALISED_MAX:
         return (
             f"{seen}: it looks log-normalised, and this step needs raw counts. Pass `layer=` naming the raw-count "

@@ -205,17 +205,16 @@ def _counts_source(adata: AnnData, layer: str) -> str | None:
             f"`counts=True` registers the raw counts that {layer!r} was binned from, layer {source!r}, which is not in "
             f"`adata.layers` ({shown(adata.layers.keys())}). Add it, or pass `counts=False`."
         )
-    try:
-        check_counts(get_matrix(adata, source), where=matrix_name(source), require_integer=True)
-    except ValueError as error:
-        # e.g. binned from X, and X was log-normalised afterwards: the counts are gone from there. The
-        # generic advice (pass `layer=`) does not apply: the binning record names where the counts are.
-        found = str(error).split(" Pass `layer=`")[0]
-        raise ValueError(
-            f"{found} `layers[{layer!r}]` was binned from {matrix_name(source)}, so the count objective reads the raw "
-            "counts there. Bin from the raw counts instead, e.g. `bf.pp.bin(adata, layer='counts')` if you kept them "
-            "in `layers['counts']`, or train without the count objective (`count_weight=0`)."
-        ) from None
+    # e.g. binned from X, and X was log-normalised afterwards: the counts are gone from there, and the
+    # binning record, not `layer=`, says where the count objective reads them
+    check_counts(
+        get_matrix(adata, source),
+        where=matrix_name(source),
+        require_integer=True,
+        fix=f"`layers[{layer!r}]` was binned from {matrix_name(source)}, so the count objective reads the raw counts "
+        "there. Bin from the raw counts instead, e.g. `bf.pp.bin(adata, layer='counts')` if you kept them in "
+        "`layers['counts']`, or train without the count objective (`count_weight=0`).",
+    )
     return source
 
 
