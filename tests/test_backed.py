@@ -5,9 +5,6 @@ import hashlib
 import anndata as ad
 import numpy as np
 import pytest
-import scvi
-import torch
-from lightning.pytorch import LightningDataModule
 from scipy import sparse
 
 import bioformers as bf
@@ -282,63 +279,9 @@ def test_view_of_backed_anndata_raises_before_writing(pretrained, backed):
     np.testing.assert_array_equal(model.get_latent_representation(view), model.get_latent_representation(backed)[:50])
 
 
-@pytest.mark.parametrize(
-    "step",
-    [
-        pytest.param(lambda backed: bf.pp.bin(backed), id="pp.bin"),
-        pytest.param(lambda backed: bf.tl.pretrain(backed, n_layers=1, n_hidden=16, n_heads=2), id="tl.pretrain"),
-    ],
-)
-def test_steps_that_need_counts_in_memory_say_so(backed, step):
+def test_binning_needs_counts_in_memory_and_says_so(backed):
+    """Binning writes a layer as large as the data; training from disk bins as it reads (test_backed_training.py)."""
     before = _keys(backed)
     with pytest.raises(TypeError, match=r"on disk \(a backed AnnData\).*to_memory\(\)"):
-        step(backed)
+        bf.pp.bin(backed)
     assert _keys(backed) == before
-
-
-# --- out-of-core training: the recipe of docs/scaling.md ---------------------------------------------
-class ShuffledBins(torch.utils.data.IterableDataset):
-    """One epoch of binned minibatches of a backed AnnData: chunks, and cells within chunks, in random order."""
-
-    def __init__(self, adata, model, batch_size=64, chunk_size=4096, seed=0):
-        self.adata, self.model, self.batch_size, self.chunk_size = adata, model, batch_size, chunk_size
-        self.rng = np.random.default_rng(seed)
-
-    def __len__(self):  # batches per epoch, for the learning-rate schedule
-        return -(-self.adata.n_obs // self.batch_size)
-
-    def __iter__(self):
-        n, size = self.adata.n_obs, self.chunk_size
-        starts = self.rng.permutation(np.arange(0, n, size))
-        order = np.concatenate([self.rng.permutation(np.arange(s, min(s + size, n))) for s in starts])
-        layer = self.model.registry_["setup_args"]["layer"]
-        for bins in binned_batches(
-            self.adata,
-            binning=self.model.binning_,
-            binned_layer=layer,
-            indices=order,
-            batch_size=self.batch_size,
-            chunk_size=size,
-        ):
-            yield {"X": torch.from_numpy(bins)}
-
-
-def test_training_out_of_core_through_a_datamodule(counts, tiny_model, tmp_path):
-    backed = ad.read_h5ad(_write(counts, tmp_path, "train.h5ad"), backed="r")
-    sample = backed[:100].to_memory()  # sets the genes, the binning scale and the bin vocabulary
-    bf.pp.bin(sample)
-    bf.BioFormer.setup_anndata(sample)
-    scvi.settings.seed = 0
-    model = bf.BioFormer(sample, **tiny_model)
-    batches = ShuffledBins(backed, model, batch_size=32, chunk_size=64)
-    assert len(batches) == len(list(iter(batches))) == 7
-    model.train(
-        max_epochs=2,
-        datamodule=LightningDataModule.from_datasets(batches, batch_size=None),
-        accelerator="cpu",
-        enable_progress_bar=False,
-    )
-    losses = model.loss_history()["train_loss"]
-    assert len(losses) == 2
-    assert all(np.isfinite(losses))
-    assert model.get_latent_representation(backed).shape == (counts.n_obs, tiny_model["n_hidden"])

@@ -90,10 +90,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_ddp(tmp_path: Path, *, devices: int, batch_size: int, timeout: float = 240) -> tuple[Path, dict[int, dict]]:
+def _run_ddp(
+    tmp_path: Path, *, devices: int, batch_size: int, timeout: float = 240, script_text: str = SCRIPT
+) -> tuple[Path, dict[int, dict]]:
     """Run the training script with Lightning's DDP launcher; return the output folder and per-rank reports."""
     script, out = tmp_path / "train_ddp.py", tmp_path / "out"
-    script.write_text(SCRIPT)
+    script.write_text(script_text)
     out.mkdir()
     # a clean environment: no rank or cluster variables inherited (Lightning would take them as its
     # cluster), one thread per process, a free port for the process group
@@ -199,3 +201,64 @@ def test_ddp_on_two_cpu_processes(tmp_path, single_process_loss):
     # the saved weights are the trained ones: reloaded, they give the embedding rank 0 wrote
     model = bf.BioFormer.load(str(out / "model_rank0"), adata=adata)
     np.testing.assert_allclose(model.get_latent_representation(), embedding, rtol=1e-3, atol=1e-3)
+
+
+# --- training from disk: each process reads its own share of a backed file ---------------------------
+N_BACKED, CHUNK = 250, 40
+
+BACKED_SCRIPT = f"""
+import json, os, sys
+
+import anndata as ad
+import lightning.pytorch as pl
+from scvi import REGISTRY_KEYS
+
+import bioformers as bf
+
+out, devices, batch_size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+path = os.path.join(out, "..", "cells.h5ad")  # written by the test
+
+
+class Record(pl.Callback):
+    # the cells of every minibatch this process trained on, per epoch
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.cells = getattr(self, "cells", []) + [[]]
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.cells[-1] += batch[REGISTRY_KEYS.INDICES_KEY].ravel().tolist()
+
+
+record = Record()
+adata = ad.read_h5ad(path, backed="r")
+model = bf.tl.pretrain(
+    adata, **{ARCHITECTURE!r}, max_epochs=2, batch_size=batch_size, lr={LR}, seed=0, chunk_size={CHUNK},
+    accelerator="cpu", devices=devices, strategy="ddp", enable_progress_bar=False, callbacks=[record],
+    log_save_dir=os.path.join(out, "logs"),
+)
+model.save(os.path.join(out, "model"))
+report = {{
+    "rank": model.trainer.global_rank, "cells": record.cells, "history": model.loss_history(),
+    "obsm": sorted(adata.obsm),
+}}
+os.makedirs(os.path.join(out, "..", "reports"), exist_ok=True)
+with open(os.path.join(out, "..", "reports", f"rank{{report['rank']}}.json"), "w") as f:
+    json.dump(report, f)
+"""
+
+
+def test_ddp_reads_each_cell_of_a_backed_file_once_per_epoch(tmp_path):
+    bf.datasets.synthetic(n_obs=N_BACKED, n_vars=N_VARS).write_h5ad(tmp_path / "cells.h5ad")
+    out, reports = _run_ddp(tmp_path, devices=2, batch_size=16, script_text=BACKED_SCRIPT)
+    assert sorted(reports) == [0, 1]
+    share = -(-N_BACKED // 2)
+    for epoch in range(2):
+        zero, one = reports[0]["cells"][epoch], reports[1]["cells"][epoch]
+        # equal shares (the same number of steps), every cell read, only the padding twice
+        assert len(zero) == len(one) == share
+        assert set(zero) | set(one) == set(range(N_BACKED))
+        assert len(zero) + len(one) - len(set(zero) | set(one)) == 2 * share - N_BACKED
+    assert reports[0]["cells"][0] != reports[0]["cells"][1], "a new order every epoch"
+    # the losses are synced; rank 0 alone keeps them, writes the embedding and the model
+    assert len(reports[0]["history"]["train_loss"]) == 2 and reports[1]["history"]["train_loss"] == []
+    assert reports[0]["obsm"] == ["X_bioformers"] and reports[1]["obsm"] == []
+    assert sorted(p.name for p in (out / "model").iterdir()) == ["model.json", "model.safetensors"]

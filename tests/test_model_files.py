@@ -6,6 +6,7 @@ import shutil
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -130,6 +131,19 @@ def test_json_without_genes_raises(trained, model_dir):
         _load(model_dir, adata)
 
 
+def test_weights_changed_after_saving_fail_the_checksum(trained, model_dir):
+    """A valid safetensors file that is not the one saved (edited, or from another model) is refused."""
+    _, adata = trained
+    weights = load_file(model_dir / "model.safetensors")
+    name = sorted(weights)[0]
+    weights[name] = weights[name] + 1
+    save_file(weights, model_dir / "model.safetensors")
+    with pytest.raises(ValueError, match=r"model\.safetensors is not the file that was saved with model\.json"):
+        _load(model_dir, adata)
+    with pytest.raises(ValueError, match=r"SHA-256 checksum differs"):
+        bf.BioFormer.load(str(model_dir))
+
+
 # --- strict shapes -------------------------------------------------------------------------------------
 def test_weights_that_do_not_fit_name_every_mismatch(trained, model_dir):
     _, adata = trained
@@ -140,6 +154,7 @@ def test_weights_that_do_not_fit_name_every_mismatch(trained, model_dir):
     del weights[dropped]
     weights["extra_head.weight"] = torch.zeros(2, 2)
     save_file(weights, model_dir / "model.safetensors")
+    _edit_json(model_dir, lambda attributes: attributes.pop("checksums"))  # as saved before checksums
     with pytest.raises(ValueError) as error:
         _load(model_dir, adata)
     message = str(error.value)
@@ -202,9 +217,52 @@ def test_load_without_anndata_reads_the_saved_one(trained, latent, tmp_path):
     np.testing.assert_array_equal(loaded.get_latent_representation(), latent)
 
 
-def test_load_without_anndata_or_saved_one_raises(saved):
-    with pytest.raises(FileNotFoundError, match=r"No `adata` given.*save_anndata=True"):
-        bf.BioFormer.load(str(saved))
+def test_load_without_any_anndata_is_self_contained(trained, latent, saved):
+    """Genes, binning and registry come from the directory: the loaded model embeds any query alone."""
+    model, adata = trained
+    loaded = bf.BioFormer.load(str(saved))
+    assert loaded.adata is None
+    np.testing.assert_array_equal(loaded.genes_, model.genes_)
+    assert loaded.binning_ == model.binning_
+    # the query's genes in another order and without the binned layer: matched by name, binned alike
+    query = adata[:, ::-1].copy()
+    del query.layers["bioformers_binned"]
+    bf.tl.embed(query, loaded)
+    np.testing.assert_allclose(query.obsm["X_bioformers"], latent, atol=1e-6)
+    assert loaded.adata is None  # the query was not adopted as the model's data
+
+
+def test_model_loaded_without_data_says_what_it_cannot_do(saved, tmp_path):
+    loaded = bf.BioFormer.load(str(saved))
+    for call in (
+        loaded.get_latent_representation,
+        lambda: loaded.train(max_epochs=1),
+        lambda: loaded.save(str(tmp_path / "again"), save_anndata=True),
+    ):
+        with pytest.raises(ValueError, match=r"loaded without its training data.*bf\.tl\.embed\(adata, model\)"):
+            call()
+    assert not (tmp_path / "again").exists()
+
+
+def test_gene_annotations_travel_with_the_model(counts, pretrain_kwargs, tmp_path):
+    """Text columns of the training genes' ``var`` (e.g. Ensembl IDs) are saved and loaded with the model."""
+    counts.var["gene_ids"] = [f"ENSG{i:011d}" for i in range(counts.n_vars)]
+    counts.var["highly_variable"] = True  # not text: not kept
+    model = bf.tl.pretrain(counts, **pretrain_kwargs | {"max_epochs": 1})
+    assert model.gene_table_.columns.tolist() == ["gene_ids"]
+    model.save(str(tmp_path / "model"))
+    loaded = bf.BioFormer.load(str(tmp_path / "model"))
+    pd.testing.assert_frame_equal(loaded.gene_table_, model.gene_table_)
+    assert loaded.gene_table_.loc["gene_3", "gene_ids"] == "ENSG00000000003"
+
+
+def test_load_without_data_of_a_class_that_needs_it_raises(tmp_path):
+    adata = bf.datasets.synthetic(n_obs=60, n_vars=12)
+    bf.CellDiffusion.setup_anndata(adata)
+    model = bf.CellDiffusion(adata)
+    model.save(str(tmp_path / "diffusion"))
+    with pytest.raises(FileNotFoundError, match=r"No `adata` given.*needs its training data.*save_anndata=True"):
+        bf.CellDiffusion.load(str(tmp_path / "diffusion"))
 
 
 def test_load_with_a_subset_of_cells_keeps_the_bin_vocabulary(trained, latent, saved):

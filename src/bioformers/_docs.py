@@ -206,7 +206,11 @@ checkpoint_every
 #: ``adata`` of a model's constructor.
 DOC_ADATA_REGISTERED = """\
 adata
-    AnnData registered with :meth:`setup_anndata`."""
+    AnnData registered with :meth:`setup_anndata`.
+registry
+    Instead of ``adata``: the scvi-tools registry of data set up like it (``model.registry_``), as
+    :meth:`load` passes it for a model directory without its data (then ``n_bins`` is needed). A
+    model built this way reads cells only as queries of the tools; it cannot train."""
 
 #: ``**kwargs`` of a model's ``setup_anndata``.
 DOC_SETUP_KWARGS = """\

@@ -38,6 +38,8 @@ ROUTINE_WARNINGS = (
     r"The number of training batches \(\d+\) is smaller than the logging interval",
     # training plans that inherit a validation step, run without validation cells
     r"You defined a `validation_step` but have no `val_dataloader`",
+    # cells streamed from disk: one loading process (no workers), whose length is exact
+    r"Your `IterableDataset` has `__len__` defined",
 )
 
 

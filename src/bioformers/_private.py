@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import anndata as ad
-import pandas as pd
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -31,7 +30,7 @@ def binned_from(adata: ad.AnnData, binned: str) -> str | None:
 def private_anndata(
     adata: ad.AnnData, *, obs: Iterable[str] = (), layers: Iterable[str] = (), uns: Iterable[str] = ()
 ) -> ad.AnnData:
-    """A new AnnData with ``adata``'s names, ``X`` and the named layers by reference, and copies of the named columns.
+    """A new AnnData over ``adata``'s cells: ``X`` and named layers by reference, copies of ``var`` and named columns.
 
     Keys missing from ``adata`` are left out. Writing keys into the result never changes ``adata``;
     changing the shared matrices in place would, and no tool does.
@@ -39,7 +38,7 @@ def private_anndata(
     return ad.AnnData(
         X=adata.X,
         obs=adata.obs[[key for key in dict.fromkeys(obs) if key in adata.obs]].copy(),
-        var=pd.DataFrame(index=adata.var_names.copy()),
+        var=adata.var.copy(),  # the genes' annotations (e.g. Ensembl IDs) a model keeps
         layers={key: adata.layers[key] for key in layers if key in adata.layers},
         uns={key: adata.uns[key] for key in uns if key in adata.uns},
     )
@@ -73,6 +72,15 @@ def validated(model: BaseModelClass, adata: ad.AnnData | None) -> ad.AnnData:
     bookkeeping never reaches the user's; scvi-tools registers each with "Input AnnData not setup with
     scvi-tools. attempting to transfer AnnData setup", which is expected here and only noise to a user.
     """
+    if model.adata is None:
+        if adata is None:
+            raise ValueError(without_data_message(model, "has no cells of its own to read: pass an AnnData"))
+        if model.get_anndata_manager(adata) is None:
+            # a model built from its registry alone: register the query from the registry without scvi-tools
+            # adopting it as the model's own data (which `_validate_anndata` would do)
+            registry = model.registry_
+            type(model).setup_anndata(adata, source_registry=registry, **registry["setup_args"])
+            model._register_manager_for_instance(model._get_most_recent_anndata_manager(adata, required=True))
     scvi_model_logger = logging.getLogger("scvi.model.base._base_model")
     level = scvi_model_logger.level
     scvi_model_logger.setLevel(max(level, logging.WARNING))
@@ -80,6 +88,15 @@ def validated(model: BaseModelClass, adata: ad.AnnData | None) -> ad.AnnData:
         return model._validate_anndata(adata)
     finally:
         scvi_model_logger.setLevel(level)
+
+
+def without_data_message(model: BaseModelClass, what: str) -> str:
+    """The error of a model loaded without its training data (``load(dir)``) asked to read that data."""
+    return (
+        f"This {type(model).__name__} was loaded without its training data, so it {what}. Apply it to cells with "
+        "the tools (`bf.tl.embed(adata, model)`, `bf.tl.predict(adata, model)`), pass `adata=` to its methods, or "
+        "load it with `BioFormer.load(dir_path, adata=training_data)`."
+    )
 
 
 @contextmanager

@@ -1,5 +1,6 @@
 """Turning rows of AnnData into token batches: chunked reading and binning, gene selection, masking."""
 
+from ._corpus import StreamedCells, StreamingDataModule, epoch_order, shard
 from ._perturbation import (
     COMBINATION_SEPARATOR,
     LOG_TARGET_SUM,
@@ -16,8 +17,11 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "LOG_TARGET_SUM",
     "PerturbationPairs",
+    "StreamedCells",
+    "StreamingDataModule",
     "binned_batches",
     "cell_uniforms",
+    "epoch_order",
     "log_normalize",
     "mask_positions",
     "n_masked",
@@ -25,6 +29,7 @@ __all__ = [
     "perturbation_targets",
     "prediction_masks",
     "select_genes",
+    "shard",
     "thin",
     "value_binning_args",
     "value_bins",

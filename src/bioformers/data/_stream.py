@@ -122,18 +122,23 @@ def binned_batches(
         source = get_matrix(adata, counts_layer)
         where = "adata.X" if counts_layer is None else f"adata.layers[{counts_layer!r}]"
         binning = {k: binning[k] for k in BINNING_ARGS if k in binning}
-    if isinstance(source, CSCDataset):
-        raise ValueError(
-            f"{where} is stored on disk as CSC (gene by gene), so reading cells would read the whole matrix. "
-            "Store it as CSR: `adata = anndata.read_h5ad(path); adata.X = scipy.sparse.csr_matrix(adata.X); "
-            "adata.write_h5ad(path)` (or in chunks of cells for data larger than memory)."
-        )
+    check_row_access(source, where)
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"`chunk_size` must be a positive number of cells or None, not {chunk_size}.")
     rows = max((chunk_size or DEFAULT_CHUNK_SIZE) // batch_size, 1) * batch_size
     if genes is not None and genes.is_identity:
         genes = None
     return _batches(adata.n_obs, source, where, binning, indices, batch_size, rows, genes)
+
+
+def check_row_access(source, where: str) -> None:
+    """Raise if reading a few cells of ``source`` would read all of it (a backed CSC matrix)."""
+    if isinstance(source, CSCDataset):
+        raise ValueError(
+            f"{where} is stored on disk as CSC (gene by gene), so reading cells would read the whole matrix. "
+            "Store it as CSR: `adata = anndata.read_h5ad(path); adata.X = scipy.sparse.csr_matrix(adata.X); "
+            "adata.write_h5ad(path)` (or in chunks of cells for data larger than memory)."
+        )
 
 
 def _batches(n_obs, source, where, binning, indices, batch_size, rows, genes) -> Iterator[np.ndarray]:

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from scipy import sparse
+from scvi import REGISTRY_KEYS
 from scvi.model.base import BaseModelClass
 
 from .._docs import DOC_ADATA_REGISTERED, DOC_NETWORK, DOC_OBJECTIVE, doc_params
@@ -109,6 +110,7 @@ class BioFormer(
     def __init__(
         self,
         adata: AnnData | None = None,
+        registry: dict | None = None,
         n_hidden: int = 64,
         n_layers: int = 4,
         n_heads: int = 2,
@@ -123,12 +125,11 @@ class BioFormer(
         count_weight: float = 10.0,
         view_weight: float = 0.0,
     ):
-        super().__init__(adata)
+        super().__init__(adata, registry)
         n_bins = self._n_bins(n_bins)
         # perturbation targets that are not measured genes still get a gene token
-        measured = set(adata.var_names.astype(str))
-        extra = [t for t in self.registered_targets() if t not in measured]
-        self._init_tokens(adata, extra)
+        measured = {str(g) for g in self._state_registry(REGISTRY_KEYS.X_KEY)["column_names"]}
+        self._init_tokens(adata, [t for t in self.registered_targets() if t not in measured])
         #: The perturbation split and training record (set by :func:`bioformers.tl.train_perturbation`).
         self.perturbation_: dict = {}
         sizes = {
@@ -144,7 +145,7 @@ class BioFormer(
             "expression_weight": expression_weight,
             "n_batch": self._n_categories("batch"),
             "batch_adversarial_weight": batch_adversarial_weight,
-            "n_extra_genes": len(extra),
+            "n_extra_genes": self.vocabulary_.size - self.genes_.size,
             # the count objective scores registered counts only
             "count_weight": count_weight if self.has_counts else 0.0,
         }
@@ -153,13 +154,13 @@ class BioFormer(
             sizes["view_weight"] = view_weight
             sizes["view_binning"] = value_binning_args(self.binning_)
         if self.control_ is None:
-            self.module = self._module_cls(adata.n_vars, **sizes)
+            self.module = self._module_cls(self.genes_.size, **sizes)
         else:
-            self.module = BioFormerPerturbationModule(adata.n_vars, n_external=N_PERTURBATION_CATEGORIES, **sizes)
-        if self.module.count_head is not None:
+            self.module = BioFormerPerturbationModule(self.genes_.size, n_external=N_PERTURBATION_CATEGORIES, **sizes)
+        if self.module.count_head is not None and adata is not None:  # else loaded: weights from the file
             self.module.start_count_decoder(mean_shares(self.adata_manager.get_from_registry(COUNTS_KEY)))
         self._model_summary_string = (
-            f"BioFormer: {adata.n_vars} genes, {n_bins} bins, n_hidden={n_hidden}, n_layers={n_layers}, "
+            f"BioFormer: {self.genes_.size} genes, {n_bins} bins, n_hidden={n_hidden}, n_layers={n_layers}, "
             f"n_heads={n_heads}, max_seq_len={max_seq_len}, value_encoder={value_encoder!r}"
         )
         self.init_params_ = self._get_init_params(locals())

@@ -54,6 +54,7 @@ class BioFormerDecoder(GenerationMixin, QueryMixin, TokenSetupMixin, TokenTraini
     def __init__(
         self,
         adata: AnnData | None = None,
+        registry: dict | None = None,
         n_hidden: int = 64,
         n_layers: int = 4,
         n_heads: int = 2,
@@ -62,7 +63,7 @@ class BioFormerDecoder(GenerationMixin, QueryMixin, TokenSetupMixin, TokenTraini
         value_encoder: Literal["linear", "embedding"] = "embedding",
         n_bins: int | None = None,
     ):
-        super().__init__(adata)
+        super().__init__(adata, registry)
         if self.registry_["setup_args"].get("perturbation_key") is not None:
             raise ValueError(
                 "Perturbation fine-tuning needs the encoder: set up the AnnData without `perturbation_key` for a "
@@ -71,7 +72,7 @@ class BioFormerDecoder(GenerationMixin, QueryMixin, TokenSetupMixin, TokenTraini
         n_bins = self._n_bins(n_bins)
         self._init_tokens(adata)
         self.module = self._module_cls(
-            adata.n_vars,
+            self.genes_.size,
             n_bins,
             n_hidden=n_hidden,
             n_layers=n_layers,
@@ -83,7 +84,7 @@ class BioFormerDecoder(GenerationMixin, QueryMixin, TokenSetupMixin, TokenTraini
             n_batch=self._n_categories("batch"),
         )
         self._model_summary_string = (
-            f"BioFormerDecoder: {adata.n_vars} genes, {n_bins} bins, n_hidden={n_hidden}, n_layers={n_layers}, "
+            f"BioFormerDecoder: {self.genes_.size} genes, {n_bins} bins, n_hidden={n_hidden}, n_layers={n_layers}, "
             f"n_heads={n_heads}, max_seq_len={max_seq_len}, value_encoder={value_encoder!r}"
         )
         self.init_params_ = self._get_init_params(locals())

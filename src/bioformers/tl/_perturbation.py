@@ -28,6 +28,7 @@ from .._validation import (
 from ..data import log_normalize, perturbation_targets
 from ..metrics import top_de_genes
 from ..model import BioFormer
+from ..model.base._save_load import init_arguments
 from ..module import check_module_arguments
 from ..pp._tokens import BINNING_ARGS, bin_as_recorded, bin_matrix
 from ._models import require_encoder
@@ -175,7 +176,7 @@ def train_perturbation(
     if split == "cells" and not 0 < test_size < 1:
         raise ValueError(f"`test_size` must lie in (0, 1), not {test_size}.")
     counts = get_matrix(adata, layer)
-    binning = {k: model.binning_[k] for k in BINNING_ARGS if k in model.binning_} if model is not None else {}
+    binning = model.binning_ if model is not None else {}  # bin_as_recorded reads the token arguments only
     check_counts(counts, where=matrix_name(layer), require_integer=binning.get("method", "value") == "value")
     _check_group_sizes(labels, min_cells)
     if model is not None:
@@ -221,7 +222,7 @@ def train_perturbation(
         model = _pretrain_on_controls(
             adata, counts, train_cells[labels[train_cells] == control], architecture, batch_size, seed, train_kwargs
         )
-        binning = {k: model.binning_[k] for k in BINNING_ARGS if k in model.binning_}
+        binning = model.binning_
         architecture = _architecture(model) | {"max_seq_len": architecture["max_seq_len"]}
 
     # everything is built on a private AnnData: the caller's is only written at the end
@@ -490,9 +491,7 @@ def _response_weights(expression, labels, train_cells, categories, train_labels,
 
 
 def _architecture(model: BioFormer) -> dict:
-    init = model.init_params_
-    kwargs = {k: v for group in init.get("kwargs", {}).values() for k, v in group.items()}
-    params = init["non_kwargs"] | kwargs
+    params = init_arguments(model.init_params_)
     params.pop("n_bins", None)
     return params
 

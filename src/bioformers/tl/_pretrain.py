@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+import inspect
+from typing import Literal
 
+import numpy as np
+import pandas as pd
+from anndata import AnnData
 from scanpy import logging as logg
+from scipy import sparse
 
 from .._docs import (
     DOC_KEY_ADDED,
-    DOC_LR,
     DOC_MASK_RATIO,
     DOC_MAX_SEQ_LEN,
     DOC_MINIBATCH,
@@ -22,7 +26,7 @@ from .._docs import (
 )
 from .._keys import DEFAULT_KEY, Keys
 from .._logging import seed as quiet_seed
-from .._private import binned_from, private_anndata
+from .._private import binned_from, forget, private_anndata
 from .._record import params_record
 from .._validation import (
     check_anndata,
@@ -34,16 +38,16 @@ from .._validation import (
     matrix_name,
     warn_genes_without_counts,
 )
+from ..data._corpus import StreamedCells, StreamingDataModule, category_codes, count_statistics
+from ..data._stream import DEFAULT_CHUNK_SIZE, check_row_access
 from ..model import BioFormer, BioFormerDecoder
+from ..model.base._save_load import init_arguments
 from ..module import check_module_arguments
 from ..pp import bin as bin_values
 from ..pp import rank as rank_values
 from ..pp._genes import DEFAULT_MIN_GENE_COVERAGE
 from ..pp._rank import DEFAULT_N_RANKS
-
-if TYPE_CHECKING:
-    from anndata import AnnData
-
+from ..pp._tokens import bin_as_recorded, bin_matrix
 
 #: The model class of each ``architecture``.
 MODEL_CLASSES = {"encoder": BioFormer, "decoder": BioFormerDecoder}
@@ -56,7 +60,6 @@ MODEL_CLASSES = {"encoder": BioFormer, "decoder": BioFormerDecoder}
     max_seq_len=DOC_MAX_SEQ_LEN,
     value_encoder=DOC_VALUE_ENCODER,
     batch_size=DOC_MINIBATCH,
-    lr=DOC_LR,
     mask_ratio=DOC_MASK_RATIO,
     nonzero_ratio=DOC_NONZERO_RATIO,
     key_added=DOC_KEY_ADDED,
@@ -65,6 +68,9 @@ def pretrain(
     adata: AnnData,
     *,
     layer: str | None = None,
+    init: BioFormer | BioFormerDecoder | None = None,
+    gene_symbols: str | None = None,
+    min_gene_coverage: float = DEFAULT_MIN_GENE_COVERAGE,
     batch_key: str | None = None,
     labels_key: str | None = None,
     binning: Literal["value", "segment", "rank"] = "value",
@@ -80,10 +86,11 @@ def pretrain(
     view_weight: float = 0.0,
     max_epochs: int | None = None,
     batch_size: int = 64,
-    lr: float = 1e-3,
+    lr: float | None = None,
     mask_ratio: float = 0.25,
     nonzero_ratio: float = 0.5,
     seed: int = 0,
+    chunk_size: int | None = None,
     key_added: str = DEFAULT_KEY,
     copy: bool = False,
     **train_kwargs,
@@ -103,10 +110,25 @@ def pretrain(
     Parameters
     ----------
     adata
-        Raw counts, cells x genes (select genes first, e.g. 2,000 highly variable ones), in memory.
-        Not a view: call ``.copy()`` on a subset first.
+        Raw counts, cells x genes (select genes first, e.g. 2,000 highly variable ones), in memory,
+        or backed (``anndata.read_h5ad(path, backed="r")``, counts in ``X`` stored as CSR) for data
+        larger than memory: then one pass over the file checks the counts and finds the binning scale,
+        and training reads the cells from disk ``chunk_size`` at a time, binning them as it goes
+        (memory holds a few chunks, not the data; no validation cells; the count decoder is fitted on
+        20,000 random cells). Not a view: call ``.copy()`` on a subset first.
     layer
         Layer with the raw counts; ``None`` uses ``adata.X``.
+    init
+        A trained model to continue training on ``adata`` (fine-tuning), e.g. one pretrained on a
+        large corpus and loaded with :meth:`bioformers.BioFormer.load`. Its genes, size, objective and
+        binning are kept (arguments that would change them are refused): ``adata``'s genes are matched
+        to the model's by name as for :func:`embed` (model genes ``adata`` lacks read as unexpressed;
+        genes the model does not know are dropped, since no pretrained weight knows them and the model
+        stays usable on everything it was used on) and binned on the model's scale. The returned model
+        is a new one; ``init`` is not changed.
+    gene_symbols, min_gene_coverage
+        With ``init`` only: the ``adata.var`` column with the model's gene names (`None`: ``var_names``),
+        and the smallest fraction of the model's genes ``adata`` must have, as for :func:`embed`.
     batch_key
         Column of ``adata.obs`` with batches (e.g. technologies). Each batch gets a learned token: the
         encoder's output heads read it, so batch effects are explained by the token rather than the
@@ -143,11 +165,15 @@ def pretrain(
     max_epochs
         Passes over the data; ``None`` picks 5 to 30 by data size.
     {batch_size}
-    {lr}
+    lr
+        Peak learning rate; ``None``: 1e-3, or 1e-4 when fine-tuning (``init``).
     {mask_ratio}
     {nonzero_ratio}
     seed
         Seed of every random number generator (training is repeatable on the same machine).
+    chunk_size
+        Backed ``adata`` only: contiguous cells read from disk at a time (`None`: 4,096); each epoch
+        reads the chunks in a new random order and shuffles the cells of 8 chunks together.
     {key_added}
     copy
         Write the results into a copy of ``adata`` and return it with the model, ``(adata, model)``;
@@ -169,7 +195,9 @@ def pretrain(
             The CLS cell embedding.
         ``adata.layers['bioformers_binned']``, ``adata.uns['bioformers_binned']``
             The value tokens and their record, as :func:`bioformers.pp.bin` (or, for ``"rank"``,
-            :func:`bioformers.pp.rank`) writes them; only when it binned.
+            :func:`bioformers.pp.rank`) writes them; only when it binned an AnnData in memory with the
+            model's genes (a backed one keeps its results in memory until ``adata.write()``, without
+            bins; the model holds the binning record, ``model.binning_``).
         ``adata.uns['bioformers']`` : :class:`dict`
             ``params`` (the arguments, the number of epochs trained and the model class) and
             ``history`` (``train_loss`` and ``validation_loss``, one value per epoch).
@@ -190,7 +218,32 @@ def pretrain(
     (1, 1)
     """
     keys = Keys(key_added)
-    check_anndata(adata, copy=copy)
+    check_anndata(adata, copy=copy, backed=True)
+    if adata.isbacked and init is not None:
+        raise ValueError(
+            "Fine-tuning (`init=`) reads the AnnData in memory: load it with `adata = adata.to_memory()`, or a subset "
+            "of its cells with `adata[cells].to_memory()`."
+        )
+    if init is None and (gene_symbols is not None or min_gene_coverage != DEFAULT_MIN_GENE_COVERAGE):
+        raise ValueError("`gene_symbols` and `min_gene_coverage` match genes to a model's: they apply with `init=`.")
+    if init is not None:
+        return _fine_tune(
+            adata,
+            init,
+            genes={"gene_symbols": gene_symbols, "min_gene_coverage": min_gene_coverage},
+            layer=layer,
+            batch_key=batch_key,
+            labels_key=labels_key,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            lr=1e-4 if lr is None else lr,
+            seed=seed,
+            key_added=key_added,
+            copy=copy,
+            kept={name: value for name, value in locals().items() if name in _KEPT_BY_INIT},
+            train_kwargs=train_kwargs,
+        )
+    lr = 1e-3 if lr is None else lr
     if architecture not in MODEL_CLASSES:
         raise ValueError(f"`architecture` must be 'encoder' or 'decoder', not {architecture!r}.")
     check_train_kwargs(train_kwargs, tool=pretrain, train=MODEL_CLASSES[architecture].train, where="`bf.tl.pretrain`")
@@ -200,7 +253,8 @@ def pretrain(
     if must_bin:
         if binning not in ("value", "segment", "rank"):
             raise ValueError(f"`binning` must be 'value', 'segment' or 'rank', not {binning!r}.")
-        check_counts(get_matrix(adata, layer), where=matrix_name(layer), require_integer=binning == "value")
+        if not adata.isbacked:  # a backed AnnData's counts are checked as they are read, before training
+            check_counts(get_matrix(adata, layer), where=matrix_name(layer), require_integer=binning == "value")
     for name, weight in {
         "batch_adversarial_weight": batch_adversarial_weight,
         "count_weight": count_weight,
@@ -219,6 +273,29 @@ def pretrain(
     else:
         objective = {}
     check_batch_size(adata.n_obs, batch_size)
+    if chunk_size is not None and (not adata.isbacked or chunk_size < 1):
+        raise ValueError(
+            f"`chunk_size` is a positive number of cells read at a time from a backed AnnData, not {chunk_size}."
+        )
+    if adata.isbacked:
+        return _pretrain_backed(
+            adata,
+            model_cls=MODEL_CLASSES[architecture],
+            layer=layer,
+            batch_key=batch_key,
+            labels_key=labels_key,
+            binning=binning,
+            n_bins=n_bins,
+            network=sizes | objective,
+            params={"architecture": architecture, "binning": binning, "n_bins": n_bins, **sizes, **objective},
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            chunk_size=chunk_size or DEFAULT_CHUNK_SIZE,
+            key_added=key_added,
+            train_kwargs=train_kwargs,
+        )
 
     if copy:
         adata = adata.copy()
@@ -240,32 +317,183 @@ def pretrain(
     model_cls.setup_anndata(work, layer=keys.binned, batch_key=batch_key, labels_key=labels_key, counts=counts)
     model = model_cls(work, **sizes, **objective)
     model.train(max_epochs=max_epochs, batch_size=batch_size, lr=lr, **train_kwargs)
+    params = {
+        "layer": layer,
+        "batch_key": batch_key,
+        "labels_key": labels_key,
+        "binning": binning,
+        "n_bins": n_bins,
+        **sizes,
+        "mask_ratio": mask_ratio,
+        "nonzero_ratio": nonzero_ratio,
+        "architecture": architecture,
+        "batch_adversarial_weight": batch_adversarial_weight,
+        "count_weight": count_weight,
+        "view_weight": view_weight,
+    }
     binned = (work.layers[keys.binned], work.uns[keys.binned]) if must_bin else None
+    return _write_results(adata, model, keys, binned, params | {"batch_size": batch_size, "lr": lr, "seed": seed}, copy)
+
+
+#: ``pretrain`` arguments that fix a model's tokens, network and objective: a fine-tuned model keeps its own.
+_KEPT_BY_INIT = (
+    "binning",
+    "n_bins",
+    "n_layers",
+    "n_heads",
+    "n_hidden",
+    "max_seq_len",
+    "value_encoder",
+    "architecture",
+    "batch_adversarial_weight",
+    "count_weight",
+    "view_weight",
+    "mask_ratio",
+    "nonzero_ratio",
+)
+
+
+def _fine_tune(
+    adata: AnnData,
+    init: BioFormer | BioFormerDecoder,
+    *,
+    genes: dict,
+    layer: str | None,
+    batch_key: str | None,
+    labels_key: str | None,
+    max_epochs: int | None,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    key_added: str,
+    copy: bool,
+    kept: dict,
+    train_kwargs: dict,
+):
+    """``pretrain(adata, init=model)``: check everything, then continue training a copy of ``init`` on ``adata``."""
+    _check_init(init, kept)
+    model_cls = type(init)
+    check_train_kwargs(train_kwargs, tool=pretrain, train=model_cls.train, where="`bf.tl.pretrain`")
+    obs = _init_columns(adata, init, batch_key=batch_key, labels_key=labels_key)
+    genes = init.align_genes(adata, **genes)
+    counts = get_matrix(adata, layer)
+    aligned = sparse.csr_matrix(counts) if genes.is_identity else genes.take(counts)
+    genes.check_cells(counts, aligned, where=matrix_name(layer))
+    normalize = init.binning_.get("method", "value") == "value"
+    check_counts(aligned, where=f"{matrix_name(layer)} (the model's genes)", require_integer=normalize)
+    binned_layer = init.registry_["setup_args"]["layer"]
+    if not binned_layer.endswith("_binned"):
+        raise ValueError(
+            f"The model reads its tokens from `layers[{binned_layer!r}]`, a layer `bf.pp.bin` does not name; "
+            "`init=` fine-tunes models trained by `bf.tl.pretrain`, which bins into `<key_added>_binned`."
+        )
+    check_batch_size(adata.n_obs, batch_size)
+
+    if copy:
+        adata = adata.copy()
+    quiet_seed(seed)
+    # the model's genes, in its order, binned on its scale (its recorded target_sum), as a query is
+    work = AnnData(X=aligned, obs=obs.set_axis(adata.obs_names.copy()), var=init.gene_table_.copy())
+    bin_as_recorded(work, init.binning_, layer=None, key_added=binned_layer.removesuffix("_binned"))
+    registry = init.registry_
+    model_cls.setup_anndata(work, source_registry=registry, **registry["setup_args"])
+    model = model_cls(work, **init_arguments(init.init_params_) | {"n_bins": int(init.module.n_bins)})
+    model.module.load_state_dict(init.module.state_dict())
+    model.binning_ = dict(init.binning_)
+    model.train(max_epochs=max_epochs, batch_size=batch_size, lr=lr, **train_kwargs)
+    # the binned layer fits the caller's AnnData only when it has exactly the model's genes
+    same_layout = genes.is_identity and binned_layer == Keys(key_added).binned
+    binned = (work.layers[binned_layer], work.uns[binned_layer]) if same_layout else None
+    params = {
+        "layer": layer,
+        "batch_key": batch_key,
+        "labels_key": labels_key,
+        "init": f"{type(init).__name__} of {init.genes_.size} genes",
+        "gene_coverage": float(genes.coverage),
+        **{k: v for k, v in init_arguments(init.init_params_).items() if isinstance(v, int | float | str)},
+    }
+    return _write_results(
+        adata, model, Keys(key_added), binned, params | {"batch_size": batch_size, "lr": lr, "seed": seed}, copy
+    )
+
+
+def _check_init(init, kept: dict) -> None:
+    """Raise unless ``init`` is a trained pretrained model and no argument asks to change what it keeps."""
+    if not isinstance(init, BioFormer | BioFormerDecoder):
+        raise TypeError(
+            f"`init` must be a trained BioFormer or BioFormerDecoder (e.g. `bf.BioFormer.load(dir_path)`), not "
+            f"{type(init).__name__}."
+        )
+    if not init.is_trained_:
+        raise ValueError("`init` is not trained: train it first, or leave `init` out to train a new model.")
+    if getattr(init, "control_", None) is not None:
+        raise ValueError(
+            "`init` is a perturbation model; `pretrain(init=...)` continues the pretraining of a pretrained one. "
+            "Fine-tune perturbation models with `bf.tl.train_perturbation(adata, model, ...)`."
+        )
+    own = init_arguments(init.init_params_) | {
+        "binning": init.binning_.get("method", "value"),
+        "n_bins": init.binning_.get("n_bins", init.binning_.get("n_ranks")),
+        "architecture": init.architecture,
+    }
+    defaults = inspect.signature(pretrain).parameters
+    changed = [
+        f"{name}={value!r}"
+        for name, value in kept.items()
+        if value != defaults[name].default and (name not in own or value != own[name])
+    ]
+    if changed:
+        raise ValueError(
+            f"With `init=`, the model keeps its own tokens, size and objective, so {', '.join(changed)} cannot apply. "
+            "Leave them out, or train a new model without `init`."
+        )
+
+
+def _init_columns(adata: AnnData, init, *, batch_key: str | None, labels_key: str | None) -> pd.DataFrame:
+    """The batch and label columns of the cells, under the names and with the categories of ``init``'s registry.
+
+    A column ``init`` was not trained with is refused (it has no token for it); without the column,
+    every cell gets the model's first category, as a query does.
+    """
+    columns = {}
+    for kind, key in (("batch", batch_key), ("labels", labels_key)):
+        check_obs_key(adata, key, argument=f"{kind}_key")
+        registered, known = init.registry_["setup_args"].get(f"{kind}_key"), init.condition_categories(kind)
+        if key is not None and registered is None:
+            raise ValueError(
+                f"`{kind}_key` was given, but the model in `init` was trained without one, so it has no {kind} token "
+                f"to learn. Leave `{kind}_key` out, or train a new model with it."
+            )
+        if registered is None:
+            continue
+        values = adata.obs[key].astype(str) if key is not None else pd.Series(known[0], index=adata.obs_names)
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(
+                f"`adata.obs[{key!r}]` has categories the model in `init` was not trained with ({unknown[:5]}); it "
+                f"knows {known[:10]}. Relabel the cells with these, leave `{kind}_key` out (every cell then gets "
+                f"{known[0]!r}), or train a new model."
+            )
+        columns[registered] = pd.Categorical(values.to_numpy(), categories=known)
+    return pd.DataFrame(columns, index=pd.RangeIndex(adata.n_obs))
+
+
+def _write_results(
+    adata: AnnData, model, keys: Keys, binned: tuple | None, params: dict, copy: bool, *, streamed: bool = False
+):
+    """Embed with the trained model and write embedding, record and binned layer into ``adata`` (rank 0 only).
+
+    ``streamed``: the model trained from disk and holds no AnnData; ``adata`` (backed) is embedded a chunk at a time.
+    """
     if not model.is_global_zero:
         # distributed run (e.g. strategy="ddp"): every process reaches this line, rank 0 writes the rest
         logg.info("not global rank 0 of a distributed run: trained, only the binned layer written here")
         _write_binned(adata, keys.binned, binned)
         return (adata, model) if copy else model
-    embedding = model.get_latent_representation()
+    embedding = model.get_latent_representation(adata) if streamed else model.get_latent_representation()
     record = {
         "params": params_record(
-            layer=layer,
-            batch_key=batch_key,
-            labels_key=labels_key,
-            binning=binning,
-            n_bins=n_bins,
-            **sizes,
-            mask_ratio=mask_ratio,
-            nonzero_ratio=nonzero_ratio,
-            architecture=architecture,
-            batch_adversarial_weight=batch_adversarial_weight,
-            count_weight=count_weight,
-            view_weight=view_weight,
-            max_epochs=len(model.loss_history()["train_loss"]),
-            batch_size=batch_size,
-            lr=lr,
-            seed=seed,
-            model=type(model).__name__,
+            **params, max_epochs=len(model.loss_history()["train_loss"]), model=type(model).__name__
         ),
         "history": model.loss_history(),
     }
@@ -274,6 +502,133 @@ def pretrain(
     adata.uns[keys.record] = record
     logg.info(f"added\n    'obsm[{keys.embedding!r}]', cell embeddings\n    'uns[{keys.record!r}]', training record")
     return (adata, model) if copy else model
+
+
+#: Cells the count decoder of a model trained from disk is fitted on after training (a random sample).
+COUNT_FIT_CELLS = 20_000
+
+
+def _pretrain_backed(
+    adata: AnnData,
+    *,
+    model_cls: type,
+    layer: str | None,
+    batch_key: str | None,
+    labels_key: str | None,
+    binning: str,
+    n_bins: int | None,
+    network: dict,
+    params: dict,
+    max_epochs: int | None,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    chunk_size: int,
+    key_added: str,
+    train_kwargs: dict,
+):
+    """``pretrain`` of a backed AnnData: cells read from disk a chunk at a time, binned on the fly, every epoch.
+
+    Memory holds one buffer of chunks, the obs columns and the model, whatever the number of cells.
+    One pass over the counts first checks them and finds the binning scale; the model is built from
+    an scvi-tools registry (no AnnData in memory) and trains on a :class:`~bioformers.data.StreamingDataModule`.
+    """
+    keys = Keys(key_added)
+    if layer is not None:
+        raise ValueError(
+            "A backed AnnData keeps only `X` on disk (its layers are read into memory), so training from disk reads "
+            "the counts in `X`. Write the counts as `X` of the file, or load the AnnData into memory."
+        )
+    if binning not in ("value", "segment"):
+        raise ValueError(
+            f"Training from a backed AnnData bins cells as it reads them, with `binning='value'` or 'segment', not "
+            f"{binning!r} (rank tokens need every gene's median over all cells first). Load the AnnData into memory "
+            "for rank tokens."
+        )
+    split = sorted(set(train_kwargs) & {"train_size", "validation_size", "datamodule"})
+    if split:
+        raise ValueError(
+            f"{split} cannot apply when training from a backed AnnData: every cell of the file is read, streamed "
+            "by bioformers' own data module, and no validation cells are held out."
+        )
+    check_row_access(adata.X, "adata.X")
+    logg.info(f"reading {adata.n_obs:,} cells from disk to check the counts and find the binning scale")
+    stats = count_statistics(adata, chunk_size=chunk_size, require_integer=binning == "value")
+    warn_genes_without_counts(stats["cells_per_gene"][None, :], where="adata.X")
+
+    quiet_seed(seed)
+    columns = {key: sorted(adata.obs[key].astype(str).unique()) for key in (batch_key, labels_key) if key is not None}
+    counts_scale = binning == "value"
+    counts = counts_scale and (network.get("count_weight", 0) > 0 or network.get("view_weight", 0) > 0)
+    sample = _registered_sample(
+        adata,
+        model_cls,
+        keys,
+        binning={"method": binning, "n_bins": n_bins, "target_sum": stats["target_sum"] if counts_scale else None},
+        columns=columns,
+        setup={"batch_key": batch_key, "labels_key": labels_key, "counts": counts},
+    )
+    registry = model_cls._get_most_recent_anndata_manager(sample, required=True).registry
+    model = model_cls(registry=registry, n_bins=_n_tokens(sample.uns[keys.binned]["params"], stats), **network)
+    forget(model, sample)
+    model_cls._setup_adata_manager_store.pop(sample.uns["_scvi_uuid"], None)
+    model.binning_ = dict(sample.uns[keys.binned]["params"])
+    model.gene_table_ = sample.var.set_axis(pd.Index(model.genes_))
+    if getattr(model.module, "count_head", None) is not None:
+        model.module.start_count_decoder(stats["mean_shares"])
+    cells = StreamedCells(
+        adata,
+        binning=model.binning_,
+        batch_codes=category_codes(adata.obs[batch_key], columns[batch_key]) if batch_key else None,
+        label_codes=category_codes(adata.obs[labels_key], columns[labels_key]) if labels_key else None,
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+        seed=seed,
+    )
+    datamodule = StreamingDataModule(cells)
+    model.train(max_epochs=max_epochs, batch_size=batch_size, lr=lr, datamodule=datamodule, **train_kwargs)
+    if getattr(model.module, "count_head", None) is not None and model.has_counts:
+        rng = np.random.default_rng(seed)
+        chosen = np.sort(rng.choice(adata.n_obs, size=min(adata.n_obs, COUNT_FIT_CELLS), replace=False))
+        model.fit_count_decoder(_cells_in_memory(adata, chosen, [batch_key]))
+    params = {"layer": layer, "batch_key": batch_key, "labels_key": labels_key, **params, "chunk_size": chunk_size}
+    params |= {"batch_size": batch_size, "lr": lr, "seed": seed}
+    return _write_results(adata, model, keys, None, params, copy=False, streamed=True)
+
+
+def _cells_in_memory(adata: AnnData, cells: np.ndarray, columns: list) -> AnnData:
+    """An in-memory AnnData of some cells of a backed one: counts, the genes' table and the given obs columns."""
+    obs = adata.obs.iloc[cells][[c for c in columns if c is not None]].copy()
+    return AnnData(X=sparse.csr_matrix(adata.X[cells]), obs=obs, var=adata.var.copy())
+
+
+def _registered_sample(
+    adata: AnnData, model_cls: type, keys: Keys, *, binning: dict, columns: dict, setup: dict
+) -> AnnData:
+    """The first cells, binned on the whole data's scale and set up as the model will be: its registry's source.
+
+    Columns keep every category of the whole data, so the registry knows all batches and labels.
+    """
+    sample = _cells_in_memory(adata, np.arange(min(adata.n_obs, 256)), list(columns))
+    for key, categories in columns.items():
+        sample.obs[key] = pd.Categorical(sample.obs[key].astype(str), categories=categories)
+    bin_values(sample, **binning, key_added=keys.base)
+    model_cls.setup_anndata(sample, layer=keys.binned, **setup)
+    return sample
+
+
+def _n_tokens(record: dict, stats: dict) -> int:
+    """The bin vocabulary of all cells without binning them all: the largest bin they have, plus 1.
+
+    Binning is monotone in a value's share of its cell's total, so the largest share (from the pass over
+    the counts) times ``target_sum`` gets the largest bin: the vocabulary binning in memory would give.
+    """
+    if record["method"] == "segment":
+        return int(record["n_bins"]) + 1  # bf.pp.bin records the default it used
+    args = {k: record[k] for k in ("n_bins", "cutoff", "bins_per_octave") if record.get(k) is not None}
+    largest = sparse.csr_matrix([[stats["largest_share"] * record["target_sum"]]])
+    bins, _ = bin_matrix(largest, method="value", normalize=False, **args)
+    return int(bins.max()) + 1
 
 
 def _write_binned(adata: AnnData, key: str, binned: tuple | None) -> None:

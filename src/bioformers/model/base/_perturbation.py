@@ -46,7 +46,7 @@ class PerturbationMixin:
         """
         if self.control_ is None:
             return []
-        labels = self.adata_manager.get_state_registry(PERTURBATION_KEY).categorical_mapping
+        labels = self._state_registry(PERTURBATION_KEY)["categorical_mapping"]
         return list(dict.fromkeys(t for label in labels for t in perturbation_targets(label, self.control_)))
 
     def target_indices(self, labels: Sequence[str]) -> np.ndarray:

@@ -12,6 +12,7 @@ from scvi import REGISTRY_KEYS
 from ..._docs import DOC_BATCH_SIZE, doc_params
 from ..._keys import COUNTS_KEY
 from ...data import prediction_masks
+from ...data._corpus import category_codes
 from ...module import fit_count_decoder
 from ...pp._genes import DEFAULT_MIN_GENE_COVERAGE
 
@@ -141,10 +142,11 @@ class MaskedPredictionMixin:
 
     def _finish_training(self) -> None:
         super()._finish_training()
-        if self.module.count_head is not None and self.has_counts:
+        # streamed from disk (no AnnData): the caller fits the decoder on a sample of the cells
+        if self.module.count_head is not None and self.has_counts and self.adata is not None:
             self.fit_count_decoder()
 
-    def fit_count_decoder(self, *, steps: int = 4000, seed: int = 0) -> list[float]:
+    def fit_count_decoder(self, adata: AnnData | None = None, *, steps: int = 4000, seed: int = 0) -> list[float]:
         """Fit the count decoder to the final cell embeddings of the training data (run at the end of ``train``).
 
         See :func:`bioformers.module.fit_count_decoder`; the network is unchanged, so
@@ -152,6 +154,9 @@ class MaskedPredictionMixin:
 
         Parameters
         ----------
+        adata
+            Cells to fit on, with raw counts in ``X`` (and the model's batch column, if it has one):
+            e.g. a sample of a corpus streamed from disk. `None`: the training data.
         steps
             Adam steps.
         seed
@@ -162,12 +167,17 @@ class MaskedPredictionMixin:
         list of float
             The loss of every 100th step.
         """
-        cls = torch.as_tensor(self.get_latent_representation(), device=self.device)
-        batch = None
-        if self.module.n_batch:
-            codes = self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)
-            batch = torch.as_tensor(np.asarray(codes).ravel(), device=self.device)
-        counts = sparse.csr_matrix(self.adata_manager.get_from_registry(COUNTS_KEY), dtype=np.float32)
+        if adata is None:
+            cls = torch.as_tensor(self.get_latent_representation(), device=self.device)
+            codes = self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY) if self.module.n_batch else None
+            counts = sparse.csr_matrix(self.adata_manager.get_from_registry(COUNTS_KEY), dtype=np.float32)
+        else:
+            genes = self.align_genes(adata)
+            cls = torch.as_tensor(self.get_latent_representation(adata, genes=genes), device=self.device)
+            key = self.registry_["setup_args"].get("batch_key")
+            codes = category_codes(adata.obs[key], self.condition_categories("batch")) if self.module.n_batch else None
+            counts = genes.take(sparse.csr_matrix(adata.X, dtype=np.float32))
+        batch = None if codes is None else torch.as_tensor(np.asarray(codes).ravel(), device=self.device)
         return fit_count_decoder(self.module, cls, counts, batch, steps=steps, seed=seed)
 
     @torch.inference_mode()

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from lightning.pytorch.utilities import rank_zero_only
 
-from ..._private import mirror
+from ..._private import mirror, without_data_message
 from ..._record import package_version
 from ._serialization import (
     check_model_class,
@@ -45,6 +45,8 @@ class SaveLoadMixin:
 
     #: Names of other model classes whose directories ``load`` of this class opens (as that class).
     _also_loads: tuple[str, ...] = ()
+    #: Whether the class can be built from its saved registry alone, so ``load`` needs no AnnData.
+    _loads_without_data: bool = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -119,6 +121,8 @@ class SaveLoadMixin:
         if not self.is_global_zero:
             logger.debug("Not global rank 0 of a distributed run: `save` writes nothing here.")
             return
+        if save_anndata and self.adata is None:
+            raise ValueError(without_data_message(self, "has no training data to save (`save_anndata=True`)"))
         if os.path.exists(dir_path) and not overwrite:
             raise FileExistsError(f"{dir_path!r} already exists. Pass `overwrite=True` or choose another directory.")
         os.makedirs(dir_path, exist_ok=True)
@@ -194,13 +198,23 @@ class SaveLoadMixin:
         model_cls = _MODEL_CLASSES[name]
         check_version(attributes.get("version"), package_version(), dir_path)
         # scvi-tools registers by writing into the AnnData: register a mirror of the caller's, never theirs
-        adata = _saved_anndata(dir_path) if adata is None else mirror(adata)
-        check_training_genes(adata, np.asarray(attributes["genes"]).astype(str), dir_path)
+        saved_anndata = os.path.join(dir_path, SAVED_ANNDATA_FILE)
+        if adata is not None:
+            adata = mirror(adata)
+        elif os.path.isfile(saved_anndata):
+            adata = anndata.read_h5ad(saved_anndata)
+        elif not model_cls._loads_without_data:
+            raise FileNotFoundError(
+                f"No `adata` given and {saved_anndata} not found: a {name} needs its training data to load. Pass "
+                "`adata=` with it, or save the model with `model.save(dir_path, save_anndata=True)`."
+            )
         registry = attributes["registry"]
-        model_cls.setup_anndata(adata, source_registry=registry, **registry["setup_args"])
-        init = attributes["init_params"]
-        kwargs = {k: v for group in init.get("kwargs", {}).values() for k, v in group.items()}
-        model = model_cls(adata, **model_cls._saved_init(dict(init["non_kwargs"]) | kwargs, attributes))
+        if adata is not None:
+            check_training_genes(adata, np.asarray(attributes["genes"]).astype(str), dir_path)
+            model_cls.setup_anndata(adata, source_registry=registry, **registry["setup_args"])
+        init = model_cls._saved_init(init_arguments(attributes["init_params"]), attributes)
+        # no data: scvi-tools builds the model from the saved registry (its `registry=`), as for data modules
+        model = model_cls(adata, **init) if adata is not None else model_cls(registry=registry, **init)
         state_dict = upgrade_legacy_weights(model.module.state_dict(), state_dict)
         check_state_dict(model.module.state_dict(), state_dict, dir_path)
         model.module.load_state_dict(state_dict)
@@ -223,15 +237,10 @@ class SaveLoadMixin:
         """Restore what ``_saved_attributes`` recorded (after the weights are loaded)."""
 
 
-def _saved_anndata(dir_path: str) -> AnnData:
-    """The training AnnData that ``save(..., save_anndata=True)`` wrote next to the model."""
-    path = os.path.join(dir_path, SAVED_ANNDATA_FILE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"No `adata` given and {path} not found (written by `model.save(dir_path, save_anndata=True)`). Pass "
-            "`adata=` with the model's training data, binned as for training."
-        )
-    return anndata.read_h5ad(path)
+def init_arguments(init_params: dict[str, Any]) -> dict[str, Any]:
+    """The arguments a model was built with, from scvi-tools' ``init_params_`` record (named and ``**kwargs``)."""
+    kwargs = {k: v for group in init_params.get("kwargs", {}).values() for k, v in group.items()}
+    return dict(init_params["non_kwargs"]) | kwargs
 
 
 def check_training_genes(adata: AnnData, genes: np.ndarray, dir_path: str) -> None:

@@ -7,6 +7,7 @@ the rest. Whatever else lies in the directory is never opened.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
@@ -65,6 +66,7 @@ def write_model(dir_path: str, state_dict: Mapping[str, torch.Tensor], attribute
     partial = {weights: weights + ".partial", attrs: attrs + ".partial"}
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, partial[weights])
+        attributes = attributes | {"checksums": {WEIGHTS_FILE: _sha256(partial[weights])}}
         with open(partial[attrs], "w") as f:
             json.dump(_encode(attributes), f, indent=1)
     except BaseException:
@@ -93,7 +95,25 @@ def read_model(dir_path: str, device: str = "cpu") -> tuple[dict[str, torch.Tens
     missing = [os.path.basename(path) for path in (weights, attributes) if not os.path.isfile(path)]
     if missing:
         raise FileNotFoundError(_not_a_model_message(dir_path, missing))
-    return _read_weights(weights, device), _read_attributes(attributes)
+    state_dict, attributes = _read_weights(weights, device), _read_attributes(attributes)
+    _check_checksums(dir_path, attributes.get("checksums", {}))  # directories saved before checksums have none
+    return state_dict, attributes
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _check_checksums(dir_path: str, checksums: Mapping[str, str]) -> None:
+    """Raise unless each file listed in ``model.json`` has the SHA-256 recorded when it was saved."""
+    for name, expected in checksums.items():
+        if _sha256(os.path.join(dir_path, name)) != expected:
+            raise ValueError(
+                f"{os.path.join(dir_path, name)} is not the file that was saved with {ATTRIBUTES_FILE} (its SHA-256 "
+                "checksum differs): it was changed, damaged in copying, or comes from another model. Copy the model "
+                "directory again, or save the model again with `model.save(dir_path, overwrite=True)`."
+            )
 
 
 def _not_a_model_message(dir_path: str, missing: list[str]) -> str:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
+import pandas as pd
+from anndata import AnnData
 from scipy import sparse
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
@@ -26,9 +28,6 @@ from ..._validation import (
     shown,
 )
 
-if TYPE_CHECKING:
-    from anndata import AnnData
-
 
 class TokenSetupMixin:
     """``setup_anndata`` of the models that read binned gene tokens, and what their registry tells.
@@ -37,24 +36,43 @@ class TokenSetupMixin:
     its gene-token vocabulary and how the data was binned (so queries are binned alike).
     """
 
-    def _init_tokens(self, adata: AnnData, extra_genes: list[str] | None = None) -> None:
+    # genes, binning and registry are all in model.json: `load` builds the model from the registry alone
+    _loads_without_data = True
+
+    def _init_tokens(self, adata: AnnData | None, extra_genes: list[str] | None = None) -> None:
         layer = self.registry_["setup_args"]["layer"]
         #: How the training data was binned (its ``uns['bioformers_binned']['params']``); queries are binned alike.
-        self.binning_ = dict(adata.uns.get(layer, {}).get("params", {}))
-        #: The model's genes, in order (the training data's ``var_names``).
-        self.genes_ = np.asarray(adata.var_names).astype(str)
+        self.binning_ = {} if adata is None else dict(adata.uns.get(layer, {}).get("params", {}))
+        #: The model's genes, in order (the training data's ``var_names``, as scvi-tools' registry keeps them).
+        self.genes_ = np.asarray(self._state_registry(REGISTRY_KEYS.X_KEY)["column_names"]).astype(str)
         #: Every gene token (the model's genes, then perturbation targets that are not measured genes).
         self.vocabulary_ = np.concatenate([self.genes_, np.asarray(extra_genes or [], dtype=str)])
+        #: The text columns of the training data's ``var`` (e.g. Ensembl IDs next to symbols), one row per gene.
+        self.gene_table_ = pd.DataFrame(index=pd.Index(self.genes_))
+        if adata is not None:
+            text = [c for c in adata.var.columns if not str(c).startswith("_scvi") and _is_text(adata.var[c])]
+            self.gene_table_ = adata.var[text].astype(str).set_axis(self.gene_table_.index)
+
+    def _state_registry(self, key: str) -> dict:
+        """scvi-tools' state registry of the field ``key``, read from the registry (no AnnData needed)."""
+        return self.registry_["field_registries"][key]["state_registry"]
 
     def _n_bins(self, n_bins: int | None) -> int:
         """``n_bins``, or the bin vocabulary of the registered data (largest bin + 1)."""
         if n_bins is not None:
             return n_bins
+        if self.adata is None:
+            raise ValueError("A model built from a registry alone (no AnnData) needs `n_bins`.")
         return int(self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY).max()) + 1
 
-    # model.json: the bin vocabulary and the binning, so that a loaded model bins queries as in training
+    # model.json: the bin vocabulary, the binning (so that a loaded model bins queries as in training) and
+    # the genes' annotations, so that a model directory is complete without its training data
     def _saved_attributes(self) -> dict:
-        return super()._saved_attributes() | {"n_bins": int(self.module.n_bins), "binning": self.binning_}
+        return super()._saved_attributes() | {
+            "n_bins": int(self.module.n_bins),
+            "binning": self.binning_,
+            "var": {str(c): self.gene_table_[c].tolist() for c in self.gene_table_.columns},
+        }
 
     @classmethod
     def _saved_init(cls, init: dict, attributes: dict) -> dict:
@@ -66,6 +84,8 @@ class TokenSetupMixin:
     def _restore(self, attributes: dict) -> None:
         super()._restore(attributes)
         self.binning_ = attributes["binning"]
+        if "var" in attributes:  # models saved before the genes' annotations were kept have none
+            self.gene_table_ = pd.DataFrame(attributes["var"], index=pd.Index(self.genes_))
 
     @property
     def has_counts(self) -> bool:
@@ -194,7 +214,11 @@ class TokenSetupMixin:
         if self.registry_["setup_args"].get(key) is None:
             return []
         registry_key = REGISTRY_KEYS.LABELS_KEY if kind == "labels" else REGISTRY_KEYS.BATCH_KEY
-        return [str(c) for c in self.adata_manager.get_state_registry(registry_key).categorical_mapping]
+        return [str(c) for c in self._state_registry(registry_key)["categorical_mapping"]]
+
+
+def _is_text(column: pd.Series) -> bool:
+    return isinstance(column.dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(column)
 
 
 def _counts_source(adata: AnnData, layer: str) -> str | None:

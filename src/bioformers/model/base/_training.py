@@ -9,6 +9,7 @@ import scvi
 from scvi.model.base import UnsupervisedTrainingMixin
 
 from ..._docs import DOC_CHECKPOINT_EVERY, DOC_LR, doc_params
+from ..._private import without_data_message
 from ..._validation import check_batch_size
 from ...train import TrainingSession, default_precision
 
@@ -150,11 +151,19 @@ class TokenTrainingMixin(UnsupervisedTrainingMixin):
         >>> {name: len(losses) for name, losses in model.loss_history().items()}
         {'train_loss': 2, 'validation_loss': 2}
         """
-        n_obs = self.adata.n_obs
+        datamodule = trainer_kwargs.get("datamodule")
+        if self.adata is None and datamodule is None:
+            raise ValueError(without_data_message(self, "has no data to train on"))
+        # a data module (cells streamed from disk) replaces the registered AnnData and its validation split
+        n_obs = self.adata.n_obs if datamodule is None else datamodule.n_obs
         check_batch_size(n_obs, batch_size)
         plan_kwargs = {"lr": lr, "weight_decay": weight_decay, "warmup_fraction": warmup_fraction} | (plan_kwargs or {})
         # a validation loss every epoch, when there are validation cells (train_size < 1)
-        validation_every_epoch = {"check_val_every_n_epoch": 1} if (trainer_kwargs.get("train_size") or 0.9) < 1 else {}
+        validation_every_epoch = (
+            {"check_val_every_n_epoch": 1}
+            if datamodule is None and (trainer_kwargs.get("train_size") or 0.9) < 1
+            else {}
+        )
         max_epochs = max_epochs or default_max_epochs(n_obs)
         precision = precision or default_precision(accelerator)
         session = TrainingSession(
@@ -173,7 +182,8 @@ class TokenTrainingMixin(UnsupervisedTrainingMixin):
             save_checkpoints=save_checkpoints,
             checkpoint_every=checkpoint_every,
             resume_from=resume_from,
-            subject=f"{type(self).__name__} on {n_obs:,} cells x {self.adata.n_vars:,} genes",
+            subject=f"{type(self).__name__} on {n_obs:,} cells x {self.genes_.size:,} genes"
+            + (" read from disk" if datamodule is not None else ""),
         )
         trainer_kwargs = session.trainer_kwargs(validation_every_epoch | trainer_kwargs)
         self.module.encoder.activation_checkpointing = activation_checkpointing
