@@ -137,3 +137,110 @@ def test_bad_backed_input_is_refused_before_training(tmp_path, change, kwargs, m
     with pytest.raises(ValueError, match=match):
         bf.tl.pretrain(backed, **SIZES, max_epochs=1, **(TRAIN | kwargs))
     assert (sorted(backed.obsm), sorted(backed.uns), sorted(backed.layers)) == before
+
+
+# --- several files with different genes -----------------------------------------------------------
+@pytest.fixture
+def two_files(tmp_path):
+    """Two files sharing 20 of their 30 genes (40 in all), the second with its own batches and gene IDs."""
+    first = bf.datasets.synthetic(n_obs=200, n_vars=40, seed=1)[:, :30].copy()
+    second = bf.datasets.synthetic(n_obs=150, n_vars=40, seed=2)[:, 10:].copy()
+    second.obs["batch"] = second.obs["batch"].astype(str).str.replace("batch", "run")
+    second.var["gene_ids"] = [f"ENSG{i:011d}" for i in range(10, 40)]
+    paths = []
+    for name, adata in (("first", first), ("second", second)):
+        adata.write_h5ad(tmp_path / f"{name}.h5ad")
+        paths.append(tmp_path / f"{name}.h5ad")
+    return paths
+
+
+def test_an_epoch_of_several_files_reads_every_cell_once_in_chunks_of_one_file():
+    order = epoch_order([70, 45], chunk_size=20, buffer_chunks=1, seed=0)
+    assert sorted(order.tolist()) == list(range(115))
+    # chunks: 0-19, 20-39, 40-59, 60-69 of the first file, 70-89, 90-109, 110-114 of the second
+    chunk = np.where(order < 70, order // 20, 10 + (order - 70) // 20)
+    assert (np.diff(chunk) != 0).sum() == 7 - 1, "each chunk read in one piece, none spanning two files"
+
+
+def test_files_with_different_genes_train_together(two_files):
+    first, second = (ad.read_h5ad(path, backed="r") for path in two_files)
+    with pytest.warns(UserWarning, match=r"30 of the model's 40 genes"):
+        model = bf.tl.pretrain([first, second], batch_key="batch", **SIZES, max_epochs=1, chunk_size=32, **TRAIN)
+    # the union of their genes, in order of first appearance; every batch of both files
+    np.testing.assert_array_equal(model.genes_, [f"gene_{i}" for i in range(40)])
+    assert model.condition_categories("batch") == ["batch_0", "batch_1", "run_0", "run_1"]
+    # each file got its own embedding and record
+    for adata, n_obs in ((first, 200), (second, 150)):
+        assert adata.obsm["X_bioformers"].shape == (n_obs, SIZES["n_hidden"])
+        assert adata.uns["bioformers"]["params"]["n_anndata"] == 2
+    # gene IDs known from the second file only, kept for its genes
+    assert model.gene_table_.loc["gene_39", "gene_ids"] == "ENSG00000000039"
+    assert model.gene_table_["gene_ids"].isna().sum() == 10
+    # the embedding written is the model's embedding of each file's cells, its genes matched by name
+    query = ad.read_h5ad(two_files[1])
+    bf.tl.embed(query, model)
+    np.testing.assert_array_equal(query.obsm["X_bioformers"], second.obsm["X_bioformers"])
+
+
+def test_chosen_genes_and_too_little_overlap(two_files, tmp_path):
+    first, second = (ad.read_h5ad(path, backed="r") for path in two_files)
+    chosen = [f"gene_{i}" for i in range(10, 30)]  # in both files
+    model = bf.tl.pretrain([first, second], genes=chosen, **SIZES, max_epochs=1, **TRAIN)
+    np.testing.assert_array_equal(model.genes_, chosen)
+    # a single backed file can be trained on a chosen subset of its genes too
+    model = bf.tl.pretrain(first, genes=chosen[:15], **SIZES, max_epochs=1, **TRAIN)
+    assert model.genes_.size == 15
+    # a file that holds too few of the chosen genes is refused before training, nothing written
+    fresh = [ad.read_h5ad(path, backed="r") for path in two_files]
+    with pytest.raises(ValueError, match=r"Only 30 of the model's 40 genes \(75\.0%\).*min_gene_coverage=0\.8"):
+        bf.tl.pretrain(fresh, min_gene_coverage=0.8, **SIZES, **TRAIN)
+    with pytest.raises(ValueError, match=r"Only 0 of the model's 10 genes"):
+        bf.tl.pretrain(fresh, genes=[f"gene_{i}" for i in range(10)], **SIZES, **TRAIN)
+    assert all("X_bioformers" not in adata.obsm for adata in fresh)
+
+
+def test_bad_lists_are_refused(two_files, counts):
+    first = ad.read_h5ad(two_files[0], backed="r")
+    with pytest.raises(TypeError, match=r"non-empty list of AnnData"):
+        bf.tl.pretrain([], **SIZES, **TRAIN)
+    with pytest.raises(TypeError, match=r"non-empty list of AnnData"):
+        bf.tl.pretrain([first, "second.h5ad"], **SIZES, **TRAIN)
+    with pytest.raises(ValueError, match=r"several AnnData get their results in place"):
+        bf.tl.pretrain([first], copy=True, **SIZES, **TRAIN)
+    with pytest.raises(ValueError, match=r"subset it: `adata\[:, genes\]\.copy\(\)`"):
+        bf.tl.pretrain(counts, genes=["gene_1"], **SIZES, **TRAIN)
+
+
+# --- checkpoints in the middle of an epoch --------------------------------------------------------
+def test_resuming_mid_epoch_from_disk_continues_exactly(path, tmp_path):
+    """A run resumed from a checkpoint written mid-epoch ends bit-identical to the run never interrupted."""
+    run = {**SIZES, "max_epochs": 2, "chunk_size": 64, **TRAIN}  # 300 cells: 10 steps of 32 per epoch
+    full = ad.read_h5ad(path, backed="r")
+    bf.tl.pretrain(full, save_checkpoints=tmp_path / "ckpt", checkpoint_every_steps=4, **run)
+    written = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert written == [
+        "epoch_0001",
+        "epoch_0002",
+        "step_000000004",
+        "step_000000008",
+        "step_000000012",
+        "step_000000016",
+        "step_000000020",
+    ]
+    resumed = ad.read_h5ad(path, backed="r")
+    model = bf.tl.pretrain(resumed, resume_from=tmp_path / "ckpt" / "step_000000012", **run)  # epoch 2, step 2 of 10
+    np.testing.assert_array_equal(resumed.obsm["X_bioformers"], full.obsm["X_bioformers"])
+    # the history of finished epochs comes from the checkpoint; the resumed epoch's mean loss averages
+    # the steps after resuming only (Lightning keeps no running sums in checkpoints), so it is close, not equal
+    history, uninterrupted = model.loss_history()["train_loss"], full.uns["bioformers"]["history"]["train_loss"]
+    assert history[0] == uninterrupted[0]
+    assert history[1] == pytest.approx(uninterrupted[1], rel=0.01)
+    # the latest checkpoint of a directory is the one with the most steps (the epoch's, at a tie)
+    from bioformers.train._checkpoint import find_checkpoint
+
+    assert find_checkpoint(tmp_path / "ckpt").endswith("epoch_0002")
+
+
+def test_step_checkpoints_need_data_from_disk(counts, tmp_path):
+    with pytest.raises(ValueError, match=r"`checkpoint_every_steps` writes checkpoints in the middle of epochs"):
+        bf.tl.pretrain(counts, save_checkpoints=tmp_path, checkpoint_every_steps=5, **SIZES, **TRAIN)

@@ -188,16 +188,23 @@ def perturbation_scores(
 
         ``pearson`` / ``pearson_top``
             Pearson correlation of the predicted and observed mean profiles, on all genes / on the
-            top DE genes.
+            top DE genes. Rewards predicting the baseline expression of the cells: any profile near
+            control scores about 0.99, so it says little about the perturbation.
         ``pearson_delta`` / ``pearson_delta_top``
             Pearson correlation of the predicted and observed deltas, on all genes / on the top DE
             genes; NaN when either delta is constant (the "no change" prediction, for instance).
+            Rewards the right pattern of change, whatever its size; the average effect of the
+            training perturbations scores well when perturbations share a response.
         ``mse_top``
-            Mean squared error of the predicted mean profile on the top DE genes.
+            Mean squared error of the predicted mean profile on the top DE genes. Rewards the right
+            size of change where the perturbation acts; predicting small changes is punished less
+            than predicting large wrong ones.
         ``l2_top``
-            Euclidean distance between the predicted and observed mean profiles on the top DE genes.
+            Euclidean distance between the predicted and observed mean profiles on the top DE genes
+            (``sqrt(n_top_genes * mse_top)``): the same reward, as a distance.
         ``direction_top``
             Share of the top DE genes whose predicted delta has the sign of the observed one.
+            Rewards the right direction only; a tiny change of the right sign counts in full.
         ``pearson_delta_perturbed``
             Pearson correlation of the predicted and observed profiles, both taken relative to the
             mean of the *other* perturbations' observed mean profiles instead of the control

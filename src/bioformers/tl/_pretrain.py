@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -42,12 +43,13 @@ from ..data._corpus import StreamedCells, StreamingDataModule, category_codes, c
 from ..data._stream import DEFAULT_CHUNK_SIZE, check_row_access
 from ..model import BioFormer, BioFormerDecoder
 from ..model.base._save_load import init_arguments
+from ..model.base._setup import text_columns
 from ..module import check_module_arguments
 from ..pp import bin as bin_values
 from ..pp import rank as rank_values
-from ..pp._genes import DEFAULT_MIN_GENE_COVERAGE
+from ..pp._genes import DEFAULT_MIN_GENE_COVERAGE, align_genes
 from ..pp._rank import DEFAULT_N_RANKS
-from ..pp._tokens import bin_as_recorded, bin_matrix
+from ..pp._tokens import BINNING_ARGS, bin_as_recorded, bin_matrix
 
 #: The model class of each ``architecture``.
 MODEL_CLASSES = {"encoder": BioFormer, "decoder": BioFormerDecoder}
@@ -65,10 +67,11 @@ MODEL_CLASSES = {"encoder": BioFormer, "decoder": BioFormerDecoder}
     key_added=DOC_KEY_ADDED,
 )
 def pretrain(
-    adata: AnnData,
+    adata: AnnData | Sequence[AnnData],
     *,
     layer: str | None = None,
     init: BioFormer | BioFormerDecoder | None = None,
+    genes: Sequence[str] | None = None,
     gene_symbols: str | None = None,
     min_gene_coverage: float = DEFAULT_MIN_GENE_COVERAGE,
     batch_key: str | None = None,
@@ -115,7 +118,9 @@ def pretrain(
         larger than memory: then one pass over the file checks the counts and finds the binning scale,
         and training reads the cells from disk ``chunk_size`` at a time, binning them as it goes
         (memory holds a few chunks, not the data; no validation cells; the count decoder is fitted on
-        20,000 random cells). Not a view: call ``.copy()`` on a subset first.
+        20,000 random cells). Not a view: call ``.copy()`` on a subset first. A list of AnnData
+        (backed or not, e.g. files with different genes) trains one model on all their cells, read
+        from each as from a backed one; each gets its own results.
     layer
         Layer with the raw counts; ``None`` uses ``adata.X``.
     init
@@ -126,9 +131,15 @@ def pretrain(
         genes the model does not know are dropped, since no pretrained weight knows them and the model
         stays usable on everything it was used on) and binned on the model's scale. The returned model
         is a new one; ``init`` is not changed.
+    genes
+        For AnnData read from disk (backed, or a list): the model's genes, matched by name in each
+        AnnData (genes an AnnData lacks read as unexpressed in its cells, others are not read);
+        `None`: every gene of any of them, in order of first appearance. E.g. 2,000 highly variable
+        genes of a file that holds all genes, without rewriting it.
     gene_symbols, min_gene_coverage
-        With ``init`` only: the ``adata.var`` column with the model's gene names (`None`: ``var_names``),
-        and the smallest fraction of the model's genes ``adata`` must have, as for :func:`embed`.
+        With ``init``, or AnnData read from disk: the ``adata.var`` column with the model's gene names
+        (`None`: ``var_names``), and the smallest fraction of the model's genes each AnnData must have,
+        as for :func:`embed`.
     batch_key
         Column of ``adata.obs`` with batches (e.g. technologies). Each batch gets a learned token: the
         encoder's output heads read it, so batch effects are explained by the token rather than the
@@ -218,14 +229,26 @@ def pretrain(
     (1, 1)
     """
     keys = Keys(key_added)
-    check_anndata(adata, copy=copy, backed=True)
-    if adata.isbacked and init is not None:
+    sources = [adata] if isinstance(adata, AnnData) else list(adata)
+    streamed = len(sources) != 1 or sources[0].isbacked or not isinstance(adata, AnnData)
+    if not isinstance(adata, AnnData):
+        _check_corpus(sources, copy=copy, init=init)
+    for source in sources:
+        check_anndata(source, copy=copy, backed=True)
+    if streamed and init is not None:
         raise ValueError(
             "Fine-tuning (`init=`) reads the AnnData in memory: load it with `adata = adata.to_memory()`, or a subset "
             "of its cells with `adata[cells].to_memory()`."
         )
-    if init is None and (gene_symbols is not None or min_gene_coverage != DEFAULT_MIN_GENE_COVERAGE):
-        raise ValueError("`gene_symbols` and `min_gene_coverage` match genes to a model's: they apply with `init=`.")
+    matching = gene_symbols is not None or min_gene_coverage != DEFAULT_MIN_GENE_COVERAGE
+    if init is None and not streamed and (matching or genes is not None):
+        raise ValueError(
+            "`genes`, `gene_symbols` and `min_gene_coverage` choose and match the model's genes in AnnData read from "
+            "disk (backed, or several) and with `init=`. For one AnnData in memory, subset it: "
+            "`adata[:, genes].copy()`."
+        )
+    if genes is not None and init is not None:
+        raise ValueError("With `init=`, the model's genes are its own: leave `genes` out.")
     if init is not None:
         return _fine_tune(
             adata,
@@ -247,13 +270,14 @@ def pretrain(
     if architecture not in MODEL_CLASSES:
         raise ValueError(f"`architecture` must be 'encoder' or 'decoder', not {architecture!r}.")
     check_train_kwargs(train_kwargs, tool=pretrain, train=MODEL_CLASSES[architecture].train, where="`bf.tl.pretrain`")
-    check_obs_key(adata, batch_key, argument="batch_key")
-    check_obs_key(adata, labels_key, argument="labels_key")
-    must_bin = keys.binned not in adata.layers
+    for source in sources:
+        check_obs_key(source, batch_key, argument="batch_key")
+        check_obs_key(source, labels_key, argument="labels_key")
+    must_bin = streamed or keys.binned not in adata.layers
     if must_bin:
         if binning not in ("value", "segment", "rank"):
             raise ValueError(f"`binning` must be 'value', 'segment' or 'rank', not {binning!r}.")
-        if not adata.isbacked:  # a backed AnnData's counts are checked as they are read, before training
+        if not streamed:  # cells read from disk are checked as they are read, before training
             check_counts(get_matrix(adata, layer), where=matrix_name(layer), require_integer=binning == "value")
     for name, weight in {
         "batch_adversarial_weight": batch_adversarial_weight,
@@ -272,14 +296,16 @@ def pretrain(
         objective["view_weight"] = view_weight
     else:
         objective = {}
-    check_batch_size(adata.n_obs, batch_size)
-    if chunk_size is not None and (not adata.isbacked or chunk_size < 1):
+    check_batch_size(sum(source.n_obs for source in sources), batch_size)
+    if chunk_size is not None and (not streamed or chunk_size < 1):
         raise ValueError(
             f"`chunk_size` is a positive number of cells read at a time from a backed AnnData, not {chunk_size}."
         )
-    if adata.isbacked:
-        return _pretrain_backed(
-            adata,
+    if streamed:
+        return _pretrain_streamed(
+            sources,
+            genes=genes,
+            matching={"gene_symbols": gene_symbols, "min_gene_coverage": min_gene_coverage},
             model_cls=MODEL_CLASSES[architecture],
             layer=layer,
             batch_key=batch_key,
@@ -478,19 +504,20 @@ def _init_columns(adata: AnnData, init, *, batch_key: str | None, labels_key: st
     return pd.DataFrame(columns, index=pd.RangeIndex(adata.n_obs))
 
 
-def _write_results(
-    adata: AnnData, model, keys: Keys, binned: tuple | None, params: dict, copy: bool, *, streamed: bool = False
-):
+def _write_results(adata: AnnData, model, keys: Keys, binned: tuple | None, params: dict, copy: bool, *, cells=None):
     """Embed with the trained model and write embedding, record and binned layer into ``adata`` (rank 0 only).
 
-    ``streamed``: the model trained from disk and holds no AnnData; ``adata`` (backed) is embedded a chunk at a time.
+    ``cells``: the model trained from disk and holds no AnnData; ``adata`` is embedded a chunk at a time,
+    its genes matched to the model's by this alignment.
     """
     if not model.is_global_zero:
         # distributed run (e.g. strategy="ddp"): every process reaches this line, rank 0 writes the rest
         logg.info("not global rank 0 of a distributed run: trained, only the binned layer written here")
         _write_binned(adata, keys.binned, binned)
         return (adata, model) if copy else model
-    embedding = model.get_latent_representation(adata) if streamed else model.get_latent_representation()
+    embedding = (
+        model.get_latent_representation() if cells is None else model.get_latent_representation(adata, genes=cells)
+    )
     record = {
         "params": params_record(
             **params, max_epochs=len(model.loss_history()["train_loss"]), model=type(model).__name__
@@ -508,9 +535,24 @@ def _write_results(
 COUNT_FIT_CELLS = 20_000
 
 
-def _pretrain_backed(
-    adata: AnnData,
+def _check_corpus(sources: list, *, copy: bool, init) -> None:
+    """Raise unless ``sources`` (``pretrain``'s ``adata`` given as a list) can be trained on together."""
+    if not sources or not all(isinstance(source, AnnData) for source in sources):
+        raise TypeError(
+            "`adata` must be an AnnData or a non-empty list of AnnData (e.g. `[anndata.read_h5ad(path, backed='r') "
+            "for path in paths]`)."
+        )
+    if copy:
+        raise ValueError("`copy=True` applies to one AnnData in memory; several AnnData get their results in place.")
+    if init is not None:
+        raise ValueError("Fine-tuning (`init=`) reads one AnnData in memory, not a list of them.")
+
+
+def _pretrain_streamed(
+    sources: list[AnnData],
     *,
+    genes: Sequence[str] | None,
+    matching: dict,
     model_cls: type,
     layer: str | None,
     batch_key: str | None,
@@ -527,11 +569,12 @@ def _pretrain_backed(
     key_added: str,
     train_kwargs: dict,
 ):
-    """``pretrain`` of a backed AnnData: cells read from disk a chunk at a time, binned on the fly, every epoch.
+    """``pretrain`` of backed AnnData (one or several): cells read a chunk at a time, binned on the fly, every epoch.
 
     Memory holds one buffer of chunks, the obs columns and the model, whatever the number of cells.
     One pass over the counts first checks them and finds the binning scale; the model is built from
     an scvi-tools registry (no AnnData in memory) and trains on a :class:`~bioformers.data.StreamingDataModule`.
+    Several AnnData share the model's genes (``genes``, or all of theirs), each matched by name.
     """
     keys = Keys(key_added)
     if layer is not None:
@@ -541,31 +584,53 @@ def _pretrain_backed(
         )
     if binning not in ("value", "segment"):
         raise ValueError(
-            f"Training from a backed AnnData bins cells as it reads them, with `binning='value'` or 'segment', not "
-            f"{binning!r} (rank tokens need every gene's median over all cells first). Load the AnnData into memory "
-            "for rank tokens."
+            f"Training from disk bins cells as it reads them, with `binning='value'` or 'segment', not {binning!r} "
+            "(rank tokens need every gene's median over all cells first). Load the AnnData into memory for rank tokens."
         )
     split = sorted(set(train_kwargs) & {"train_size", "validation_size", "datamodule"})
     if split:
         raise ValueError(
-            f"{split} cannot apply when training from a backed AnnData: every cell of the file is read, streamed "
-            "by bioformers' own data module, and no validation cells are held out."
+            f"{split} cannot apply when training from disk: every cell is read, streamed by bioformers' own data "
+            "module, and no validation cells are held out."
         )
-    check_row_access(adata.X, "adata.X")
-    logg.info(f"reading {adata.n_obs:,} cells from disk to check the counts and find the binning scale")
-    stats = count_statistics(adata, chunk_size=chunk_size, require_integer=binning == "value")
-    warn_genes_without_counts(stats["cells_per_gene"][None, :], where="adata.X")
+    for i, source in enumerate(sources):
+        check_row_access(source.X, "adata.X" if len(sources) == 1 else f"adata[{i}].X")
+    vocabulary = _vocabulary(sources, genes, matching["gene_symbols"])
+    alignments = [align_genes(source, vocabulary, **matching) for source in sources]
+    for alignment in alignments:
+        alignment.report()
+    n_obs = sum(source.n_obs for source in sources)
+    logg.info(f"reading {n_obs:,} cells from disk to check the counts and find the binning scale")
+    stats = count_statistics(sources, genes=alignments, chunk_size=chunk_size, require_integer=binning == "value")
+    warn_genes_without_counts(stats["cells_per_gene"][None, :], where="the cells read")
 
     quiet_seed(seed)
-    columns = {key: sorted(adata.obs[key].astype(str).unique()) for key in (batch_key, labels_key) if key is not None}
+    columns = {
+        key: sorted(set().union(*(source.obs[key].astype(str).unique() for source in sources)))
+        for key in (batch_key, labels_key)
+        if key is not None
+    }
+    codes = {key: _codes(sources, key, categories) for key, categories in columns.items()}
+    coded = {key: (columns[key], codes[key]) for key in columns}
     counts_scale = binning == "value"
     counts = counts_scale and (network.get("count_weight", 0) > 0 or network.get("view_weight", 0) > 0)
+    cells = StreamedCells(
+        sources,
+        binning={"method": binning, "n_bins": n_bins, "target_sum": stats["target_sum"] if counts_scale else None},
+        genes=alignments,
+        batch_codes=codes.get(batch_key),
+        label_codes=codes.get(labels_key),
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+        seed=seed,
+    )
     sample = _registered_sample(
-        adata,
+        cells,
+        vocabulary,
         model_cls,
         keys,
-        binning={"method": binning, "n_bins": n_bins, "target_sum": stats["target_sum"] if counts_scale else None},
-        columns=columns,
+        binning=cells.binning,
+        columns=coded,
         setup={"batch_key": batch_key, "labels_key": labels_key, "counts": counts},
     )
     registry = model_cls._get_most_recent_anndata_manager(sample, required=True).registry
@@ -573,46 +638,86 @@ def _pretrain_backed(
     forget(model, sample)
     model_cls._setup_adata_manager_store.pop(sample.uns["_scvi_uuid"], None)
     model.binning_ = dict(sample.uns[keys.binned]["params"])
-    model.gene_table_ = sample.var.set_axis(pd.Index(model.genes_))
+    cells.binning = {k: model.binning_[k] for k in BINNING_ARGS if k in model.binning_}  # the record, in full
+    model.gene_table_ = _gene_table(sources, alignments, vocabulary)
     if getattr(model.module, "count_head", None) is not None:
         model.module.start_count_decoder(stats["mean_shares"])
-    cells = StreamedCells(
-        adata,
-        binning=model.binning_,
-        batch_codes=category_codes(adata.obs[batch_key], columns[batch_key]) if batch_key else None,
-        label_codes=category_codes(adata.obs[labels_key], columns[labels_key]) if labels_key else None,
-        batch_size=batch_size,
-        chunk_size=chunk_size,
-        seed=seed,
+    model.train(
+        max_epochs=max_epochs, batch_size=batch_size, lr=lr, datamodule=StreamingDataModule(cells), **train_kwargs
     )
-    datamodule = StreamingDataModule(cells)
-    model.train(max_epochs=max_epochs, batch_size=batch_size, lr=lr, datamodule=datamodule, **train_kwargs)
     if getattr(model.module, "count_head", None) is not None and model.has_counts:
-        rng = np.random.default_rng(seed)
-        chosen = np.sort(rng.choice(adata.n_obs, size=min(adata.n_obs, COUNT_FIT_CELLS), replace=False))
-        model.fit_count_decoder(_cells_in_memory(adata, chosen, [batch_key]))
+        chosen = np.sort(np.random.default_rng(seed).choice(n_obs, size=min(n_obs, COUNT_FIT_CELLS), replace=False))
+        model.fit_count_decoder(_cells_in_memory(cells, chosen, vocabulary, coded))
     params = {"layer": layer, "batch_key": batch_key, "labels_key": labels_key, **params, "chunk_size": chunk_size}
-    params |= {"batch_size": batch_size, "lr": lr, "seed": seed}
-    return _write_results(adata, model, keys, None, params, copy=False, streamed=True)
+    params |= {"batch_size": batch_size, "lr": lr, "seed": seed, "n_anndata": len(sources)}
+    if not model.is_global_zero:
+        logg.info("not global rank 0 of a distributed run: trained, nothing written here")
+        return model
+    for source, alignment in zip(sources, alignments, strict=True):
+        _write_results(source, model, keys, None, params, copy=False, cells=alignment)
+    return model
 
 
-def _cells_in_memory(adata: AnnData, cells: np.ndarray, columns: list) -> AnnData:
-    """An in-memory AnnData of some cells of a backed one: counts, the genes' table and the given obs columns."""
-    obs = adata.obs.iloc[cells][[c for c in columns if c is not None]].copy()
-    return AnnData(X=sparse.csr_matrix(adata.X[cells]), obs=obs, var=adata.var.copy())
+def _vocabulary(sources: list[AnnData], genes: Sequence[str] | None, gene_symbols: str | None) -> np.ndarray:
+    """The model's genes: ``genes``, or every gene of the AnnData in order of first appearance (checked)."""
+    if genes is None:
+        names = [source.var_names if gene_symbols is None else source.var[gene_symbols] for source in sources]
+        return np.asarray(list(dict.fromkeys(str(g) for column in names for g in column)))
+    vocabulary = np.asarray([str(g) for g in genes])
+    if vocabulary.size == 0 or np.unique(vocabulary).size != vocabulary.size:
+        raise ValueError("`genes` must name the model's genes, each once.")
+    return vocabulary
+
+
+def _codes(sources: list[AnnData], key: str, categories: list[str]) -> np.ndarray:
+    """Every cell's code of a column's categories (shared by all AnnData), the AnnData one after the other."""
+    return np.concatenate([category_codes(source.obs[key], categories) for source in sources])
+
+
+def _gene_table(sources: list[AnnData], alignments: list, vocabulary: np.ndarray) -> pd.DataFrame:
+    """The text columns of the AnnData's ``var`` for the model's genes, from the first AnnData that has each gene."""
+    table = pd.DataFrame(index=pd.Index(vocabulary))
+    for source, alignment in zip(sources, alignments, strict=True):
+        found = alignment.columns >= 0
+        rows = source.var.iloc[alignment.columns[found]][text_columns(source.var)].astype(str)
+        table = table.combine_first(rows.set_axis(vocabulary[found]))
+    return table.reindex(vocabulary)
+
+
+def _cells_in_memory(cells: StreamedCells, chosen: np.ndarray, vocabulary: np.ndarray, columns: dict) -> AnnData:
+    """Some cells read from disk into an AnnData in the model's genes: raw counts and the model's columns.
+
+    ``columns``: each column's categories and every cell's codes, ``{key: (categories, codes)}``.
+    """
+    counts, _ = cells.read(chosen)
+    obs = pd.DataFrame(
+        {
+            key: pd.Categorical.from_codes(codes[chosen], categories=categories)
+            for key, (categories, codes) in columns.items()
+        },
+        index=pd.Index(chosen.astype(str)),
+    )
+    return AnnData(X=counts, obs=obs, var=pd.DataFrame(index=pd.Index(vocabulary)))
 
 
 def _registered_sample(
-    adata: AnnData, model_cls: type, keys: Keys, *, binning: dict, columns: dict, setup: dict
+    cells: StreamedCells,
+    vocabulary: np.ndarray,
+    model_cls: type,
+    keys: Keys,
+    *,
+    binning: dict,
+    columns: dict,
+    setup: dict,
 ) -> AnnData:
     """The first cells, binned on the whole data's scale and set up as the model will be: its registry's source.
 
-    Columns keep every category of the whole data, so the registry knows all batches and labels.
+    Columns keep every category of all cells, so the registry knows every batch and label.
     """
-    sample = _cells_in_memory(adata, np.arange(min(adata.n_obs, 256)), list(columns))
-    for key, categories in columns.items():
-        sample.obs[key] = pd.Categorical(sample.obs[key].astype(str), categories=categories)
-    bin_values(sample, **binning, key_added=keys.base)
+    sample = _cells_in_memory(cells, np.arange(min(cells.n_obs, 256)), vocabulary, columns)
+    bin_values(
+        sample, **{k: v for k, v in binning.items() if k in ("method", "n_bins", "target_sum")}, key_added=keys.base
+    )
     model_cls.setup_anndata(sample, layer=keys.binned, **setup)
     return sample
 

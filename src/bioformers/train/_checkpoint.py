@@ -41,12 +41,17 @@ CHECKPOINT_FORMAT = "bioformers-training-checkpoint"
 STATE_KEY = "bioformers"
 
 _TENSOR, _TUPLE, _ITEMS = "__tensor__", "__tuple__", "__items__"
-_EPOCH_DIR = re.compile(r"epoch_(\d+)")
+_CHECKPOINT_DIR = re.compile(r"(epoch|step)_(\d+)")
 
 
 def checkpoint_path(dirpath: str, epoch: int) -> str:
     """The directory of the checkpoint written after ``epoch`` finished epochs."""
     return os.path.join(dirpath, f"epoch_{epoch:04d}")
+
+
+def step_checkpoint_path(dirpath: str, step: int) -> str:
+    """The directory of the checkpoint written after ``step`` optimiser steps, in the middle of an epoch."""
+    return os.path.join(dirpath, f"step_{step:09d}")
 
 
 def _encode(obj: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -109,16 +114,18 @@ def find_checkpoint(path: str | os.PathLike) -> str:
     if os.path.isfile(os.path.join(path, CHECKPOINT_JSON)):
         return path
     if os.path.isdir(path):
-        epochs = {
-            int(match.group(1)): name
+        found = [
+            name
             for name in os.listdir(path)
-            if (match := _EPOCH_DIR.fullmatch(name)) and os.path.isfile(os.path.join(path, name, CHECKPOINT_JSON))
-        }
-        if epochs:
-            return os.path.join(path, epochs[max(epochs)])
+            if _CHECKPOINT_DIR.fullmatch(name) and os.path.isfile(os.path.join(path, name, CHECKPOINT_JSON))
+        ]
+        if found:
+            # the most optimiser steps; of an epoch's end and a step checkpoint at the same step, the epoch's
+            latest = max(found, key=lambda name: (_global_step(os.path.join(path, name)), name.startswith("epoch")))
+            return os.path.join(path, latest)
         raise FileNotFoundError(
-            f"{path!r} holds no bioformers checkpoint: neither {CHECKPOINT_JSON} nor epoch_NNNN/ directories "
-            "written by `train(save_checkpoints=...)`."
+            f"{path!r} holds no bioformers checkpoint: neither {CHECKPOINT_JSON} nor epoch_NNNN/ or step_NNNNNNNNN/ "
+            "directories written by `train(save_checkpoints=...)`."
         )
     if os.path.isfile(path):
         raise ValueError(
@@ -127,6 +134,11 @@ def find_checkpoint(path: str | os.PathLike) -> str:
             "directory written by `train(save_checkpoints=...)`."
         )
     raise FileNotFoundError(f"No checkpoint at {path!r}. Pass a directory written by `train(save_checkpoints=...)`.")
+
+
+def _global_step(path: str) -> int:
+    """Optimiser steps taken when the checkpoint at ``path`` was written."""
+    return int(_read_json(path)["checkpoint"].get("global_step", 0))
 
 
 def _read_json(path: str) -> dict[str, Any]:
@@ -240,14 +252,15 @@ def set_random_states(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss_next))
 
 
-def _history(trainer: pl.Trainer) -> dict[str, dict[str, Any]]:
+def _history(trainer: pl.Trainer, *, epoch_end: bool = True) -> dict[str, dict[str, Any]]:
     """The loss history so far, this epoch's training metrics included, as ``{name: {index, rows}}``.
 
-    Checkpoints are written at the end of an epoch, before Lightning hands that epoch's training
+    Checkpoints at the end of an epoch are written before Lightning hands that epoch's training
     metrics to the logger; ``trainer.logged_metrics`` already holds them (reading it computes them,
-    on every process, as Lightning will).
+    on every process, as Lightning will). In the middle of an epoch (``epoch_end=False``) it holds
+    the last epoch's, already in the history.
     """
-    pending = trainer.logged_metrics
+    pending = trainer.logged_metrics if epoch_end else {}
     frames = getattr(trainer.logger, "history", None)
     if not isinstance(frames, dict):
         return {}
@@ -283,10 +296,13 @@ class ResumeState(Callback):
     def __init__(self, run: dict[str, Any]):
         self.run = run
         self.restored = False
+        #: Set while a checkpoint is written in the middle of an epoch (by :class:`EpochCheckpoint`).
+        self.mid_epoch = False
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         """Add the random states, history and run record to ``checkpoint``."""
-        checkpoint[STATE_KEY] = {"run": self.run, "random": random_states(), "history": _history(trainer)}
+        history = _history(trainer, epoch_end=not self.mid_epoch)
+        checkpoint[STATE_KEY] = {"run": self.run, "random": random_states(), "history": history}
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         """Restore the random states and replay the history into scvi-tools' logger.
@@ -309,17 +325,27 @@ class ResumeState(Callback):
 class EpochCheckpoint(Callback):
     """Write a checkpoint every ``every`` epochs, and after the last one, into ``dirpath/epoch_NNNN/``.
 
+    With ``every_steps``, also every ``every_steps`` optimiser steps into ``dirpath/step_NNNNNNNNN/``:
+    in the middle of an epoch, for long epochs (a resumed run continues from there when its data
+    loader can skip what it already gave, as bioformers' loader of data read from disk does).
+
     Parameters
     ----------
     dirpath
         Directory of the checkpoints (created if missing).
     every
         Epochs between checkpoints.
+    every_steps
+        Optimiser steps between checkpoints; `None`: only at the ends of epochs.
+    state
+        The run's :class:`ResumeState`, told when a checkpoint is written mid-epoch.
     """
 
-    def __init__(self, dirpath: str, every: int):
+    def __init__(self, dirpath: str, every: int, every_steps: int | None = None, state: ResumeState | None = None):
         self.dirpath = dirpath
         self.every = every
+        self.every_steps = every_steps
+        self.state = state
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Save when this epoch closes a period of ``every`` epochs, or is the last epoch."""
@@ -327,3 +353,15 @@ class EpochCheckpoint(Callback):
         if finished % self.every == 0 or finished >= (trainer.max_epochs or 0):
             # every process takes part (Lightning gathers state and synchronises); global rank 0 writes
             trainer.save_checkpoint(checkpoint_path(self.dirpath, finished))
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        """Save after every ``every_steps`` optimiser steps."""
+        if not self.every_steps or trainer.global_step == 0 or trainer.global_step % self.every_steps:
+            return
+        if self.state is not None:
+            self.state.mid_epoch = True
+        try:
+            trainer.save_checkpoint(step_checkpoint_path(self.dirpath, trainer.global_step))
+        finally:
+            if self.state is not None:
+                self.state.mid_epoch = False

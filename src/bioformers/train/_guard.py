@@ -141,6 +141,8 @@ class TrainingSession:
     save_checkpoints
         Directory for checkpoints, or ``None``.
     {checkpoint_every}
+    checkpoint_every_steps
+        Also a checkpoint every this many optimiser steps, in the middle of epochs; ``None``: none.
     resume_from
         A checkpoint directory, or a ``save_checkpoints`` directory (its latest checkpoint), or ``None``.
     subject
@@ -156,11 +158,15 @@ class TrainingSession:
         run: dict[str, Any],
         save_checkpoints: str | os.PathLike | None = None,
         checkpoint_every: int = 1,
+        checkpoint_every_steps: int | None = None,
         resume_from: str | os.PathLike | None = None,
         subject: str | None = None,
     ):
         if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
             raise ValueError(f"`checkpoint_every` must be a whole number of epochs >= 1, not {checkpoint_every!r}.")
+        steps = checkpoint_every_steps
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise ValueError(f"`checkpoint_every_steps` must be a whole number of steps >= 1 or None, not {steps!r}.")
         self.resume_path = find_checkpoint(resume_from) if resume_from is not None else None
         if self.resume_path is not None:
             saved_run = check_checkpoint_fits(self.resume_path, module)
@@ -179,6 +185,7 @@ class TrainingSession:
             self.checkpoint_dir = os.fspath(save_checkpoints)
             os.makedirs(self.checkpoint_dir, exist_ok=True)
         self.checkpoint_every = checkpoint_every
+        self.checkpoint_every_steps = checkpoint_every_steps
         self.subject = subject
         self.batch_size = run.get("batch_size")
         self.state = ResumeState(run)
@@ -202,7 +209,9 @@ class TrainingSession:
         callbacks = [*(callbacks if isinstance(callbacks, list | tuple) else [callbacks])]
         callbacks += [self._finite, self.state, self._watch]
         if self.checkpoint_dir is not None:
-            callbacks.append(EpochCheckpoint(self.checkpoint_dir, self.checkpoint_every))
+            callbacks.append(
+                EpochCheckpoint(self.checkpoint_dir, self.checkpoint_every, self.checkpoint_every_steps, self.state)
+            )
         kwargs["callbacks"] = callbacks
         if self.checkpoint_dir is not None or self.resume_path is not None:
             plugins = kwargs.pop("plugins", None) or []

@@ -74,7 +74,7 @@ class WarmupCosineTrainingPlan(TrainingPlan):
             betas=(0.9, 0.98),
             eps=1e-8,
         )
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        total = total_steps(self.trainer)
         warmup = max(int(self.warmup_fraction * total), 1)
         floor = self.min_lr_ratio
 
@@ -190,3 +190,18 @@ class PerturbationTrainingPlan(WarmupCosineTrainingPlan):
             ``(None, None, loss_output)``.
         """
         return None, None, self.module.response_loss(batch)
+
+
+def total_steps(trainer) -> int:
+    """Optimiser steps of the whole run, for the learning-rate schedule.
+
+    A data module that knows the length of its epochs (``steps_per_epoch``, training from disk) is
+    asked directly: Lightning's ``estimated_stepping_batches`` builds the training loader and starts
+    iterating it, which, called here, happens before a checkpoint is restored, so a loader resumed
+    in the middle of an epoch would start the epoch over.
+    """
+    per_epoch = getattr(trainer.datamodule, "steps_per_epoch", None)
+    if per_epoch is None:
+        return max(int(trainer.estimated_stepping_batches), 1)
+    steps = math.ceil(per_epoch(trainer.world_size) / trainer.accumulate_grad_batches) * max(trainer.max_epochs, 1)
+    return max(min(steps, trainer.max_steps) if trainer.max_steps > 0 else steps, 1)

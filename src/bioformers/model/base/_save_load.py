@@ -150,7 +150,8 @@ class SaveLoadMixin:
 
         Only ``model.safetensors`` and ``model.json`` are read, by parsers that cannot run code; nothing
         is ever unpickled (a directory holding only scvi-tools' pickled ``model.pt`` raises an error
-        saying so). Truncated or corrupted files raise a ``ValueError``; weights are checked against
+        saying so). Truncated or corrupted files raise a ``ValueError``, and so do weights whose SHA-256
+        differs from the one ``model.json`` recorded when they were saved; weights are checked against
         the architecture in ``model.json`` and every missing, unexpected or differently shaped
         parameter is named. A model saved by another major or minor bioformers version loads with a
         warning naming both versions.
@@ -164,9 +165,13 @@ class SaveLoadMixin:
             order (names compared exactly) and the binned layer it was trained on. It becomes the
             model's data (``model.adata``, a private AnnData sharing ``adata``'s matrices and columns),
             which :meth:`get_latent_representation` and :meth:`train` read by default. ``None`` reads
-            ``adata.h5ad`` from ``dir_path`` (written by ``save(..., save_anndata=True)``). Query data
-            with other genes is not passed here but to :func:`bioformers.tl.embed` /
-            :func:`bioformers.tl.predict`, which match genes by name.
+            ``adata.h5ad`` from ``dir_path`` when ``save(..., save_anndata=True)`` wrote it; otherwise
+            the model is built from what ``model.json`` records (genes, binning, scvi-tools' registry)
+            and holds no data (``model.adata`` is ``None``): it embeds and predicts any query
+            (:func:`bioformers.tl.embed`, :func:`bioformers.tl.predict`, which match genes by name),
+            and :func:`bioformers.tl.pretrain` with ``init=`` fine-tunes it on new data.
+            :class:`~bioformers.CellDiffusion` needs its data. Query data with other genes is not
+            passed here but to the tools.
         accelerator
             ``"cpu"`` or ``"cuda"``.
 
@@ -189,6 +194,14 @@ class SaveLoadMixin:
         >>> model.save(path)
         >>> loaded = bf.BioFormer.load(path, adata=adata.copy())
         >>> bool(np.array_equal(loaded.get_latent_representation(), model.get_latent_representation()))
+        True
+
+        Without any data, as a shared model is used:
+
+        >>> alone = bf.BioFormer.load(path)
+        >>> query = adata[:, ::-1].copy()  # the genes in another order: matched by name
+        >>> bf.tl.embed(query, alone)
+        >>> bool(np.allclose(query.obsm["X_bioformers"], adata.obsm["X_bioformers"], atol=1e-6))
         True
         """
         state_dict, attributes = read_model(dir_path)

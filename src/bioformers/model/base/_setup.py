@@ -50,8 +50,7 @@ class TokenSetupMixin:
         #: The text columns of the training data's ``var`` (e.g. Ensembl IDs next to symbols), one row per gene.
         self.gene_table_ = pd.DataFrame(index=pd.Index(self.genes_))
         if adata is not None:
-            text = [c for c in adata.var.columns if not str(c).startswith("_scvi") and _is_text(adata.var[c])]
-            self.gene_table_ = adata.var[text].astype(str).set_axis(self.gene_table_.index)
+            self.gene_table_ = adata.var[text_columns(adata.var)].astype(str).set_axis(self.gene_table_.index)
 
     def _state_registry(self, key: str) -> dict:
         """scvi-tools' state registry of the field ``key``, read from the registry (no AnnData needed)."""
@@ -217,8 +216,14 @@ class TokenSetupMixin:
         return [str(c) for c in self._state_registry(registry_key)["categorical_mapping"]]
 
 
-def _is_text(column: pd.Series) -> bool:
-    return isinstance(column.dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(column)
+def text_columns(var: pd.DataFrame) -> list[str]:
+    """The columns of a genes' table that a model keeps (``gene_table_``): text, e.g. Ensembl IDs, not scvi-tools'."""
+    return [
+        c
+        for c in var.columns
+        if not str(c).startswith("_scvi")
+        and (isinstance(var[c].dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(var[c]))
+    ]
 
 
 def _counts_source(adata: AnnData, layer: str) -> str | None:

@@ -49,6 +49,7 @@ class TokenTrainingMixin(UnsupervisedTrainingMixin):
         compile: bool = False,
         save_checkpoints: str | os.PathLike | None = None,
         checkpoint_every: int = 1,
+        checkpoint_every_steps: int | None = None,
         resume_from: str | os.PathLike | None = None,
         plan_kwargs: dict | None = None,
         **trainer_kwargs,
@@ -87,6 +88,12 @@ class TokenTrainingMixin(UnsupervisedTrainingMixin):
             ``checkpoint.safetensors`` (weights, optimizer moments, random states) and
             ``checkpoint.json`` (everything else). An existing checkpoint of the same epoch is replaced.
         {checkpoint_every}
+        checkpoint_every_steps
+            Training from disk (a ``datamodule``, as :func:`bioformers.tl.pretrain` of a backed AnnData
+            uses): also a checkpoint every this many optimiser steps, into
+            ``<save_checkpoints>/step_NNNNNNNNN/``, for epochs too long to lose. ``resume_from`` continues
+            from the middle of the epoch (the loader skips the minibatches already trained on, unread),
+            exactly as the uninterrupted run would. `None`: only at the ends of epochs.
         resume_from
             Continue the run that wrote this checkpoint: a ``epoch_NNNN`` directory, or a
             ``save_checkpoints`` directory (its latest checkpoint). Weights, optimizer and learning-rate
@@ -121,7 +128,8 @@ class TokenTrainingMixin(UnsupervisedTrainingMixin):
         :meth:`loss_history`), is marked trained and can embed, be saved or be trained further; a
         second Ctrl-C interrupts whatever runs next. An interrupt before the first optimiser step
         propagates. (Lightning itself would exit with ``SystemExit`` and leave Ctrl-C ignored.)
-        Checkpoints are never written mid-epoch: resume repeats the epoch that was interrupted.
+        Checkpoints are written at the ends of epochs (and, training from disk, every
+        ``checkpoint_every_steps``): resume repeats the part of the epoch after the last checkpoint.
 
         **Console output.** Training first says what it will run (e.g. "training BioFormer on 2,638
         cells x 2,000 genes (263 held out for validation): 11 epochs of 38 steps of 64 cells"), then
@@ -154,6 +162,11 @@ class TokenTrainingMixin(UnsupervisedTrainingMixin):
         datamodule = trainer_kwargs.get("datamodule")
         if self.adata is None and datamodule is None:
             raise ValueError(without_data_message(self, "has no data to train on"))
+        if checkpoint_every_steps is not None and (datamodule is None or save_checkpoints is None):
+            raise ValueError(
+                "`checkpoint_every_steps` writes checkpoints in the middle of epochs of training from disk (a backed "
+                "AnnData, or a `datamodule`), into `save_checkpoints`: pass both, or use `checkpoint_every` (epochs)."
+            )
         # a data module (cells streamed from disk) replaces the registered AnnData and its validation split
         n_obs = self.adata.n_obs if datamodule is None else datamodule.n_obs
         check_batch_size(n_obs, batch_size)
@@ -181,6 +194,7 @@ class TokenTrainingMixin(UnsupervisedTrainingMixin):
             },
             save_checkpoints=save_checkpoints,
             checkpoint_every=checkpoint_every,
+            checkpoint_every_steps=checkpoint_every_steps,
             resume_from=resume_from,
             subject=f"{type(self).__name__} on {n_obs:,} cells x {self.genes_.size:,} genes"
             + (" read from disk" if datamodule is not None else ""),
