@@ -221,6 +221,7 @@ def main() -> None:
     parser.add_argument("--targets", nargs="+", default=None, help="held-out targets (default: every measured one)")
     parser.add_argument("--no-cells-split", action="store_true")
     parser.add_argument("--quick", action="store_true", help="1 seed, 2 targets, 1 epoch: checks the script runs")
+    parser.add_argument("--append", action="store_true", help="keep the other seeds' results from the last run's JSON")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning, module="lightning")
     RESULTS.mkdir(exist_ok=True)
@@ -239,6 +240,14 @@ def main() -> None:
     plotted = PLOTTED if PLOTTED in targets else targets[-1]
 
     rows, cells, seconds, collapse = [], [], {}, {}
+    if args.append and (RESULTS / f"{name}.json").exists():
+        # a long run can be split over sessions: seeds run now replace their old rows, the others stay
+        old = json.loads((RESULTS / f"{name}.json").read_text())
+        rows = [r for r in old["leave_one_out"] if r["seed"] not in args.seeds]
+        cells = old["cells"]
+        seconds = {int(s): v for s, v in old.get("seconds", {}).items() if int(s) not in args.seeds}
+        collapse = {int(s): v for s, v in old.get("collapse", {}).items() if int(s) not in args.seeds}
+    first_seed = min([r["seed"] for r in rows] + args.seeds)
     for seed in args.seeds:
         seconds[seed] = {}
         start = time.perf_counter()
@@ -256,7 +265,7 @@ def main() -> None:
                 seed,
                 top,
                 train,
-                plot=RESULTS / f"{name}_{target}.png" if target == plotted and seed == args.seeds[0] else None,
+                plot=RESULTS / f"{name}_{target}.png" if target == plotted and seed == first_seed else None,
             )
             rows += fold
             held_out[target] = profiles
@@ -269,14 +278,17 @@ def main() -> None:
             for method in held_out[targets[0]]
             if len(targets) > 1
         }
-        if seed == args.seeds[0] and not args.no_cells_split:
+        if seed == first_seed and not args.no_cells_split:
             cells, seconds[seed]["cells split"] = seen_cells(counts, log, pretrained, seed, top, train)
         loo_frame, cells_frame = pd.DataFrame(rows), pd.DataFrame(cells)
         text = report(loo_frame, cells_frame, seconds, collapse, measured)
         header = "# Papalexi 2021 perturbation response\n\n" + __doc__.split("\n\n")[1]
         (RESULTS / f"{name}.md").write_text(header + "\n\n" + text + "\n")
-        (RESULTS / f"{name}.json").write_text(json.dumps({"leave_one_out": rows, "cells": cells}, indent=1) + "\n")
-        fig = bf.pl.perturbation_scores(loo_frame[loo_frame["seed"] == args.seeds[0]], return_fig=True)
+        (RESULTS / f"{name}.json").write_text(
+            json.dumps({"leave_one_out": rows, "cells": cells, "seconds": seconds, "collapse": collapse}, indent=1)
+            + "\n"
+        )
+        fig = bf.pl.perturbation_scores(loo_frame[loo_frame["seed"] == first_seed], return_fig=True)
         fig.savefig(RESULTS / f"{name}_unseen.png", dpi=120, bbox_inches="tight")
     print(text)
 
