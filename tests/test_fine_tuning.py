@@ -113,6 +113,6 @@ def test_unknown_batches_and_wrong_init_are_refused(counts, pretrain_kwargs, sna
         bf.tl.pretrain(counts, init=model, batch_key="sample", **FINE_TUNE)
     with pytest.raises(TypeError, match=r"`init` must be a trained BioFormer or BioFormerDecoder"):
         bf.tl.pretrain(counts, init="model/", **FINE_TUNE)
-    with pytest.raises(ValueError, match=r"apply with `init=`"):
+    with pytest.raises(ValueError, match=r"read from disk \(backed, or several\) and with `init=`"):
         bf.tl.pretrain(counts, gene_symbols="gene_ids", **FINE_TUNE)
     assert_unchanged(before, counts)

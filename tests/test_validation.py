@@ -231,7 +231,10 @@ ENTRIES = {
     "tl.pretrain": Entry(
         lambda adata, models, **kw: bf.tl.pretrain(adata, **kw),
         "counts",
-        _reads_counts(_obs_errors("batch_key", "batch", "bach"), _obs_errors("labels_key", "cell_type", "cell_typ")),
+        # a backed AnnData trains from disk (its bad input: tests/test_backed_training.py)
+        _reads_counts(
+            _obs_errors("batch_key", "batch", "bach"), _obs_errors("labels_key", "cell_type", "cell_typ"), backed=None
+        ),
         kwargs={"n_layers": 1, "n_hidden": 16, "n_heads": 2, "max_epochs": 1, "batch_size": 32} | LIGHTNING,
     ),
     "tl.embed": Entry(
