@@ -86,7 +86,12 @@ napoleon_custom_sections = ["Returns"]
 # inventories of the projects we link to are stored in `_inventories/` (see its README for how they are made).
 nitpicky = True
 # `Conditions`: the type alias of `bf.tl.generate`'s `conditions`, whose description says what it accepts.
-nitpick_ignore = [("py:class", "Conditions")]
+nitpick_ignore = [
+    ("py:class", "Conditions"),
+    # StreamingDataModule's annotation of its cells (documented next to it), and torch's base class (no inventory)
+    ("py:class", "StreamedCells"),
+    ("py:class", "torch.utils.data.dataset.IterableDataset"),
+]
 _INVENTORIES = HERE / "_inventories"
 intersphinx_mapping = {
     name: (url, str(_INVENTORIES / f"{name}.inv"))

@@ -110,7 +110,7 @@ class StreamedCells(torch.utils.data.IterableDataset):
     binning
         The binning record the model was built with (``model.binning_``), with its ``target_sum``.
     genes
-        Where the model's genes are in each AnnData (:func:`~bioformers.pp._genes.align_genes`), one
+        Where the model's genes are in each AnnData (``bioformers.pp._genes.align_genes``), one
         per AnnData; `None`: exactly the model's genes.
     batch_codes, label_codes
         Each cell's code of the model's batch and label categories (all AnnData one after the
@@ -210,6 +210,7 @@ class StreamedCells(torch.utils.data.IterableDataset):
 
     @property
     def is_value_binning(self) -> bool:
+        """Whether the binning scales cells to ``target_sum`` (value bins, whose counts must be integers)."""
         return self.binning.get("method", "value") == "value"
 
 
@@ -236,6 +237,7 @@ class StreamingDataModule(LightningDataModule):
         return -(-per_process // self.cells.batch_size)
 
     def train_dataloader(self) -> _StreamLoader:
+        """The loader of the training minibatches: one epoch per iteration, resumable mid-epoch."""
         return _StreamLoader(self)
 
 
