@@ -83,10 +83,12 @@ def child(paths: list[str], steps: int, in_memory: bool) -> None:
     import torch
 
     import bioformers as bf
-    import bioformers.tl._pretrain as pretrain_module
+    import bioformers.tl._from_disk
+    import bioformers.tl._pretrain
 
     # the embedding of every cell after training is left out here (timed in embed_large.py: ~740 cells/s)
-    pretrain_module._write_results = lambda *args, **kwargs: None
+    for module in (bioformers.tl._pretrain, bioformers.tl._from_disk):
+        module.write_results = lambda *args, **kwargs: None
 
     class Timer(pl.Callback):
         def on_train_start(self, trainer, pl_module):

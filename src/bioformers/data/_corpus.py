@@ -156,7 +156,11 @@ class StreamedCells(torch.utils.data.IterableDataset):
 
     def __len__(self) -> int:
         """Minibatches of this process per epoch."""
-        per_process = -(-self.n_obs // self.world_size)
+        return self.n_batches(self.world_size)
+
+    def n_batches(self, world_size: int) -> int:
+        """Minibatches of each process per epoch with ``world_size`` processes (equal shares, see :func:`shard`)."""
+        per_process = -(-self.n_obs // world_size)
         return -(-per_process // self.batch_size)
 
     def cells(self) -> np.ndarray:
@@ -233,8 +237,7 @@ class StreamingDataModule(LightningDataModule):
 
     def steps_per_epoch(self, world_size: int) -> int:
         """Minibatches of one process in an epoch, with ``world_size`` processes (for the learning-rate schedule)."""
-        per_process = -(-self.cells.n_obs // world_size)
-        return -(-per_process // self.cells.batch_size)
+        return self.cells.n_batches(world_size)
 
     def train_dataloader(self) -> _StreamLoader:
         """The loader of the training minibatches: one epoch per iteration, resumable mid-epoch."""

@@ -6,11 +6,8 @@ import inspect
 from collections.abc import Sequence
 from typing import Literal
 
-import numpy as np
-import pandas as pd
 from anndata import AnnData
 from scanpy import logging as logg
-from scipy import sparse
 
 from .._docs import (
     DOC_KEY_ADDED,
@@ -27,8 +24,7 @@ from .._docs import (
 )
 from .._keys import DEFAULT_KEY, Keys
 from .._logging import seed as quiet_seed
-from .._private import binned_from, forget, private_anndata
-from .._record import params_record
+from .._private import binned_from, private_anndata
 from .._validation import (
     check_anndata,
     check_batch_size,
@@ -39,17 +35,16 @@ from .._validation import (
     matrix_name,
     warn_genes_without_counts,
 )
-from ..data._corpus import StreamedCells, StreamingDataModule, category_codes, count_statistics
-from ..data._stream import DEFAULT_CHUNK_SIZE, check_row_access
+from ..data._stream import DEFAULT_CHUNK_SIZE
 from ..model import BioFormer, BioFormerDecoder
-from ..model.base._save_load import init_arguments
-from ..model.base._setup import text_columns
 from ..module import check_module_arguments
 from ..pp import bin as bin_values
 from ..pp import rank as rank_values
-from ..pp._genes import DEFAULT_MIN_GENE_COVERAGE, align_genes
+from ..pp._genes import DEFAULT_MIN_GENE_COVERAGE
 from ..pp._rank import DEFAULT_N_RANKS
-from ..pp._tokens import BINNING_ARGS, bin_as_recorded, bin_matrix
+from ._fine_tune import KEPT_BY_INIT, fine_tune
+from ._from_disk import check_corpus, pretrain_from_disk
+from ._pretrain_results import write_results
 
 #: The model class of each ``architecture``.
 MODEL_CLASSES = {"encoder": BioFormer, "decoder": BioFormerDecoder}
@@ -232,7 +227,7 @@ def pretrain(
     sources = [adata] if isinstance(adata, AnnData) else list(adata)
     streamed = len(sources) != 1 or sources[0].isbacked or not isinstance(adata, AnnData)
     if not isinstance(adata, AnnData):
-        _check_corpus(sources, copy=copy, init=init)
+        check_corpus(sources, copy=copy, init=init)
     for source in sources:
         check_anndata(source, copy=copy, backed=True)
     if streamed and init is not None:
@@ -250,7 +245,7 @@ def pretrain(
     if genes is not None and init is not None:
         raise ValueError("With `init=`, the model's genes are its own: leave `genes` out.")
     if init is not None:
-        return _fine_tune(
+        return fine_tune(
             adata,
             init,
             genes={"gene_symbols": gene_symbols, "min_gene_coverage": min_gene_coverage},
@@ -263,7 +258,9 @@ def pretrain(
             seed=seed,
             key_added=key_added,
             copy=copy,
-            kept={name: value for name, value in locals().items() if name in _KEPT_BY_INIT},
+            kept={name: value for name, value in locals().items() if name in KEPT_BY_INIT},
+            defaults={name: inspect.signature(pretrain).parameters[name].default for name in KEPT_BY_INIT},
+            tool=pretrain,
             train_kwargs=train_kwargs,
         )
     lr = 1e-3 if lr is None else lr
@@ -302,7 +299,7 @@ def pretrain(
             f"`chunk_size` is a positive number of cells read at a time from a backed AnnData, not {chunk_size}."
         )
     if streamed:
-        return _pretrain_streamed(
+        return pretrain_from_disk(
             sources,
             genes=genes,
             matching={"gene_symbols": gene_symbols, "min_gene_coverage": min_gene_coverage},
@@ -358,388 +355,7 @@ def pretrain(
         "view_weight": view_weight,
     }
     binned = (work.layers[keys.binned], work.uns[keys.binned]) if must_bin else None
-    return _write_results(adata, model, keys, binned, params | {"batch_size": batch_size, "lr": lr, "seed": seed}, copy)
-
-
-#: ``pretrain`` arguments that fix a model's tokens, network and objective: a fine-tuned model keeps its own.
-_KEPT_BY_INIT = (
-    "binning",
-    "n_bins",
-    "n_layers",
-    "n_heads",
-    "n_hidden",
-    "max_seq_len",
-    "value_encoder",
-    "architecture",
-    "batch_adversarial_weight",
-    "count_weight",
-    "view_weight",
-    "mask_ratio",
-    "nonzero_ratio",
-)
-
-
-def _fine_tune(
-    adata: AnnData,
-    init: BioFormer | BioFormerDecoder,
-    *,
-    genes: dict,
-    layer: str | None,
-    batch_key: str | None,
-    labels_key: str | None,
-    max_epochs: int | None,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    key_added: str,
-    copy: bool,
-    kept: dict,
-    train_kwargs: dict,
-):
-    """``pretrain(adata, init=model)``: check everything, then continue training a copy of ``init`` on ``adata``."""
-    _check_init(init, kept)
-    model_cls = type(init)
-    check_train_kwargs(train_kwargs, tool=pretrain, train=model_cls.train, where="`bf.tl.pretrain`")
-    obs = _init_columns(adata, init, batch_key=batch_key, labels_key=labels_key)
-    genes = init.align_genes(adata, **genes)
-    counts = get_matrix(adata, layer)
-    aligned = sparse.csr_matrix(counts) if genes.is_identity else genes.take(counts)
-    genes.check_cells(counts, aligned, where=matrix_name(layer))
-    normalize = init.binning_.get("method", "value") == "value"
-    check_counts(aligned, where=f"{matrix_name(layer)} (the model's genes)", require_integer=normalize)
-    binned_layer = init.registry_["setup_args"]["layer"]
-    if not binned_layer.endswith("_binned"):
-        raise ValueError(
-            f"The model reads its tokens from `layers[{binned_layer!r}]`, a layer `bf.pp.bin` does not name; "
-            "`init=` fine-tunes models trained by `bf.tl.pretrain`, which bins into `<key_added>_binned`."
-        )
-    check_batch_size(adata.n_obs, batch_size)
-
-    if copy:
-        adata = adata.copy()
-    quiet_seed(seed)
-    # the model's genes, in its order, binned on its scale (its recorded target_sum), as a query is
-    work = AnnData(X=aligned, obs=obs.set_axis(adata.obs_names.copy()), var=init.gene_table_.copy())
-    bin_as_recorded(work, init.binning_, layer=None, key_added=binned_layer.removesuffix("_binned"))
-    registry = init.registry_
-    model_cls.setup_anndata(work, source_registry=registry, **registry["setup_args"])
-    model = model_cls(work, **init_arguments(init.init_params_) | {"n_bins": int(init.module.n_bins)})
-    model.module.load_state_dict(init.module.state_dict())
-    model.binning_ = dict(init.binning_)
-    model.train(max_epochs=max_epochs, batch_size=batch_size, lr=lr, **train_kwargs)
-    # the binned layer fits the caller's AnnData only when it has exactly the model's genes
-    same_layout = genes.is_identity and binned_layer == Keys(key_added).binned
-    binned = (work.layers[binned_layer], work.uns[binned_layer]) if same_layout else None
-    params = {
-        "layer": layer,
-        "batch_key": batch_key,
-        "labels_key": labels_key,
-        "init": f"{type(init).__name__} of {init.genes_.size} genes",
-        "gene_coverage": float(genes.coverage),
-        **{k: v for k, v in init_arguments(init.init_params_).items() if isinstance(v, int | float | str)},
-    }
-    return _write_results(
-        adata, model, Keys(key_added), binned, params | {"batch_size": batch_size, "lr": lr, "seed": seed}, copy
-    )
-
-
-def _check_init(init, kept: dict) -> None:
-    """Raise unless ``init`` is a trained pretrained model and no argument asks to change what it keeps."""
-    if not isinstance(init, BioFormer | BioFormerDecoder):
-        raise TypeError(
-            f"`init` must be a trained BioFormer or BioFormerDecoder (e.g. `bf.BioFormer.load(dir_path)`), not "
-            f"{type(init).__name__}."
-        )
-    if not init.is_trained_:
-        raise ValueError("`init` is not trained: train it first, or leave `init` out to train a new model.")
-    if getattr(init, "control_", None) is not None:
-        raise ValueError(
-            "`init` is a perturbation model; `pretrain(init=...)` continues the pretraining of a pretrained one. "
-            "Fine-tune perturbation models with `bf.tl.train_perturbation(adata, model, ...)`."
-        )
-    own = init_arguments(init.init_params_) | {
-        "binning": init.binning_.get("method", "value"),
-        "n_bins": init.binning_.get("n_bins", init.binning_.get("n_ranks")),
-        "architecture": init.architecture,
-    }
-    defaults = inspect.signature(pretrain).parameters
-    changed = [
-        f"{name}={value!r}"
-        for name, value in kept.items()
-        if value != defaults[name].default and (name not in own or value != own[name])
-    ]
-    if changed:
-        raise ValueError(
-            f"With `init=`, the model keeps its own tokens, size and objective, so {', '.join(changed)} cannot apply. "
-            "Leave them out, or train a new model without `init`."
-        )
-
-
-def _init_columns(adata: AnnData, init, *, batch_key: str | None, labels_key: str | None) -> pd.DataFrame:
-    """The batch and label columns of the cells, under the names and with the categories of ``init``'s registry.
-
-    A column ``init`` was not trained with is refused (it has no token for it); without the column,
-    every cell gets the model's first category, as a query does.
-    """
-    columns = {}
-    for kind, key in (("batch", batch_key), ("labels", labels_key)):
-        check_obs_key(adata, key, argument=f"{kind}_key")
-        registered, known = init.registry_["setup_args"].get(f"{kind}_key"), init.condition_categories(kind)
-        if key is not None and registered is None:
-            raise ValueError(
-                f"`{kind}_key` was given, but the model in `init` was trained without one, so it has no {kind} token "
-                f"to learn. Leave `{kind}_key` out, or train a new model with it."
-            )
-        if registered is None:
-            continue
-        values = adata.obs[key].astype(str) if key is not None else pd.Series(known[0], index=adata.obs_names)
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ValueError(
-                f"`adata.obs[{key!r}]` has categories the model in `init` was not trained with ({unknown[:5]}); it "
-                f"knows {known[:10]}. Relabel the cells with these, leave `{kind}_key` out (every cell then gets "
-                f"{known[0]!r}), or train a new model."
-            )
-        columns[registered] = pd.Categorical(values.to_numpy(), categories=known)
-    return pd.DataFrame(columns, index=pd.RangeIndex(adata.n_obs))
-
-
-def _write_results(adata: AnnData, model, keys: Keys, binned: tuple | None, params: dict, copy: bool, *, cells=None):
-    """Embed with the trained model and write embedding, record and binned layer into ``adata`` (rank 0 only).
-
-    ``cells``: the model trained from disk and holds no AnnData; ``adata`` is embedded a chunk at a time,
-    its genes matched to the model's by this alignment.
-    """
-    if not model.is_global_zero:
-        # distributed run (e.g. strategy="ddp"): every process reaches this line, rank 0 writes the rest
-        logg.info("not global rank 0 of a distributed run: trained, only the binned layer written here")
-        _write_binned(adata, keys.binned, binned)
-        return (adata, model) if copy else model
-    embedding = (
-        model.get_latent_representation() if cells is None else model.get_latent_representation(adata, genes=cells)
-    )
-    record = {
-        "params": params_record(
-            **params, max_epochs=len(model.loss_history()["train_loss"]), model=type(model).__name__
-        ),
-        "history": model.loss_history(),
-    }
-    _write_binned(adata, keys.binned, binned)
-    adata.obsm[keys.embedding] = embedding
-    adata.uns[keys.record] = record
-    logg.info(f"added\n    'obsm[{keys.embedding!r}]', cell embeddings\n    'uns[{keys.record!r}]', training record")
-    return (adata, model) if copy else model
-
-
-#: Cells the count decoder of a model trained from disk is fitted on after training (a random sample).
-COUNT_FIT_CELLS = 20_000
-
-
-def _check_corpus(sources: list, *, copy: bool, init) -> None:
-    """Raise unless ``sources`` (``pretrain``'s ``adata`` given as a list) can be trained on together."""
-    if not sources or not all(isinstance(source, AnnData) for source in sources):
-        raise TypeError(
-            "`adata` must be an AnnData or a non-empty list of AnnData (e.g. `[anndata.read_h5ad(path, backed='r') "
-            "for path in paths]`)."
-        )
-    if copy:
-        raise ValueError("`copy=True` applies to one AnnData in memory; several AnnData get their results in place.")
-    if init is not None:
-        raise ValueError("Fine-tuning (`init=`) reads one AnnData in memory, not a list of them.")
-
-
-def _pretrain_streamed(
-    sources: list[AnnData],
-    *,
-    genes: Sequence[str] | None,
-    matching: dict,
-    model_cls: type,
-    layer: str | None,
-    batch_key: str | None,
-    labels_key: str | None,
-    binning: str,
-    n_bins: int | None,
-    network: dict,
-    params: dict,
-    max_epochs: int | None,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    chunk_size: int,
-    key_added: str,
-    train_kwargs: dict,
-):
-    """``pretrain`` of backed AnnData (one or several): cells read a chunk at a time, binned on the fly, every epoch.
-
-    Memory holds one buffer of chunks, the obs columns and the model, whatever the number of cells.
-    One pass over the counts first checks them and finds the binning scale; the model is built from
-    an scvi-tools registry (no AnnData in memory) and trains on a :class:`~bioformers.data.StreamingDataModule`.
-    Several AnnData share the model's genes (``genes``, or all of theirs), each matched by name.
-    """
-    keys = Keys(key_added)
-    if layer is not None:
-        raise ValueError(
-            "A backed AnnData keeps only `X` on disk (its layers are read into memory), so training from disk reads "
-            "the counts in `X`. Write the counts as `X` of the file, or load the AnnData into memory."
-        )
-    if binning not in ("value", "segment"):
-        raise ValueError(
-            f"Training from disk bins cells as it reads them, with `binning='value'` or 'segment', not {binning!r} "
-            "(rank tokens need every gene's median over all cells first). Load the AnnData into memory for rank tokens."
-        )
-    split = sorted(set(train_kwargs) & {"train_size", "validation_size", "datamodule"})
-    if split:
-        raise ValueError(
-            f"{split} cannot apply when training from disk: every cell is read, streamed by bioformers' own data "
-            "module, and no validation cells are held out."
-        )
-    for i, source in enumerate(sources):
-        check_row_access(source.X, "adata.X" if len(sources) == 1 else f"adata[{i}].X")
-    vocabulary = _vocabulary(sources, genes, matching["gene_symbols"])
-    alignments = [align_genes(source, vocabulary, **matching) for source in sources]
-    for alignment in alignments:
-        alignment.report()
-    n_obs = sum(source.n_obs for source in sources)
-    logg.info(f"reading {n_obs:,} cells from disk to check the counts and find the binning scale")
-    stats = count_statistics(sources, genes=alignments, chunk_size=chunk_size, require_integer=binning == "value")
-    warn_genes_without_counts(stats["cells_per_gene"][None, :], where="the cells read")
-
-    quiet_seed(seed)
-    columns = {
-        key: sorted(set().union(*(source.obs[key].astype(str).unique() for source in sources)))
-        for key in (batch_key, labels_key)
-        if key is not None
-    }
-    codes = {key: _codes(sources, key, categories) for key, categories in columns.items()}
-    coded = {key: (columns[key], codes[key]) for key in columns}
-    counts_scale = binning == "value"
-    counts = counts_scale and (network.get("count_weight", 0) > 0 or network.get("view_weight", 0) > 0)
-    cells = StreamedCells(
-        sources,
-        binning={"method": binning, "n_bins": n_bins, "target_sum": stats["target_sum"] if counts_scale else None},
-        genes=alignments,
-        batch_codes=codes.get(batch_key),
-        label_codes=codes.get(labels_key),
-        batch_size=batch_size,
-        chunk_size=chunk_size,
-        seed=seed,
-    )
-    sample = _registered_sample(
-        cells,
-        vocabulary,
-        model_cls,
-        keys,
-        binning=cells.binning,
-        columns=coded,
-        setup={"batch_key": batch_key, "labels_key": labels_key, "counts": counts},
-    )
-    registry = model_cls._get_most_recent_anndata_manager(sample, required=True).registry
-    model = model_cls(registry=registry, n_bins=_n_tokens(sample.uns[keys.binned]["params"], stats), **network)
-    forget(model, sample)
-    model_cls._setup_adata_manager_store.pop(sample.uns["_scvi_uuid"], None)
-    model.binning_ = dict(sample.uns[keys.binned]["params"])
-    cells.binning = {k: model.binning_[k] for k in BINNING_ARGS if k in model.binning_}  # the record, in full
-    model.gene_table_ = _gene_table(sources, alignments, vocabulary)
-    if getattr(model.module, "count_head", None) is not None:
-        model.module.start_count_decoder(stats["mean_shares"])
-    model.train(
-        max_epochs=max_epochs, batch_size=batch_size, lr=lr, datamodule=StreamingDataModule(cells), **train_kwargs
-    )
-    if getattr(model.module, "count_head", None) is not None and model.has_counts:
-        chosen = np.sort(np.random.default_rng(seed).choice(n_obs, size=min(n_obs, COUNT_FIT_CELLS), replace=False))
-        model.fit_count_decoder(_cells_in_memory(cells, chosen, vocabulary, coded))
-    params = {"layer": layer, "batch_key": batch_key, "labels_key": labels_key, **params, "chunk_size": chunk_size}
-    params |= {"batch_size": batch_size, "lr": lr, "seed": seed, "n_anndata": len(sources)}
-    if not model.is_global_zero:
-        logg.info("not global rank 0 of a distributed run: trained, nothing written here")
-        return model
-    for source, alignment in zip(sources, alignments, strict=True):
-        _write_results(source, model, keys, None, params, copy=False, cells=alignment)
-    return model
-
-
-def _vocabulary(sources: list[AnnData], genes: Sequence[str] | None, gene_symbols: str | None) -> np.ndarray:
-    """The model's genes: ``genes``, or every gene of the AnnData in order of first appearance (checked)."""
-    if genes is None:
-        names = [source.var_names if gene_symbols is None else source.var[gene_symbols] for source in sources]
-        return np.asarray(list(dict.fromkeys(str(g) for column in names for g in column)))
-    vocabulary = np.asarray([str(g) for g in genes])
-    if vocabulary.size == 0 or np.unique(vocabulary).size != vocabulary.size:
-        raise ValueError("`genes` must name the model's genes, each once.")
-    return vocabulary
-
-
-def _codes(sources: list[AnnData], key: str, categories: list[str]) -> np.ndarray:
-    """Every cell's code of a column's categories (shared by all AnnData), the AnnData one after the other."""
-    return np.concatenate([category_codes(source.obs[key], categories) for source in sources])
-
-
-def _gene_table(sources: list[AnnData], alignments: list, vocabulary: np.ndarray) -> pd.DataFrame:
-    """The text columns of the AnnData's ``var`` for the model's genes, from the first AnnData that has each gene."""
-    table = pd.DataFrame(index=pd.Index(vocabulary))
-    for source, alignment in zip(sources, alignments, strict=True):
-        found = alignment.columns >= 0
-        rows = source.var.iloc[alignment.columns[found]][text_columns(source.var)].astype(str)
-        table = table.combine_first(rows.set_axis(vocabulary[found]))
-    return table.reindex(vocabulary)
-
-
-def _cells_in_memory(cells: StreamedCells, chosen: np.ndarray, vocabulary: np.ndarray, columns: dict) -> AnnData:
-    """Some cells read from disk into an AnnData in the model's genes: raw counts and the model's columns.
-
-    ``columns``: each column's categories and every cell's codes, ``{key: (categories, codes)}``.
-    """
-    counts, _ = cells.read(chosen)
-    obs = pd.DataFrame(
-        {
-            key: pd.Categorical.from_codes(codes[chosen], categories=categories)
-            for key, (categories, codes) in columns.items()
-        },
-        index=pd.Index(chosen.astype(str)),
-    )
-    return AnnData(X=counts, obs=obs, var=pd.DataFrame(index=pd.Index(vocabulary)))
-
-
-def _registered_sample(
-    cells: StreamedCells,
-    vocabulary: np.ndarray,
-    model_cls: type,
-    keys: Keys,
-    *,
-    binning: dict,
-    columns: dict,
-    setup: dict,
-) -> AnnData:
-    """The first cells, binned on the whole data's scale and set up as the model will be: its registry's source.
-
-    Columns keep every category of all cells, so the registry knows every batch and label.
-    """
-    sample = _cells_in_memory(cells, np.arange(min(cells.n_obs, 256)), vocabulary, columns)
-    bin_values(
-        sample, **{k: v for k, v in binning.items() if k in ("method", "n_bins", "target_sum")}, key_added=keys.base
-    )
-    model_cls.setup_anndata(sample, layer=keys.binned, **setup)
-    return sample
-
-
-def _n_tokens(record: dict, stats: dict) -> int:
-    """The bin vocabulary of all cells without binning them all: the largest bin they have, plus 1.
-
-    Binning is monotone in a value's share of its cell's total, so the largest share (from the pass over
-    the counts) times ``target_sum`` gets the largest bin: the vocabulary binning in memory would give.
-    """
-    if record["method"] == "segment":
-        return int(record["n_bins"]) + 1  # bf.pp.bin records the default it used
-    args = {k: record[k] for k in ("n_bins", "cutoff", "bins_per_octave") if record.get(k) is not None}
-    largest = sparse.csr_matrix([[stats["largest_share"] * record["target_sum"]]])
-    bins, _ = bin_matrix(largest, method="value", normalize=False, **args)
-    return int(bins.max()) + 1
-
-
-def _write_binned(adata: AnnData, key: str, binned: tuple | None) -> None:
-    """Write the binned layer and its record, computed on a private AnnData (nothing when it was not binned)."""
-    if binned is not None:
-        adata.layers[key], adata.uns[key] = binned
+    return write_results(adata, model, keys, binned, params | {"batch_size": batch_size, "lr": lr, "seed": seed}, copy)
 
 
 @doc_params(**DOC_QUERY_TOOL)
